@@ -1,0 +1,1 @@
+//! wasm-bindgen surface (filled in with the JS layer).

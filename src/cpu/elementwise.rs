@@ -1,0 +1,1 @@
+//! CPU kernels for the elementwise family (ops in `crate::graph::ops::elementwise`).

@@ -1,0 +1,1 @@
+//! CPU kernels for the layout family (ops in `crate::graph::ops::layout`).

@@ -1,0 +1,1 @@
+//! CPU kernels for the ml family (ops in `crate::graph::ops::ml`).

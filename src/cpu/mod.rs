@@ -1,0 +1,13 @@
+//! CPU kernels, one file per op family (matching `graph::ops`). Kernels take validated
+//! attributes and input tensors and return new tensors; they check what they index with
+//! and return errors, never panic.
+
+pub mod common;
+pub mod elementwise;
+pub mod layout;
+pub mod ml;
+pub mod nn;
+pub mod norm;
+pub mod reduce;
+pub mod rnn;
+pub mod sampling;

@@ -1,0 +1,1 @@
+//! CPU kernels for the nn family (ops in `crate::graph::ops::nn`).

@@ -1,0 +1,1 @@
+//! CPU kernels for the norm family (ops in `crate::graph::ops::norm`).

@@ -1,0 +1,1 @@
+//! CPU kernels for the reduce family (ops in `crate::graph::ops::reduce`).

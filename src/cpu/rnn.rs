@@ -1,0 +1,1 @@
+//! CPU kernels for the rnn family (ops in `crate::graph::ops::rnn`).

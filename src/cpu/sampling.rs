@@ -1,0 +1,1 @@
+//! CPU kernels for the sampling family (ops in `crate::graph::ops::sampling`).
