@@ -4,6 +4,7 @@
 
 pub mod common;
 pub mod elementwise;
+pub mod gemm;
 pub mod layout;
 pub mod ml;
 pub mod nn;
