@@ -91,6 +91,10 @@ impl Model {
     }
 
     pub fn load_with(bytes: &[u8], opts: &LoadOptions) -> Result<Model> {
+        guard_panics(|| Model::load_inner(bytes, opts))
+    }
+
+    fn load_inner(bytes: &[u8], opts: &LoadOptions) -> Result<Model> {
         let _guard = BudgetGuard(set_memory_budget(opts.memory_budget));
         let proto = decode_model(bytes)?;
         let (mut graph, opsets) = build_model(&proto)?;
@@ -180,6 +184,10 @@ impl Model {
 
     /// Runs with any values (tensors, sequences, optionals) by input name.
     pub fn run_values(&self, inputs: Vec<(&str, Value)>) -> Result<Vec<(String, Value)>> {
+        guard_panics(|| self.run_inner(inputs))
+    }
+
+    fn run_inner(&self, inputs: Vec<(&str, Value)>) -> Result<Vec<(String, Value)>> {
         let _guard = BudgetGuard(set_memory_budget(self.options.memory_budget));
         let mut bound: Vec<Option<Value>> = vec![None; self.graph.inputs.len()];
         for (name, v) in inputs {
@@ -209,6 +217,30 @@ impl Model {
             .map(|o| o.name.clone())
             .zip(outs)
             .collect())
+    }
+}
+
+/// Kernels are written not to panic; should one still do so (a bug), native callers get
+/// a Runtime error instead of an unwinding panic. (wasm32 cannot unwind: there the rule
+/// is simply that nothing panics, which the fuzz target and suites check.)
+fn guard_panics<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(r) => r,
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                Err(Error::runtime(format!("internal error (please report): {msg}")))
+            }
+        }
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        f()
     }
 }
 

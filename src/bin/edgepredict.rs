@@ -39,7 +39,18 @@ enum Cmd {
     },
     /// Lists every supported operator.
     Ops,
+    /// Predicts handwritten digits with the embedded default model (a scikit-learn MLP
+    /// exported to ONNX) on held-out 8x8 images.
+    Demo {
+        /// How many samples to draw.
+        #[arg(long, default_value_t = 3)]
+        show: usize,
+    },
 }
+
+const DEMO_MODEL: &[u8] = include_bytes!("../../models/digits_mlp.onnx");
+const DEMO_X: &[u8] = include_bytes!("../../models/digits_test.npy");
+const DEMO_Y: &[u8] = include_bytes!("../../models/digits_test_labels.npy");
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -51,6 +62,7 @@ fn main() -> ExitCode {
             output,
             repeat,
         } => run(&model, &inputs, output.as_deref(), repeat),
+        Cmd::Demo { show } => demo(show),
         Cmd::Ops => {
             for d in ops::all() {
                 println!(
@@ -262,6 +274,35 @@ fn run(path: &Path, specs: &[String], out_dir: Option<&Path>, repeat: usize) -> 
         times.len(),
         times[times.len() / 2],
         times[0]
+    );
+    Ok(())
+}
+
+fn demo(show: usize) -> Result<(), String> {
+    let t0 = Instant::now();
+    let model = Model::load(DEMO_MODEL).map_err(|e| e.to_string())?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let x = read_npy(DEMO_X).map_err(|e| e.to_string())?;
+    let y = read_npy(DEMO_Y).and_then(|t| t.to_i64_vec()).map_err(|e| e.to_string())?;
+    let n = x.shape()[0];
+    let t1 = Instant::now();
+    let outs = model.run(&[("X", x.clone())]).map_err(|e| e.to_string())?;
+    let batch_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let labels = outs[0].1.to_i64_vec().map_err(|e| e.to_string())?;
+    let probs = outs[1].1.to_f32_vec().map_err(|e| e.to_string())?;
+    let pixels = x.to_f32_vec().map_err(|e| e.to_string())?;
+    for i in 0..show.min(n) {
+        println!("sample {i}: predicted {} (p={:.3}), true {}", labels[i], probs[i * 10 + labels[i] as usize], y[i]);
+        for row in pixels[i * 64..(i + 1) * 64].chunks(8) {
+            let line: String = row.iter().map(|&v| [' ', '.', ':', 'o', '#'][((v / 16.0 * 4.0).round() as usize).min(4)]).collect();
+            println!("    |{line}|");
+        }
+    }
+    let correct = labels.iter().zip(&y).filter(|(a, b)| a == b).count();
+    println!(
+        "digits_mlp (embedded, {} bytes): {correct}/{n} correct ({:.1}%), load {load_ms:.2} ms, batch of {n} in {batch_ms:.2} ms",
+        DEMO_MODEL.len(),
+        100.0 * correct as f64 / n as f64
     );
     Ok(())
 }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh machine (Debian 12, Rust stable, Python 3.11,
+# Node 20), from the registries only. Idempotent: skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need_apt=()
+command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+# wasm-bindgen-test-runner must equal the crate's wasm-bindgen version (no --locked: see
+# ../shared/toolchain.md).
+want=$(grep -A1 'name = "wasm-bindgen"' Cargo.lock | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -1)
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$want" ]; then
+  cargo install wasm-bindgen-cli --version "$want" --no-default-features
+fi
+# Python venv for reference outputs (onnxruntime is the oracle).
+if [ ! -x .cache/venv/bin/python ] || ! .cache/venv/bin/python -c "import onnxruntime, numpy, PIL" 2>/dev/null; then
+  python3 -m venv .cache/venv
+  .cache/venv/bin/pip install -q --disable-pip-version-check numpy==2.4.6 onnxruntime==1.32.0 pillow==13.0.0
+fi
+tools/fetch_onnx_suite.sh
+tools/fetch_models.sh
+[ -f .cache/reference/.ok ] || .cache/venv/bin/python tools/make_reference.py

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: set-up, formatting and lints (native and
+# wasm32), unit + conformance + real-model + bad-input tests, the wasm build and a real
+# model inside wasm (Node), and a bounded fuzz smoke run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+step() { printf '\n=== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
+
+step "set-up"
+tools/setup.sh
+
+step "fmt + clippy (native, wasm32)"
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo clippy --lib --target wasm32-unknown-unknown --no-default-features -- -D warnings
+
+step "native tests"
+cargo test --release 2>&1 | tee target/native-tests.log
+grep -E "conformance total|suite " target/conformance-report.txt || true
+
+step "wasm32 build + size"
+RUSTFLAGS="-C target-feature=+simd128" cargo build --release --lib --target wasm32-unknown-unknown \
+  --no-default-features --target-dir target/wasm-simd
+w=target/wasm-simd/wasm32-unknown-unknown/release/edgepredict.wasm
+echo "wasm (simd128, before wasm-bindgen/wasm-opt): $(stat -c %s "$w") bytes, $(gzip -9c "$w" | wc -c) gzipped"
+
+step "wasm test (Node)"
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  cargo test --release --target wasm32-unknown-unknown --no-default-features --test wasm
+
+step "fuzz smoke"
+tools/fuzz_smoke.sh "${FUZZ_SECONDS:-120}"
