@@ -219,9 +219,11 @@ pub trait Op: fmt::Debug + Send + Sync + Any {
         true
     }
     fn as_any(&self) -> &dyn Any;
+    /// Mutable access for passes that rewrite an op in place (fusions).
+    fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
-/// Implements `name` and `as_any` for an op struct.
+/// Implements `name`, `as_any` and `as_any_mut` for an op struct.
 #[macro_export]
 macro_rules! op_common {
     ($name:expr) => {
@@ -229,6 +231,9 @@ macro_rules! op_common {
             $name
         }
         fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+        fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
             self
         }
     };
