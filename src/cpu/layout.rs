@@ -29,7 +29,8 @@ pub fn norm_index(i: i64, len: usize, what: &str) -> Result<usize> {
 
 /// Normalizes an axis in `[-rank, rank)`.
 pub fn norm_axis(axis: i64, rank: usize, what: &str) -> Result<usize> {
-    crate::graph::attrs::norm_axis(axis, rank).map_err(|e| Error::shape(format!("{what}: {}", e.message())))
+    crate::graph::attrs::norm_axis(axis, rank)
+        .map_err(|e| Error::shape(format!("{what}: {}", e.message())))
 }
 
 fn to_usize(v: i64, what: &str) -> Result<usize> {
@@ -168,7 +169,13 @@ fn strided_gen<T: Elem>(
 }
 
 /// Strided copy where dim `k` (not the last) has source stride 1: 2-D tiles over (k, last).
-fn tiled<T: Elem>(src: &[T], base: usize, c: &[(usize, isize)], k: usize, n: usize) -> Result<Vec<T>> {
+fn tiled<T: Elem>(
+    src: &[T],
+    base: usize,
+    c: &[(usize, isize)],
+    k: usize,
+    n: usize,
+) -> Result<Vec<T>> {
     let r = c.len();
     let mut out: Vec<T> = alloc_vec(n)?;
     // Output strides (row-major over c).
@@ -247,7 +254,12 @@ fn istride(s: usize) -> Result<isize> {
 
 /// Transposes `t` viewed with `view` (same element count) by `perm`, giving shape
 /// `out_shape` (defaults to the permuted view).
-pub fn permute(t: &Tensor, view: &[usize], perm: &[usize], out_shape: Option<Vec<usize>>) -> Result<Tensor> {
+pub fn permute(
+    t: &Tensor,
+    view: &[usize],
+    perm: &[usize],
+    out_shape: Option<Vec<usize>>,
+) -> Result<Tensor> {
     let n = crate::tensor::numel_unchecked(view)?;
     if n != t.len() || perm.len() != view.len() {
         return Err(Error::shape(format!(
@@ -301,11 +313,17 @@ pub fn reshape_shape(input: &[usize], spec: &[i64], allowzero: bool) -> Result<V
             out.push(1);
         } else if d == 0 && !allowzero {
             let v = *input.get(i).ok_or_else(|| {
-                Error::shape(format!("Reshape: 0 at position {i} but the input has rank {}", input.len()))
+                Error::shape(format!(
+                    "Reshape: 0 at position {i} but the input has rank {}",
+                    input.len()
+                ))
             })?;
             out.push(v);
         } else {
-            out.push(usize::try_from(d).map_err(|_| Error::shape(format!("Reshape: invalid dim {d}")))?);
+            out.push(
+                usize::try_from(d)
+                    .map_err(|_| Error::shape(format!("Reshape: invalid dim {d}")))?,
+            );
         }
     }
     let n_in = crate::tensor::numel_unchecked(input)?;
@@ -313,17 +331,23 @@ pub fn reshape_shape(input: &[usize], spec: &[i64], allowzero: bool) -> Result<V
     if let Some(i) = infer_at {
         if n_out == 0 {
             if n_in != 0 {
-                return Err(Error::shape(format!("Reshape: cannot infer -1 of {spec:?} for {input:?}")));
+                return Err(Error::shape(format!(
+                    "Reshape: cannot infer -1 of {spec:?} for {input:?}"
+                )));
             }
             out[i] = 0;
         } else {
             if n_in % n_out != 0 {
-                return Err(Error::shape(format!("Reshape: cannot reshape {input:?} to {spec:?}")));
+                return Err(Error::shape(format!(
+                    "Reshape: cannot reshape {input:?} to {spec:?}"
+                )));
             }
             out[i] = n_in / n_out;
         }
     } else if n_in != n_out {
-        return Err(Error::shape(format!("Reshape: cannot reshape {input:?} to {spec:?}")));
+        return Err(Error::shape(format!(
+            "Reshape: cannot reshape {input:?} to {spec:?}"
+        )));
     }
     Ok(out)
 }
@@ -337,11 +361,18 @@ pub fn squeeze_shape(input: &[usize], axes: Option<&[i64]>) -> Result<Vec<usize>
             for &a in axes {
                 let k = norm_axis(a, input.len(), "Squeeze")?;
                 if input[k] != 1 {
-                    return Err(Error::shape(format!("Squeeze: dim {k} of {input:?} is not 1")));
+                    return Err(Error::shape(format!(
+                        "Squeeze: dim {k} of {input:?} is not 1"
+                    )));
                 }
                 drop[k] = true;
             }
-            Ok(input.iter().zip(drop).filter(|(_, d)| !d).map(|(&x, _)| x).collect())
+            Ok(input
+                .iter()
+                .zip(drop)
+                .filter(|(_, d)| !d)
+                .map(|(&x, _)| x)
+                .collect())
         }
     }
 }
@@ -363,7 +394,16 @@ pub fn unsqueeze_axes(rank: usize, axes: &[i64]) -> Result<Vec<bool>> {
 pub fn unsqueeze_shape(input: &[usize], axes: &[i64]) -> Result<Vec<usize>> {
     let new = unsqueeze_axes(input.len(), axes)?;
     let mut it = input.iter();
-    Ok(new.iter().map(|&n| if n { 1 } else { it.next().copied().unwrap_or(1) }).collect())
+    Ok(new
+        .iter()
+        .map(|&n| {
+            if n {
+                1
+            } else {
+                it.next().copied().unwrap_or(1)
+            }
+        })
+        .collect())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -385,11 +425,19 @@ pub fn slice_axis(dim: usize, start: i64, end: i64, step: i64) -> Result<(usize,
     let len = if st > 0 {
         s = s.clamp(0, d);
         e = e.clamp(0, d);
-        if e > s { (e - s + st - 1) / st } else { 0 }
+        if e > s {
+            (e - s + st - 1) / st
+        } else {
+            0
+        }
     } else {
         s = s.clamp(0, d - 1);
         e = e.clamp(-1, d - 1);
-        if s > e { (s - e + (-st) - 1) / (-st) } else { 0 }
+        if s > e {
+            (s - e + (-st) - 1) / (-st)
+        } else {
+            0
+        }
     };
     if len == 0 {
         return Ok((0, 0));
@@ -398,7 +446,13 @@ pub fn slice_axis(dim: usize, start: i64, end: i64, step: i64) -> Result<(usize,
 }
 
 /// Slice with per-axis starts/ends/steps (axes already normalized and distinct).
-pub fn slice(t: &Tensor, starts: &[i64], ends: &[i64], axes: &[usize], steps: &[i64]) -> Result<Tensor> {
+pub fn slice(
+    t: &Tensor,
+    starts: &[i64],
+    ends: &[i64],
+    axes: &[usize],
+    steps: &[i64],
+) -> Result<Tensor> {
     let shape = t.shape();
     let st = strides(shape);
     let mut dims: Vec<(usize, isize)> = shape
@@ -415,7 +469,14 @@ pub fn slice(t: &Tensor, starts: &[i64], ends: &[i64], axes: &[usize], steps: &[
         let (b, len) = slice_axis(shape[a], s, e, stp)?;
         offset += b * st[a];
         let stp_i = isize::try_from(stp).map_err(|_| Error::runtime("Slice: step too large"))?;
-        dims[a] = (len, if len > 1 { dims[a].1 * stp_i } else { dims[a].1 });
+        dims[a] = (
+            len,
+            if len > 1 {
+                dims[a].1 * stp_i
+            } else {
+                dims[a].1
+            },
+        );
     }
     let out_shape: Vec<usize> = dims.iter().map(|d| d.0).collect();
     if out_shape.iter().any(|&d| d == 0) {
@@ -432,8 +493,16 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let r = a.len().max(b.len());
     (0..r)
         .map(|i| {
-            let x = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-            let y = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+            let x = if i + a.len() >= r {
+                a[i + a.len() - r]
+            } else {
+                1
+            };
+            let y = if i + b.len() >= r {
+                b[i + b.len() - r]
+            } else {
+                1
+            };
             if x == y || y == 1 {
                 Ok(x)
             } else if x == 1 {
@@ -485,7 +554,11 @@ pub fn broadcast_to(t: &Tensor, out: &[usize]) -> Result<Tensor> {
 pub fn tile(t: &Tensor, reps: &[i64]) -> Result<Tensor> {
     let shape = t.shape();
     if reps.len() != shape.len() {
-        return Err(Error::shape(format!("Tile: {} repeats for rank {}", reps.len(), shape.len())));
+        return Err(Error::shape(format!(
+            "Tile: {} repeats for rank {}",
+            reps.len(),
+            shape.len()
+        )));
     }
     let st = strides(shape);
     let mut dims = Vec::with_capacity(2 * shape.len());
@@ -494,7 +567,10 @@ pub fn tile(t: &Tensor, reps: &[i64]) -> Result<Tensor> {
         let r = to_usize(reps[i], "Tile")?;
         dims.push((r, 0));
         dims.push((shape[i], istride(st[i])?));
-        out.push(r.checked_mul(shape[i]).ok_or_else(|| Error::memory("Tile: output too large"))?);
+        out.push(
+            r.checked_mul(shape[i])
+                .ok_or_else(|| Error::memory("Tile: output too large"))?,
+        );
     }
     if out.iter().any(|&d| d == 0) {
         return Tensor::zeros(t.dtype(), out);
@@ -505,7 +581,13 @@ pub fn tile(t: &Tensor, reps: &[i64]) -> Result<Tensor> {
 // ---------------------------------------------------------------------------------------
 // Index-map copy (Pad, CenterCropPad)
 
-fn index_map_gen<T: Elem>(src: &[T], shape: &[usize], maps: &[Vec<Option<usize>>], fill: &T, n: usize) -> Result<Vec<T>> {
+fn index_map_gen<T: Elem>(
+    src: &[T],
+    shape: &[usize],
+    maps: &[Vec<Option<usize>>],
+    fill: &T,
+    n: usize,
+) -> Result<Vec<T>> {
     let r = shape.len();
     if r == 0 {
         return Ok(src.to_vec());
@@ -581,7 +663,11 @@ pub fn index_map_copy(t: &Tensor, maps: &[Vec<Option<usize>>], fill: &Tensor) ->
     let out_shape: Vec<usize> = maps.iter().map(|m| m.len()).collect();
     let n = numel(&out_shape, t.dtype())?;
     if fill.dtype() != t.dtype() {
-        return Err(Error::dtype(format!("pad value of type {} for a {} tensor", fill.dtype(), t.dtype())));
+        return Err(Error::dtype(format!(
+            "pad value of type {} for a {} tensor",
+            fill.dtype(),
+            t.dtype()
+        )));
     }
     dispatch!(all t.dtype(), "Pad", T => {
         let f = fill.as_slice::<T>()?.first().cloned().unwrap_or_default();
@@ -606,10 +692,13 @@ pub fn pad_map(d: usize, begin: i64, end: i64, mode: PadMode) -> Result<Vec<Opti
         .checked_add(begin)
         .and_then(|x| x.checked_add(end))
         .ok_or_else(|| Error::runtime("Pad: pads overflow"))?;
-    let out = usize::try_from(out).map_err(|_| Error::runtime(format!("Pad: negative output dim for pads {begin}, {end}")))?;
+    let out = usize::try_from(out)
+        .map_err(|_| Error::runtime(format!("Pad: negative output dim for pads {begin}, {end}")))?;
     crate::tensor::numel(&[out], DType::U8)?;
     if d == 0 && out > 0 && mode != PadMode::Constant {
-        return Err(Error::runtime("Pad: cannot pad an empty axis in reflect/edge/wrap mode"));
+        return Err(Error::runtime(
+            "Pad: cannot pad an empty axis in reflect/edge/wrap mode",
+        ));
     }
     let mut m = Vec::with_capacity(out);
     for o in 0..out as i64 {
@@ -653,9 +742,16 @@ pub fn pad(t: &Tensor, pads: &[(i64, i64)], mode: PadMode, value: &Tensor) -> Re
 
 /// CenterCropPad: crops or pads (with zeros) each listed axis to `sizes` around the center.
 pub fn center_crop_pad(t: &Tensor, axes: &[usize], sizes: &[usize]) -> Result<Tensor> {
-    let mut maps: Vec<Vec<Option<usize>>> = t.shape().iter().map(|&d| (0..d).map(Some).collect()).collect();
+    let mut maps: Vec<Vec<Option<usize>>> = t
+        .shape()
+        .iter()
+        .map(|&d| (0..d).map(Some).collect())
+        .collect();
     for (&a, &target) in axes.iter().zip(sizes) {
-        let d = *t.shape().get(a).ok_or_else(|| Error::shape("CenterCropPad: axis out of range"))?;
+        let d = *t
+            .shape()
+            .get(a)
+            .ok_or_else(|| Error::shape("CenterCropPad: axis out of range"))?;
         numel(&[target], DType::U8)?;
         maps[a] = if d >= target {
             let s = (d - target) / 2;
@@ -663,7 +759,13 @@ pub fn center_crop_pad(t: &Tensor, axes: &[usize], sizes: &[usize]) -> Result<Te
         } else {
             let b = (target - d) / 2;
             (0..target)
-                .map(|o| if o >= b && o < b + d { Some(o - b) } else { None })
+                .map(|o| {
+                    if o >= b && o < b + d {
+                        Some(o - b)
+                    } else {
+                        None
+                    }
+                })
                 .collect()
         };
     }
@@ -674,7 +776,14 @@ pub fn center_crop_pad(t: &Tensor, axes: &[usize], sizes: &[usize]) -> Result<Te
 // ---------------------------------------------------------------------------------------
 // Gather / Scatter
 
-fn gather_rows<T: Elem>(src: &[T], outer: usize, len: usize, inner: usize, idx: &[usize], n: usize) -> Vec<T> {
+fn gather_rows<T: Elem>(
+    src: &[T],
+    outer: usize,
+    len: usize,
+    inner: usize,
+    idx: &[usize],
+    n: usize,
+) -> Vec<T> {
     let mut out = Vec::with_capacity(n);
     for o in 0..outer {
         let base = o * len * inner;
@@ -709,7 +818,10 @@ pub fn take(data: &Tensor, axis: usize, idx: &[usize], idx_shape: &[usize]) -> R
 
 /// Gather along `axis` (negative indices wrap once).
 pub fn gather(data: &Tensor, indices: &Tensor, axis: usize) -> Result<Tensor> {
-    let len = *data.shape().get(axis).ok_or_else(|| Error::shape("Gather: axis out of range"))?;
+    let len = *data
+        .shape()
+        .get(axis)
+        .ok_or_else(|| Error::shape("Gather: axis out of range"))?;
     let idx: Vec<usize> = indices
         .to_i64_vec()?
         .iter()
@@ -737,17 +849,28 @@ fn for_each_coord(shape: &[usize], mut f: impl FnMut(usize, &[usize]) -> Result<
 
 /// Flat source offsets for GatherElements/ScatterElements: `indices` positions with the
 /// axis coordinate replaced by the (checked) index value.
-fn element_offsets(data_shape: &[usize], indices: &Tensor, axis: usize, what: &str) -> Result<Vec<usize>> {
+fn element_offsets(
+    data_shape: &[usize],
+    indices: &Tensor,
+    axis: usize,
+    what: &str,
+) -> Result<Vec<usize>> {
     let ishape = indices.shape();
     if ishape.len() != data_shape.len() {
-        return Err(Error::shape(format!("{what}: indices rank {} != data rank {}", ishape.len(), data_shape.len())));
+        return Err(Error::shape(format!(
+            "{what}: indices rank {} != data rank {}",
+            ishape.len(),
+            data_shape.len()
+        )));
     }
     if axis >= data_shape.len() {
         return Err(Error::shape(format!("{what}: axis out of range")));
     }
     for (k, (&a, &b)) in ishape.iter().zip(data_shape).enumerate() {
         if k != axis && a > b {
-            return Err(Error::shape(format!("{what}: indices shape {ishape:?} exceeds data shape {data_shape:?}")));
+            return Err(Error::shape(format!(
+                "{what}: indices shape {ishape:?} exceeds data shape {data_shape:?}"
+            )));
         }
     }
     let idx = indices.to_i64_vec()?;
@@ -804,21 +927,41 @@ fn combine<T: Num>(r: Reduction, a: T, b: T) -> T {
         Reduction::Add => a.add(b),
         Reduction::Mul => a.mul(b),
         Reduction::Max => {
-            if b > a { b } else { a }
+            if b > a {
+                b
+            } else {
+                a
+            }
         }
         Reduction::Min => {
-            if b < a { b } else { a }
+            if b < a {
+                b
+            } else {
+                a
+            }
         }
     }
 }
 
 /// Applies updates at flat target offsets; each target block has `block` elements.
-fn scatter_apply(data: &Tensor, updates: &Tensor, targets: &[usize], block: usize, r: Reduction) -> Result<Tensor> {
+fn scatter_apply(
+    data: &Tensor,
+    updates: &Tensor,
+    targets: &[usize],
+    block: usize,
+    r: Reduction,
+) -> Result<Tensor> {
     if data.dtype() != updates.dtype() {
-        return Err(Error::dtype(format!("scatter of {} updates into {} data", updates.dtype(), data.dtype())));
+        return Err(Error::dtype(format!(
+            "scatter of {} updates into {} data",
+            updates.dtype(),
+            data.dtype()
+        )));
     }
     if targets.len().checked_mul(block) != Some(updates.len()) {
-        return Err(Error::shape("scatter: updates shape does not match indices"));
+        return Err(Error::shape(
+            "scatter: updates shape does not match indices",
+        ));
     }
     if targets.iter().any(|&t| t + block > data.len()) {
         return Err(Error::runtime("scatter: target out of range"));
@@ -848,28 +991,45 @@ fn scatter_apply(data: &Tensor, updates: &Tensor, targets: &[usize], block: usiz
     Ok(out)
 }
 
-pub fn scatter_elements(data: &Tensor, indices: &Tensor, updates: &Tensor, axis: usize, r: Reduction) -> Result<Tensor> {
+pub fn scatter_elements(
+    data: &Tensor,
+    indices: &Tensor,
+    updates: &Tensor,
+    axis: usize,
+    r: Reduction,
+) -> Result<Tensor> {
     if updates.shape() != indices.shape() {
-        return Err(Error::shape("ScatterElements: updates and indices shapes differ"));
+        return Err(Error::shape(
+            "ScatterElements: updates and indices shapes differ",
+        ));
     }
     let offs = element_offsets(data.shape(), indices, axis, "ScatterElements")?;
     scatter_apply(data, updates, &offs, 1, r)
 }
 
 /// Offsets of the index tuples of GatherND/ScatterND within one batch, with the block size.
-fn nd_offsets(data_shape: &[usize], indices: &Tensor, batch_dims: usize, what: &str) -> Result<(Vec<usize>, usize, usize)> {
+fn nd_offsets(
+    data_shape: &[usize],
+    indices: &Tensor,
+    batch_dims: usize,
+    what: &str,
+) -> Result<(Vec<usize>, usize, usize)> {
     let ishape = indices.shape();
     let q = ishape.len();
     let r = data_shape.len();
     if q < 1 || batch_dims >= q || batch_dims > r {
-        return Err(Error::shape(format!("{what}: bad ranks (data {r}, indices {q}, batch_dims {batch_dims})")));
+        return Err(Error::shape(format!(
+            "{what}: bad ranks (data {r}, indices {q}, batch_dims {batch_dims})"
+        )));
     }
     if data_shape[..batch_dims] != ishape[..batch_dims] {
         return Err(Error::shape(format!("{what}: batch dims differ")));
     }
     let k = ishape[q - 1];
     if batch_dims + k > r {
-        return Err(Error::shape(format!("{what}: index tuples of length {k} for rank {r}")));
+        return Err(Error::shape(format!(
+            "{what}: index tuples of length {k} for rank {r}"
+        )));
     }
     let st = strides(data_shape);
     let idx = indices.to_i64_vec()?;
@@ -906,19 +1066,33 @@ pub fn gather_nd(data: &Tensor, indices: &Tensor, batch_dims: usize) -> Result<T
     })
 }
 
-pub fn scatter_nd(data: &Tensor, indices: &Tensor, updates: &Tensor, r: Reduction) -> Result<Tensor> {
+pub fn scatter_nd(
+    data: &Tensor,
+    indices: &Tensor,
+    updates: &Tensor,
+    r: Reduction,
+) -> Result<Tensor> {
     let (offs, block, k) = nd_offsets(data.shape(), indices, 0, "ScatterND")?;
     let ishape = indices.shape();
     let mut ushape = ishape[..ishape.len() - 1].to_vec();
     ushape.extend_from_slice(&data.shape()[k..]);
     if updates.shape() != ushape.as_slice() {
-        return Err(Error::shape(format!("ScatterND: updates shape {:?}, expected {ushape:?}", updates.shape())));
+        return Err(Error::shape(format!(
+            "ScatterND: updates shape {:?}, expected {ushape:?}",
+            updates.shape()
+        )));
     }
     scatter_apply(data, updates, &offs, block, r)
 }
 
 /// TensorScatter: writes `update` into a copy of `past` along `axis` at per-batch offsets.
-pub fn tensor_scatter(past: &Tensor, update: &Tensor, write: Option<&Tensor>, axis: usize, circular: bool) -> Result<Tensor> {
+pub fn tensor_scatter(
+    past: &Tensor,
+    update: &Tensor,
+    write: Option<&Tensor>,
+    axis: usize,
+    circular: bool,
+) -> Result<Tensor> {
     let ps = past.shape();
     let us = update.shape();
     if ps.len() != us.len() || axis >= ps.len() || ps.is_empty() {
@@ -926,7 +1100,9 @@ pub fn tensor_scatter(past: &Tensor, update: &Tensor, write: Option<&Tensor>, ax
     }
     for i in 0..ps.len() {
         if (i != axis && ps[i] != us[i]) || (i == axis && us[i] > ps[i]) {
-            return Err(Error::shape(format!("TensorScatter: update {us:?} does not fit cache {ps:?}")));
+            return Err(Error::shape(format!(
+                "TensorScatter: update {us:?} does not fit cache {ps:?}"
+            )));
         }
     }
     let batch = ps[0];
@@ -935,7 +1111,9 @@ pub fn tensor_scatter(past: &Tensor, update: &Tensor, write: Option<&Tensor>, ax
         None => vec![0; batch],
     };
     if w.len() < batch {
-        return Err(Error::shape("TensorScatter: write_indices shorter than the batch"));
+        return Err(Error::shape(
+            "TensorScatter: write_indices shorter than the batch",
+        ));
     }
     let (outer, maxlen, inner) = split_at_axis(ps, axis);
     let seq = us[axis];
@@ -943,17 +1121,28 @@ pub fn tensor_scatter(past: &Tensor, update: &Tensor, write: Option<&Tensor>, ax
     let mut targets = Vec::with_capacity(outer * seq);
     for o in 0..outer {
         let b = if axis == 0 { 0 } else { o / per_batch.max(1) };
-        let wb = if axis == 0 { w.first().copied().unwrap_or(0) } else { w[b] };
+        let wb = if axis == 0 {
+            w.first().copied().unwrap_or(0)
+        } else {
+            w[b]
+        };
         for s in 0..seq {
-            let pos = wb.checked_add(s as i64).ok_or_else(|| Error::runtime("TensorScatter: index overflow"))?;
+            let pos = wb
+                .checked_add(s as i64)
+                .ok_or_else(|| Error::runtime("TensorScatter: index overflow"))?;
             let p = if circular {
                 pos.rem_euclid(maxlen.max(1) as i64)
             } else {
                 pos
             };
-            let p = usize::try_from(p).ok().filter(|&p| p < maxlen).ok_or_else(|| {
-                Error::runtime(format!("TensorScatter: write index {pos} out of range for {maxlen}"))
-            })?;
+            let p = usize::try_from(p)
+                .ok()
+                .filter(|&p| p < maxlen)
+                .ok_or_else(|| {
+                    Error::runtime(format!(
+                        "TensorScatter: write index {pos} out of range for {maxlen}"
+                    ))
+                })?;
             targets.push((o * maxlen + p) * inner);
         }
     }
@@ -971,7 +1160,10 @@ pub fn split(t: &Tensor, axis: usize, sizes: &[usize]) -> Result<Vec<Tensor>> {
     }
     let total = sizes.iter().try_fold(0usize, |a, &s| a.checked_add(s));
     if total != Some(shape[axis]) {
-        return Err(Error::shape(format!("Split: sizes {sizes:?} do not sum to dim {}", shape[axis])));
+        return Err(Error::shape(format!(
+            "Split: sizes {sizes:?} do not sum to dim {}",
+            shape[axis]
+        )));
     }
     let (outer, len, inner) = split_at_axis(shape, axis);
     dispatch!(all t.dtype(), "Split", T => {
@@ -1027,7 +1219,11 @@ pub fn range(start: &Tensor, limit: &Tensor, delta: &Tensor) -> Result<Tensor> {
         return Err(Error::dtype("Range: inputs have different types"));
     }
     if dt.is_int() {
-        let (s, l, d) = (start.scalar_i64()?, limit.scalar_i64()?, delta.scalar_i64()?);
+        let (s, l, d) = (
+            start.scalar_i64()?,
+            limit.scalar_i64()?,
+            delta.scalar_i64()?,
+        );
         if d == 0 {
             return Err(Error::runtime("Range: delta is 0"));
         }
@@ -1040,7 +1236,11 @@ pub fn range(start: &Tensor, limit: &Tensor, delta: &Tensor) -> Result<Tensor> {
             Tensor::from_vec(vec![n], v)
         })
     } else {
-        let (s, l, d) = (start.scalar_f64()?, limit.scalar_f64()?, delta.scalar_f64()?);
+        let (s, l, d) = (
+            start.scalar_f64()?,
+            limit.scalar_f64()?,
+            delta.scalar_f64()?,
+        );
         if d == 0.0 || !d.is_finite() || !s.is_finite() || !l.is_finite() {
             return Err(Error::runtime("Range: delta must be finite and nonzero"));
         }
@@ -1164,7 +1364,11 @@ pub fn trilu(t: &Tensor, k: i64, upper: bool) -> Result<Tensor> {
     let r = shape.len();
     let (rows, cols) = (shape[r - 2], shape[r - 1]);
     let mut out = t.clone();
-    let mats = if rows * cols == 0 { 0 } else { t.len() / (rows * cols) };
+    let mats = if rows * cols == 0 {
+        0
+    } else {
+        t.len() / (rows * cols)
+    };
     dispatch!(all t.dtype(), "Trilu", T => {
         let o = out.as_mut_slice::<T>()?;
         for m in 0..mats {
@@ -1183,18 +1387,33 @@ pub fn trilu(t: &Tensor, k: i64, upper: bool) -> Result<Tensor> {
     Ok(out)
 }
 
-pub fn reverse_sequence(t: &Tensor, lens: &Tensor, batch_axis: usize, time_axis: usize) -> Result<Tensor> {
+pub fn reverse_sequence(
+    t: &Tensor,
+    lens: &Tensor,
+    batch_axis: usize,
+    time_axis: usize,
+) -> Result<Tensor> {
     let shape = t.shape();
     if shape.len() < 2 || batch_axis > 1 || time_axis > 1 || batch_axis == time_axis {
-        return Err(Error::shape("ReverseSequence: needs rank >= 2 and batch/time axes 0 and 1"));
+        return Err(Error::shape(
+            "ReverseSequence: needs rank >= 2 and batch/time axes 0 and 1",
+        ));
     }
     let (nb, nt) = (shape[batch_axis], shape[time_axis]);
     let lens = lens.to_i64_vec()?;
     if lens.len() != nb {
-        return Err(Error::shape("ReverseSequence: sequence_lens does not match the batch"));
+        return Err(Error::shape(
+            "ReverseSequence: sequence_lens does not match the batch",
+        ));
     }
     let inner: usize = shape[2..].iter().product();
-    let off = |b: usize, s: usize| if time_axis == 0 { (s * nb + b) * inner } else { (b * nt + s) * inner };
+    let off = |b: usize, s: usize| {
+        if time_axis == 0 {
+            (s * nb + b) * inner
+        } else {
+            (b * nt + s) * inner
+        }
+    };
     let mut out = t.clone();
     dispatch!(all t.dtype(), "ReverseSequence", T => {
         let src = t.as_slice::<T>()?;
@@ -1219,10 +1438,20 @@ pub fn compress(t: &Tensor, cond: &Tensor, axis: Option<usize>) -> Result<Tensor
         Some(a) => (t.clone(), a),
         None => (with_shape(t, vec![t.len()])?, 0),
     };
-    let len = *view.shape().get(axis).ok_or_else(|| Error::shape("Compress: axis out of range"))?;
-    let idx: Vec<usize> = c.iter().enumerate().filter(|(_, &b)| b).map(|(i, _)| i).collect();
+    let len = *view
+        .shape()
+        .get(axis)
+        .ok_or_else(|| Error::shape("Compress: axis out of range"))?;
+    let idx: Vec<usize> = c
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b)
+        .map(|(i, _)| i)
+        .collect();
     if idx.iter().any(|&i| i >= len) {
-        return Err(Error::runtime("Compress: condition selects beyond the axis length"));
+        return Err(Error::runtime(
+            "Compress: condition selects beyond the axis length",
+        ));
     }
     take(&view, axis, &idx, &[idx.len()])
 }
@@ -1288,7 +1517,12 @@ pub fn unique(t: &Tensor, axis: Option<usize>, sorted: bool) -> Result<[Tensor; 
         })
         .collect();
     let indices: Vec<i64> = sel.iter().map(|&i| i as i64).collect();
-    Ok([y, Tensor::vector(indices), Tensor::vector(inverse), Tensor::vector(counts)])
+    Ok([
+        y,
+        Tensor::vector(indices),
+        Tensor::vector(inverse),
+        Tensor::vector(counts),
+    ])
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1297,7 +1531,9 @@ pub fn unique(t: &Tensor, axis: Option<usize>, sorted: bool) -> Result<[Tensor; 
 pub fn depth_to_space(t: &Tensor, b: usize, crd: bool) -> Result<Tensor> {
     let s = t.shape();
     if s.len() != 4 || b == 0 || s[1] % (b * b) != 0 {
-        return Err(Error::shape(format!("DepthToSpace: bad input {s:?} for blocksize {b}")));
+        return Err(Error::shape(format!(
+            "DepthToSpace: bad input {s:?} for blocksize {b}"
+        )));
     }
     let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
     let c2 = c / (b * b);
@@ -1312,11 +1548,18 @@ pub fn depth_to_space(t: &Tensor, b: usize, crd: bool) -> Result<Tensor> {
 pub fn space_to_depth(t: &Tensor, b: usize) -> Result<Tensor> {
     let s = t.shape();
     if s.len() != 4 || b == 0 || s[2] % b != 0 || s[3] % b != 0 {
-        return Err(Error::shape(format!("SpaceToDepth: bad input {s:?} for blocksize {b}")));
+        return Err(Error::shape(format!(
+            "SpaceToDepth: bad input {s:?} for blocksize {b}"
+        )));
     }
     let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
     let out = vec![n, c * b * b, h / b, w / b];
-    permute(t, &[n, c, h / b, b, w / b, b], &[0, 3, 5, 1, 2, 4], Some(out))
+    permute(
+        t,
+        &[n, c, h / b, b, w / b, b],
+        &[0, 3, 5, 1, 2, 4],
+        Some(out),
+    )
 }
 
 #[cfg(test)]
@@ -1369,7 +1612,10 @@ mod tests {
 
     #[test]
     fn reshape_and_budget() {
-        assert_eq!(reshape_shape(&[2, 3, 4], &[0, -1], false).unwrap(), vec![2, 12]);
+        assert_eq!(
+            reshape_shape(&[2, 3, 4], &[0, -1], false).unwrap(),
+            vec![2, 12]
+        );
         assert!(reshape_shape(&[2, 3], &[-1, -1], false).is_err());
         let v = Tensor::scalar(1.0f32);
         assert!(constant_of_shape(&[1 << 40, 1 << 20], &v).is_err());

@@ -11,9 +11,9 @@ use crate::cpu::layout as k;
 use crate::error::{Error, Result};
 use crate::graph::attrs::norm_axis;
 use crate::graph::shape::{broadcast_dims, ValueKind};
-use crate::graph::{Args, Dim, Fact, InferCx, NodeCx, Op, RunCx, Value};
+use crate::graph::{Args, Dim, Fact, Graph, InferCx, NodeCx, Op, RunCx, Value};
 use crate::op_common;
-use crate::plan::RunOptions;
+use crate::plan::{run_subgraph, Plan, RunOptions};
 use crate::tensor::{set_memory_budget, DType, Tensor};
 use std::sync::Arc;
 
@@ -58,9 +58,14 @@ pub const OPS: &[OpDef] = &[
     def("", "SequenceLength", |_| Ok(Box::new(SequenceLength))),
     def("", "SplitToSequence", parse_split_to_sequence),
     def("", "ConcatFromSequence", parse_concat_from_sequence),
+    def("", "SequenceMap", parse_sequence_map),
     def("", "Optional", parse_optional),
-    def("", "OptionalHasElement", |_| Ok(Box::new(OptionalHasElement))),
-    def("", "OptionalGetElement", |_| Ok(Box::new(OptionalGetElement))),
+    def("", "OptionalHasElement", |_| {
+        Ok(Box::new(OptionalHasElement))
+    }),
+    def("", "OptionalGetElement", |_| {
+        Ok(Box::new(OptionalGetElement))
+    }),
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -140,7 +145,9 @@ fn known_dims(v: &[usize]) -> Vec<Dim> {
 fn idx_dtype_check(f: &Fact, what: &str) -> Result<()> {
     if let Some(dt) = f.dtype {
         if !dt.is_int() {
-            return Err(Error::dtype(format!("{what} must be an integer tensor, got {dt}")));
+            return Err(Error::dtype(format!(
+                "{what} must be an integer tensor, got {dt}"
+            )));
         }
     }
     Ok(())
@@ -209,7 +216,10 @@ impl Op for Shape {
         let x = args.t(0)?;
         let (s, e) = self.range(x.rank());
         out(Tensor::vector(
-            x.shape()[s..e].iter().map(|&d| d as i64).collect::<Vec<i64>>(),
+            x.shape()[s..e]
+                .iter()
+                .map(|&d| d as i64)
+                .collect::<Vec<i64>>(),
         ))
     }
 }
@@ -224,7 +234,9 @@ impl Op for Size {
     fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
         if let Some(s) = cx.input(0)?.concrete_shape() {
             let n: usize = s.iter().product();
-            return Ok(vec![Fact::from_value(&Value::from(Tensor::scalar(n as i64)))]);
+            return Ok(vec![Fact::from_value(&Value::from(Tensor::scalar(
+                n as i64,
+            )))]);
         }
         Ok(vec![Fact::known(DType::I64, &[])])
     }
@@ -266,10 +278,9 @@ fn reshape_dims(input: Option<&[Dim]>, spec: &[i64], allowzero: bool) -> Result<
                 outd.push(Dim::Unknown);
             }
             0 if !allowzero => outd.push(match input {
-                Some(d) => d
-                    .get(i)
-                    .cloned()
-                    .ok_or_else(|| Error::shape(format!("Reshape: 0 at position {i} beyond the input rank")))?,
+                Some(d) => d.get(i).cloned().ok_or_else(|| {
+                    Error::shape(format!("Reshape: 0 at position {i} beyond the input rank"))
+                })?,
                 None => Dim::Unknown,
             }),
             s if s < 0 => return Err(Error::shape(format!("Reshape: invalid dim {s}"))),
@@ -361,7 +372,9 @@ fn parse_flatten(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
 fn flatten_axis(axis: i64, r: usize) -> Result<usize> {
     let a = if axis < 0 { axis + r as i64 } else { axis };
     if a < 0 || a > r as i64 {
-        return Err(Error::shape(format!("Flatten: axis {axis} out of range for rank {r}")));
+        return Err(Error::shape(format!(
+            "Flatten: axis {axis} out of range for rank {r}"
+        )));
     }
     Ok(a as usize)
 }
@@ -383,7 +396,10 @@ impl Op for Flatten {
         let x = args.t(0)?;
         let a = flatten_axis(self.axis, x.rank())?;
         let s = x.shape();
-        out(k::with_shape(x, vec![s[..a].iter().product(), s[a..].iter().product()])?)
+        out(k::with_shape(
+            x,
+            vec![s[..a].iter().product(), s[a..].iter().product()],
+        )?)
     }
 }
 
@@ -395,7 +411,11 @@ pub struct Squeeze {
 }
 
 fn parse_squeeze(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
-    let axes = if cx.opset < 13 { cx.ints("axes")? } else { None };
+    let axes = if cx.opset < 13 {
+        cx.ints("axes")?
+    } else {
+        None
+    };
     Ok(Box::new(Squeeze { axes }))
 }
 
@@ -426,7 +446,13 @@ impl Op for Squeeze {
                     }
                     drop[i] = true;
                 }
-                Some(d.iter().zip(drop).filter(|(_, x)| !x).map(|(d, _)| d.clone()).collect())
+                Some(
+                    d.iter()
+                        .zip(drop)
+                        .filter(|(_, x)| !x)
+                        .map(|(d, _)| d.clone())
+                        .collect(),
+                )
             }
             (Some(d), None) if d.iter().all(|d| d.known().is_some()) => {
                 Some(d.iter().filter(|d| **d != Dim::Known(1)).cloned().collect())
@@ -455,7 +481,10 @@ pub struct Unsqueeze {
 
 fn parse_unsqueeze(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
     let axes = if cx.opset < 13 {
-        Some(cx.ints("axes")?.ok_or_else(|| Error::attr("Unsqueeze needs 'axes'"))?)
+        Some(
+            cx.ints("axes")?
+                .ok_or_else(|| Error::attr("Unsqueeze needs 'axes'"))?,
+        )
     } else {
         None
     };
@@ -479,7 +508,13 @@ impl Op for Unsqueeze {
                 let mut it = d.iter();
                 Some(
                     new.iter()
-                        .map(|&n| if n { Dim::Known(1) } else { it.next().cloned().unwrap_or(Dim::Unknown) })
+                        .map(|&n| {
+                            if n {
+                                Dim::Known(1)
+                            } else {
+                                it.next().cloned().unwrap_or(Dim::Unknown)
+                            }
+                        })
                         .collect(),
                 )
             }
@@ -514,12 +549,17 @@ fn parse_transpose(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
         Some(p) => {
             let v: Vec<usize> = p
                 .iter()
-                .map(|&x| usize::try_from(x).map_err(|_| Error::attr(format!("Transpose: bad perm {p:?}"))))
+                .map(|&x| {
+                    usize::try_from(x)
+                        .map_err(|_| Error::attr(format!("Transpose: bad perm {p:?}")))
+                })
                 .collect::<Result<_>>()?;
             let mut seen = vec![false; v.len()];
             for &x in &v {
                 if x >= v.len() || seen[x] {
-                    return Err(Error::attr(format!("Transpose: perm {p:?} is not a permutation")));
+                    return Err(Error::attr(format!(
+                        "Transpose: perm {p:?} is not a permutation"
+                    )));
                 }
                 seen[x] = true;
             }
@@ -601,7 +641,11 @@ impl Op for Concat {
                 continue;
             };
             if d.len() != r {
-                return Err(Error::shape(format!("Concat: inputs of rank {} and {}", r, d.len())));
+                return Err(Error::shape(format!(
+                    "Concat: inputs of rank {} and {}",
+                    r,
+                    d.len()
+                )));
             }
             for (i, di) in d.iter().enumerate() {
                 if i == a {
@@ -634,7 +678,9 @@ impl Op for Concat {
         let ts: Vec<&Tensor> = (0..args.len())
             .filter_map(|i| args.opt(i).transpose())
             .collect::<Result<_>>()?;
-        let first = ts.first().ok_or_else(|| Error::input("Concat needs inputs"))?;
+        let first = ts
+            .first()
+            .ok_or_else(|| Error::input("Concat needs inputs"))?;
         let a = norm_axis(self.axis, first.rank())?;
         out(concat(&ts, a)?)
     }
@@ -651,8 +697,16 @@ pub struct Split {
 
 fn parse_split(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
     let axis = cx.int_or("axis", 0)?;
-    let split = if cx.opset < 13 { cx.ints("split")? } else { None };
-    let n = if cx.opset >= 18 { cx.int("num_outputs")? } else { None };
+    let split = if cx.opset < 13 {
+        cx.ints("split")?
+    } else {
+        None
+    };
+    let n = if cx.opset >= 18 {
+        cx.int("num_outputs")?
+    } else {
+        None
+    };
     let num_outputs = match n {
         Some(n) => usize::try_from(n)
             .ok()
@@ -725,7 +779,10 @@ impl Op for Split {
         let x = args.t(0)?;
         let a = norm_axis(self.axis, x.rank())?;
         let sizes = self.sizes(x.shape()[a], ints_input(args, 1)?)?;
-        Ok(k::split(x, a, &sizes)?.into_iter().map(Value::from).collect())
+        Ok(k::split(x, a, &sizes)?
+            .into_iter()
+            .map(Value::from)
+            .collect())
     }
 }
 
@@ -739,8 +796,12 @@ pub struct Slice {
 
 fn parse_slice(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
     let attrs = if cx.opset < 10 {
-        let s = cx.ints("starts")?.ok_or_else(|| Error::attr("Slice needs 'starts'"))?;
-        let e = cx.ints("ends")?.ok_or_else(|| Error::attr("Slice needs 'ends'"))?;
+        let s = cx
+            .ints("starts")?
+            .ok_or_else(|| Error::attr("Slice needs 'starts'"))?;
+        let e = cx
+            .ints("ends")?
+            .ok_or_else(|| Error::attr("Slice needs 'ends'"))?;
         Some((s, e, cx.ints("axes")?))
     } else {
         None
@@ -767,7 +828,9 @@ fn slice_params(
             if a.len() != n {
                 return Err(Error::shape("Slice: axes and starts differ in length"));
             }
-            a.iter().map(|&x| norm_axis(x, rank)).collect::<Result<_>>()?
+            a.iter()
+                .map(|&x| norm_axis(x, rank))
+                .collect::<Result<_>>()?
         }
         None => {
             if n > rank {
@@ -795,7 +858,10 @@ fn slice_params(
 
 impl Slice {
     #[allow(clippy::type_complexity)]
-    fn raw(&self, get: &dyn Fn(usize) -> Option<Option<Vec<i64>>>) -> Option<(Vec<i64>, Vec<i64>, Option<Vec<i64>>, Option<Vec<i64>>)> {
+    fn raw(
+        &self,
+        get: &dyn Fn(usize) -> Option<Option<Vec<i64>>>,
+    ) -> Option<(Vec<i64>, Vec<i64>, Option<Vec<i64>>, Option<Vec<i64>>)> {
         match &self.attrs {
             Some((s, e, a)) => Some((s.clone(), e.clone(), a.clone(), None)),
             None => Some((get(1)??, get(2)??, get(3)?, get(4)?)),
@@ -959,7 +1025,11 @@ impl Op for GatherND {
                     s.extend(d[self.batch_dims + kk..].iter().cloned());
                     Some(s)
                 }
-                Some(_) => return Err(Error::shape("GatherND: index tuples longer than the data rank")),
+                Some(_) => {
+                    return Err(Error::shape(
+                        "GatherND: index tuples longer than the data rank",
+                    ))
+                }
                 None => None,
             },
             _ => None,
@@ -1005,7 +1075,13 @@ impl Op for ScatterElements {
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
         let x = args.t(0)?;
         let a = norm_axis(self.axis, x.rank())?;
-        out(k::scatter_elements(x, args.t(1)?, args.t(2)?, a, self.reduction)?)
+        out(k::scatter_elements(
+            x,
+            args.t(1)?,
+            args.t(2)?,
+            a,
+            self.reduction,
+        )?)
     }
 }
 
@@ -1031,7 +1107,12 @@ impl Op for ScatterND {
         Ok(vec![fact_tensor(dt, x.shape.clone())])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        out(k::scatter_nd(args.t(0)?, args.t(1)?, args.t(2)?, self.reduction)?)
+        out(k::scatter_nd(
+            args.t(0)?,
+            args.t(1)?,
+            args.t(2)?,
+            self.reduction,
+        )?)
     }
 }
 
@@ -1066,7 +1147,13 @@ impl Op for TensorScatter {
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
         let x = args.t(0)?;
         let a = norm_axis(self.axis, x.rank())?;
-        out(k::tensor_scatter(x, args.t(1)?, args.opt(2)?, a, self.circular)?)
+        out(k::tensor_scatter(
+            x,
+            args.t(1)?,
+            args.opt(2)?,
+            a,
+            self.circular,
+        )?)
     }
 }
 
@@ -1177,7 +1264,9 @@ fn parse_pad(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
     let attrs = if cx.opset < 11 {
         let pads = match cx.ints("pads")? {
             Some(p) => p,
-            None => cx.ints("paddings")?.ok_or_else(|| Error::attr("Pad needs 'pads'"))?,
+            None => cx
+                .ints("paddings")?
+                .ok_or_else(|| Error::attr("Pad needs 'pads'"))?,
         };
         Some((pads, cx.float_or("value", 0.0)?))
     } else {
@@ -1189,7 +1278,10 @@ fn parse_pad(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
 /// Per-axis (begin, end) pads from the flat pads list and optional axes.
 fn pad_pairs(rank: usize, pads: &[i64], axes: Option<&[i64]>) -> Result<Vec<(i64, i64)>> {
     let axes: Vec<usize> = match axes {
-        Some(a) => a.iter().map(|&x| norm_axis(x, rank)).collect::<Result<_>>()?,
+        Some(a) => a
+            .iter()
+            .map(|&x| norm_axis(x, rank))
+            .collect::<Result<_>>()?,
         None => (0..rank).collect(),
     };
     let n = axes.len();
@@ -1288,13 +1380,21 @@ impl Op for CenterCropPad {
         let shape = match (dims(x), cx.input(1)?.const_i64()) {
             (Some(d), Some(s)) => {
                 let mut out = d.to_vec();
-                let axes = self.axes.clone().unwrap_or_else(|| (0..d.len() as i64).collect());
+                let axes = self
+                    .axes
+                    .clone()
+                    .unwrap_or_else(|| (0..d.len() as i64).collect());
                 if axes.len() != s.len() {
-                    return Err(Error::shape("CenterCropPad: shape and axes differ in length"));
+                    return Err(Error::shape(
+                        "CenterCropPad: shape and axes differ in length",
+                    ));
                 }
                 for (a, v) in axes.iter().zip(&s) {
                     let i = norm_axis(*a, d.len())?;
-                    out[i] = Dim::Known(usize::try_from(*v).map_err(|_| Error::shape("CenterCropPad: negative size"))?);
+                    out[i] = Dim::Known(
+                        usize::try_from(*v)
+                            .map_err(|_| Error::shape("CenterCropPad: negative size"))?,
+                    );
                 }
                 Some(out)
             }
@@ -1306,11 +1406,16 @@ impl Op for CenterCropPad {
         let x = args.t(0)?;
         let s = k::shape_from_i64(&args.t(1)?.to_i64_vec()?, "CenterCropPad")?;
         let axes: Vec<usize> = match &self.axes {
-            Some(a) => a.iter().map(|&v| norm_axis(v, x.rank())).collect::<Result<_>>()?,
+            Some(a) => a
+                .iter()
+                .map(|&v| norm_axis(v, x.rank()))
+                .collect::<Result<_>>()?,
             None => (0..x.rank()).collect(),
         };
         if axes.len() != s.len() {
-            return Err(Error::shape("CenterCropPad: shape and axes differ in length"));
+            return Err(Error::shape(
+                "CenterCropPad: shape and axes differ in length",
+            ));
         }
         out(k::center_crop_pad(x, &axes, &s)?)
     }
@@ -1351,7 +1456,10 @@ impl Op for ConstantOfShape {
                 .map(|n| vec![Dim::Unknown; n]),
         };
         // Small constants fold at load like other constant chains.
-        if let Some(c) = shape.as_ref().and_then(|s| s.iter().map(|d| d.known()).collect::<Option<Vec<_>>>()) {
+        if let Some(c) = shape
+            .as_ref()
+            .and_then(|s| s.iter().map(|d| d.known()).collect::<Option<Vec<_>>>())
+        {
             if c.iter().product::<usize>() <= 4096 {
                 if let Some(f) = fold(self, cx) {
                     return Ok(f);
@@ -1361,7 +1469,10 @@ impl Op for ConstantOfShape {
         Ok(vec![fact_tensor(dt, shape)])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        out(k::constant_of_shape(&args.t(0)?.to_i64_vec()?, &self.value)?)
+        out(k::constant_of_shape(
+            &args.t(0)?.to_i64_vec()?,
+            &self.value,
+        )?)
     }
 }
 
@@ -1472,14 +1583,20 @@ impl Op for EyeLike {
         let x = cx.input(0)?;
         if let Some(r) = x.rank() {
             if r != 2 {
-                return Err(Error::shape(format!("EyeLike needs a 2-D input, got rank {r}")));
+                return Err(Error::shape(format!(
+                    "EyeLike needs a 2-D input, got rank {r}"
+                )));
             }
         }
         Ok(vec![fact_tensor(self.dtype.or(x.dtype), x.shape.clone())])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
         let x = args.t(0)?;
-        out(k::eye_like(x.shape(), self.k, self.dtype.unwrap_or(x.dtype()))?)
+        out(k::eye_like(
+            x.shape(),
+            self.k,
+            self.dtype.unwrap_or(x.dtype()),
+        )?)
     }
 }
 
@@ -1627,7 +1744,9 @@ fn parse_reverse_sequence(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
     let b = cx.int_or("batch_axis", 1)?;
     let t = cx.int_or("time_axis", 0)?;
     if !((b == 0 && t == 1) || (b == 1 && t == 0)) {
-        return Err(Error::attr("ReverseSequence: batch_axis/time_axis must be 0 and 1"));
+        return Err(Error::attr(
+            "ReverseSequence: batch_axis/time_axis must be 0 and 1",
+        ));
     }
     Ok(Box::new(ReverseSequence {
         batch_axis: b as usize,
@@ -1642,7 +1761,12 @@ impl Op for ReverseSequence {
         Ok(vec![fact_tensor(x.dtype, x.shape.clone())])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        out(k::reverse_sequence(args.t(0)?, args.t(1)?, self.batch_axis, self.time_axis)?)
+        out(k::reverse_sequence(
+            args.t(0)?,
+            args.t(1)?,
+            self.batch_axis,
+            self.time_axis,
+        )?)
     }
 }
 
@@ -1654,7 +1778,9 @@ pub struct Compress {
 }
 
 fn parse_compress(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
-    Ok(Box::new(Compress { axis: cx.int("axis")? }))
+    Ok(Box::new(Compress {
+        axis: cx.int("axis")?,
+    }))
 }
 
 impl Op for Compress {
@@ -1715,7 +1841,10 @@ impl Op for Unique {
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
         let x = args.t(0)?;
         let a = self.axis.map(|a| norm_axis(a, x.rank())).transpose()?;
-        Ok(k::unique(x, a, self.sorted)?.into_iter().map(Value::from).collect())
+        Ok(k::unique(x, a, self.sorted)?
+            .into_iter()
+            .map(Value::from)
+            .collect())
     }
 }
 
@@ -1738,7 +1867,9 @@ fn seq_pos(p: i64, n: usize, allow_end: bool, what: &str) -> Result<usize> {
     let q = if p < 0 { p + ni } else { p };
     let hi = if allow_end { ni } else { ni - 1 };
     if q < 0 || q > hi {
-        return Err(Error::runtime(format!("{what}: position {p} out of range for a sequence of {n}")));
+        return Err(Error::runtime(format!(
+            "{what}: position {p} out of range for a sequence of {n}"
+        )));
     }
     Ok(q as usize)
 }
@@ -1752,7 +1883,10 @@ impl Op for SequenceConstruct {
     op_common!("SequenceConstruct");
     fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
         let facts: Vec<&Fact> = cx.inputs.iter().collect();
-        Ok(vec![Fact::sequence(crate::graph::same_dtype(&facts, "SequenceConstruct")?)])
+        Ok(vec![Fact::sequence(crate::graph::same_dtype(
+            &facts,
+            "SequenceConstruct",
+        )?)])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
         let mut v = Vec::with_capacity(args.len());
@@ -1811,7 +1945,9 @@ impl Op for SequenceInsert {
         };
         if let Some(first) = s.first() {
             if first.dtype() != t.dtype() {
-                return Err(Error::dtype("SequenceInsert: tensor type differs from the sequence"));
+                return Err(Error::dtype(
+                    "SequenceInsert: tensor type differs from the sequence",
+                ));
             }
         }
         let p = match args.opt(2)? {
@@ -1905,17 +2041,19 @@ impl Op for SplitToSequence {
             None => (vec![1; len], !self.keepdims),
             Some(s) if s.rank() == 0 => {
                 let c = s.scalar_i64()?;
-                let c = usize::try_from(c)
-                    .ok()
-                    .filter(|&c| c > 0)
-                    .ok_or_else(|| Error::runtime(format!("SplitToSequence: split {c} must be positive")))?;
+                let c = usize::try_from(c).ok().filter(|&c| c > 0).ok_or_else(|| {
+                    Error::runtime(format!("SplitToSequence: split {c} must be positive"))
+                })?;
                 let mut v = vec![c; len / c];
                 if len % c != 0 {
                     v.push(len % c);
                 }
                 (v, false)
             }
-            Some(s) => (k::shape_from_i64(&s.to_i64_vec()?, "SplitToSequence")?, false),
+            Some(s) => (
+                k::shape_from_i64(&s.to_i64_vec()?, "SplitToSequence")?,
+                false,
+            ),
         };
         let parts = k::split(x, a, &sizes)?;
         let mut v = Vec::with_capacity(parts.len());
@@ -1969,6 +2107,85 @@ impl Op for ConcatFromSequence {
     }
 }
 
+/// `SequenceMap`: runs a body graph on each element of the input sequence(s).
+/// Spec: https://onnx.ai/onnx/operators/onnx__SequenceMap.html
+#[derive(Debug)]
+pub struct SequenceMap {
+    pub body: Graph,
+    pub plan: Plan,
+}
+
+fn parse_sequence_map(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
+    let body = cx.req_graph("body")?;
+    if body.inputs.len() != cx.n_inputs() {
+        return Err(Error::invalid_model(format!(
+            "SequenceMap body takes {} inputs, the node has {}",
+            body.inputs.len(),
+            cx.n_inputs()
+        )));
+    }
+    if body.outputs.len() != cx.n_outputs() {
+        return Err(Error::invalid_model(
+            "SequenceMap body outputs do not match the node",
+        ));
+    }
+    let plan = Plan::new(&body);
+    Ok(Box::new(SequenceMap { body, plan }))
+}
+
+impl Op for SequenceMap {
+    op_common!("SequenceMap");
+    fn infer(&self, _cx: &InferCx) -> Result<Vec<Fact>> {
+        Ok(self
+            .body
+            .outputs
+            .iter()
+            .map(|&o| Fact::sequence(self.body.values[o].fact.dtype))
+            .collect())
+    }
+    fn run(&self, cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
+        if cx.depth >= cx.options.max_depth {
+            return Err(Error::runtime("SequenceMap: subgraph nesting too deep"));
+        }
+        let n = seq_arg(args, 0)?.len();
+        // Formal inputs after the first: sequences (indexed) or tensors (shared).
+        let n_formal = self.body.inputs.len();
+        let mut extra: Vec<&Value> = Vec::with_capacity(n_formal);
+        for i in 0..n_formal {
+            let v = args
+                .value(i)
+                .ok_or_else(|| Error::input(format!("SequenceMap: missing input {i}")))?;
+            if let Value::Sequence(s) = v {
+                if s.len() != n {
+                    return Err(Error::shape("SequenceMap: sequences differ in length"));
+                }
+            }
+            extra.push(v);
+        }
+        let mut outs: Vec<Vec<Arc<Tensor>>> = vec![Vec::with_capacity(n); self.body.outputs.len()];
+        for it in 0..n {
+            let inputs: Vec<Value> = extra
+                .iter()
+                .map(|v| match v {
+                    Value::Sequence(s) => Value::Tensor(s[it].clone()),
+                    other => (*other).clone(),
+                })
+                .collect();
+            let res = run_subgraph(cx, &self.body, &self.plan, inputs, args.implicit)?;
+            for (o, v) in outs.iter_mut().zip(res) {
+                o.push(match v {
+                    Value::Tensor(t) => t,
+                    other => Arc::new(other.into_tensor()?),
+                });
+            }
+        }
+        Ok(outs.into_iter().map(Value::Sequence).collect())
+    }
+    fn subgraphs(&self) -> Vec<&Graph> {
+        vec![&self.body]
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Optionals
 
@@ -1994,7 +2211,9 @@ impl Op for Optional {
         }])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        Ok(vec![Value::Optional(args.value(0).map(|v| Box::new(v.clone())))])
+        Ok(vec![Value::Optional(
+            args.value(0).map(|v| Box::new(v.clone())),
+        )])
     }
     fn is_deterministic(&self) -> bool {
         // Folding would lose the optional wrapper in facts; keep it a node.
@@ -2044,7 +2263,9 @@ impl Op for OptionalGetElement {
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
         match args.value(0) {
             Some(Value::Optional(Some(v))) => Ok(vec![(**v).clone()]),
-            Some(Value::Optional(None)) => Err(Error::runtime("OptionalGetElement of an empty optional")),
+            Some(Value::Optional(None)) => {
+                Err(Error::runtime("OptionalGetElement of an empty optional"))
+            }
             Some(v) => Ok(vec![v.clone()]),
             None => Err(Error::input("OptionalGetElement: missing input")),
         }
