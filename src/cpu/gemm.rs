@@ -1,22 +1,157 @@
-//! f32 matrix multiply used by MatMul, Gemm, Conv (im2col) and the RNNs.
-//! `sgemm` is the one entry point; the blocking/packing strategy lives behind it.
+//! f32 matrix multiply used by MatMul, Gemm, Conv (im2col), Einsum and the RNNs.
+//!
+//! `sgemm` is the simple entry point; [`sgemm_ex`] takes strides (so transposed operands
+//! need no copy), `alpha` and `beta`. Behind both is a cache-blocked GEMM in the style of
+//! Goto/BLIS: B is packed into `KC×NR` column panels, A into `MR×KC` row panels, and a
+//! register-tiled `MR×NR` micro-kernel written over fixed-size arrays so that LLVM keeps
+//! the accumulators in vector registers and vectorizes the inner loop (SSE2, AVX, NEON or
+//! wasm simd128, whatever the target enables). Small or skinny products take a plain
+//! axpy loop, which is faster there than packing.
+
+/// Rows of the register tile. Six rows fit the 16 AVX registers (12 accumulators);
+/// without AVX, four rows of 16 lanes keep the spill traffic low.
+const MR: usize = if cfg!(target_feature = "avx") { 6 } else { 4 };
+/// Columns of the register tile.
+const NR: usize = 16;
+/// Depth of one packed block (the B micro-panel, KC×NR floats, stays in L1).
+const KC: usize = 256;
+/// Rows of A packed at once (MC×KC floats stay in L2).
+const MC: usize = MR * 16;
+/// Columns of B packed at once (KC×NC floats stay in L3).
+const NC: usize = 2048;
 
 /// C (m×n) = A (m×k) · B (k×n) [+ C if `accumulate`], all row-major and contiguous.
 /// Slices must have at least m*k, k*n and m*n elements (checked by callers' shape logic;
-/// debug-asserted here).
+/// debug-asserted here; if they are short in a release build nothing is computed).
 pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool) {
-    debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    if !accumulate {
-        c[..m * n].iter_mut().for_each(|x| *x = 0.0);
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    let r = sgemm_ex(
+        m,
+        k,
+        n,
+        1.0,
+        Mat::row_major(a, k),
+        Mat::row_major(b, n),
+        beta,
+        c,
+        n,
+    );
+    debug_assert!(r, "sgemm: slices too short for {m}x{k}x{n}");
+}
+
+/// A read-only strided matrix view: element (i, j) is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// Row-major view with leading dimension `ld`.
+    pub fn row_major(data: &'a [f32], ld: usize) -> Self {
+        Mat { data, rs: ld, cs: 1 }
     }
+    /// The transpose of a row-major matrix with leading dimension `ld` (i.e. a
+    /// column-major view).
+    pub fn col_major(data: &'a [f32], ld: usize) -> Self {
+        Mat { data, rs: 1, cs: ld }
+    }
+    /// Same data, rows and columns swapped.
+    pub fn t(self) -> Self {
+        Mat {
+            data: self.data,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+    /// True if every element of a `rows×cols` view lies inside `data`.
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        if rows == 0 || cols == 0 {
+            return true;
+        }
+        let last = (rows - 1)
+            .checked_mul(self.rs)
+            .and_then(|r| (cols - 1).checked_mul(self.cs).and_then(|c| r.checked_add(c)));
+        last.is_some_and(|l| l < self.data.len())
+    }
+    #[inline(always)]
+    fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[i * self.rs + j * self.cs]
+    }
+}
+
+/// C (m×n, row-major with leading dimension `ldc`) = alpha · A·B + beta · C.
+/// With `beta == 0` C is only written (NaNs in it do not propagate).
+/// Returns false (and computes nothing) if a view does not fit its slice.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_ex(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: Mat,
+    b: Mat,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) -> bool {
+    if m == 0 || n == 0 {
+        return true;
+    }
+    if !a.fits(m, k) || !b.fits(k, n) || ldc < n {
+        return false;
+    }
+    match (m - 1).checked_mul(ldc).and_then(|x| x.checked_add(n)) {
+        Some(need) if need <= c.len() => {}
+        _ => return false,
+    }
+    if k == 0 || alpha == 0.0 {
+        scale_c(m, n, beta, c, ldc);
+        return true;
+    }
+    // Skinny or tiny products: packing costs more than it saves.
+    if b.cs == 1 && (m < MR || n < NR / 2 || m * n * k < 8 * 1024) {
+        small_gemm(m, k, n, alpha, a, b, beta, c, ldc);
+        return true;
+    }
+    blocked_gemm(m, k, n, alpha, a, b, beta, c, ldc);
+    true
+}
+
+fn scale_c(m: usize, n: usize, beta: f32, c: &mut [f32], ldc: usize) {
     for i in 0..m {
-        let crow = &mut c[i * n..(i + 1) * n];
+        let row = &mut c[i * ldc..i * ldc + n];
+        if beta == 0.0 {
+            row.fill(0.0);
+        } else if beta != 1.0 {
+            row.iter_mut().for_each(|x| *x *= beta);
+        }
+    }
+}
+
+/// Row-by-row axpy: C[i,:] += alpha·A[i,p]·B[p,:]; B rows must be contiguous.
+#[allow(clippy::too_many_arguments)]
+fn small_gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: Mat,
+    b: Mat,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    scale_c(m, n, beta, c, ldc);
+    for i in 0..m {
+        let crow = &mut c[i * ldc..i * ldc + n];
         for p in 0..k {
-            let av = a[i * k + p];
+            let av = alpha * a.at(i, p);
             if av == 0.0 {
                 continue;
             }
-            let brow = &b[p * n..(p + 1) * n];
+            let brow = &b.data[p * b.rs..p * b.rs + n];
             for (cv, bv) in crow.iter_mut().zip(brow) {
                 *cv += av * bv;
             }
@@ -24,14 +159,363 @@ pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], 
     }
 }
 
+/// Packs rows `i0..i0+mc`, depth `p0..p0+kc` of A into MR-row panels (zero-padded):
+/// panel r holds, for each p, the MR values A[i0+r*MR .. +MR, p].
+fn pack_a(a: &Mat, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut Vec<f32>) {
+    let panels = mc.div_ceil(MR);
+    out.clear();
+    out.resize(panels * MR * kc, 0.0);
+    for (r, panel) in out.chunks_exact_mut(MR * kc).enumerate() {
+        let rows = MR.min(mc - r * MR);
+        let base = i0 + r * MR;
+        if a.cs == 1 && rows == MR {
+            // Row-major A: gather MR rows at a time.
+            for ii in 0..MR {
+                let row = &a.data[(base + ii) * a.rs + p0..(base + ii) * a.rs + p0 + kc];
+                for (p, &v) in row.iter().enumerate() {
+                    panel[p * MR + ii] = v;
+                }
+            }
+        } else if a.rs == 1 && rows == MR {
+            // Column-major A (transposed operand): each p is contiguous.
+            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                let s = (p0 + p) * a.cs + base;
+                dst.copy_from_slice(&a.data[s..s + MR]);
+            }
+        } else {
+            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                for (ii, d) in dst.iter_mut().enumerate().take(rows) {
+                    *d = a.at(base + ii, p0 + p);
+                }
+            }
+        }
+    }
+}
+
+/// Packs depth `p0..p0+kc`, columns `j0..j0+nc` of B into NR-column panels (zero-padded).
+fn pack_b(b: &Mat, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut Vec<f32>) {
+    let panels = nc.div_ceil(NR);
+    out.clear();
+    out.resize(panels * NR * kc, 0.0);
+    for (r, panel) in out.chunks_exact_mut(NR * kc).enumerate() {
+        let cols = NR.min(nc - r * NR);
+        let base = j0 + r * NR;
+        if b.cs == 1 {
+            for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                let s = (p0 + p) * b.rs + base;
+                dst[..cols].copy_from_slice(&b.data[s..s + cols]);
+            }
+        } else if b.rs == 1 && cols == NR {
+            for jj in 0..NR {
+                let col = &b.data[(base + jj) * b.cs + p0..(base + jj) * b.cs + p0 + kc];
+                for (p, &v) in col.iter().enumerate() {
+                    panel[p * NR + jj] = v;
+                }
+            }
+        } else {
+            for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                for (jj, d) in dst.iter_mut().enumerate().take(cols) {
+                    *d = b.at(p0 + p, base + jj);
+                }
+            }
+        }
+    }
+}
+
+/// The register tile: acc[i][j] = Σ_p ap[p*MR+i] · bp[p*NR+j].
+#[inline(always)]
+fn micro_kernel(ap: &[f32], bp: &[f32]) -> [[f32; NR]; MR] {
+    let mut acc = [[0f32; NR]; MR];
+    for (a, b) in ap.chunks_exact(MR).zip(bp.chunks_exact(NR)) {
+        let mut bv = [0f32; NR];
+        bv.copy_from_slice(b);
+        let mut av = [0f32; MR];
+        av.copy_from_slice(a);
+        for i in 0..MR {
+            let ai = av[i];
+            let row = &mut acc[i];
+            for j in 0..NR {
+                row[j] += ai * bv[j];
+            }
+        }
+    }
+    acc
+}
+
+#[allow(clippy::too_many_arguments)]
+fn blocked_gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: Mat,
+    b: Mat,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let mut bpack = Vec::new();
+    let mut apack = Vec::new();
+    for j0 in (0..n).step_by(NC) {
+        let nc = NC.min(n - j0);
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            // The first depth block applies beta; later ones accumulate.
+            let first = p0 == 0;
+            pack_b(&b, p0, kc, j0, nc, &mut bpack);
+            for i0 in (0..m).step_by(MC) {
+                let mc = MC.min(m - i0);
+                pack_a(&a, i0, mc, p0, kc, &mut apack);
+                for (jr, bp) in bpack.chunks_exact(NR * kc).enumerate() {
+                    let jj = j0 + jr * NR;
+                    let cols = NR.min(n - jj);
+                    for (ir, ap) in apack.chunks_exact(MR * kc).enumerate() {
+                        let ii = i0 + ir * MR;
+                        let rows = MR.min(m - ii);
+                        let acc = micro_kernel(ap, bp);
+                        for (r, accr) in acc.iter().enumerate().take(rows) {
+                            let off = (ii + r) * ldc + jj;
+                            let crow = &mut c[off..off + cols];
+                            store_row(crow, &accr[..cols], alpha, beta, first);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn store_row(crow: &mut [f32], acc: &[f32], alpha: f32, beta: f32, first: bool) {
+    if !first || beta == 1.0 {
+        if alpha == 1.0 {
+            for (cv, &v) in crow.iter_mut().zip(acc) {
+                *cv += v;
+            }
+        } else {
+            for (cv, &v) in crow.iter_mut().zip(acc) {
+                *cv += alpha * v;
+            }
+        }
+    } else if beta == 0.0 {
+        for (cv, &v) in crow.iter_mut().zip(acc) {
+            *cv = alpha * v;
+        }
+    } else {
+        for (cv, &v) in crow.iter_mut().zip(acc) {
+            *cv = beta * *cv + alpha * v;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Straightforward triple loop in f64, the reference.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f32,
+        a: Mat,
+        b: Mat,
+        beta: f32,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for p in 0..k {
+                    s += a.at(i, p) as f64 * b.at(p, j) as f64;
+                }
+                let old = if beta == 0.0 {
+                    0.0
+                } else {
+                    beta as f64 * c[i * ldc + j] as f64
+                };
+                c[i * ldc + j] = (alpha as f64 * s + old) as f32;
+            }
+        }
+    }
+
+    /// Deterministic pseudo-random values in [-1, 1).
+    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn close(x: &[f32], y: &[f32], k: usize) {
+        let tol = 1e-5 * (k as f32 + 1.0);
+        for (i, (a, b)) in x.iter().zip(y).enumerate() {
+            assert!((a - b).abs() <= tol * (1.0 + b.abs()), "at {i}: {a} vs {b}");
+        }
+    }
+
     #[test]
     fn small() {
         let a = [1., 2., 3., 4., 5., 6.]; // 2x3
         let b = [1., 0., 0., 1., 1., 1.]; // 3x2
         let mut c = [0f32; 4];
-        super::sgemm(2, 3, 2, &a, &b, &mut c, false);
+        sgemm(2, 3, 2, &a, &b, &mut c, false);
         assert_eq!(c, [4., 5., 10., 11.]);
+        sgemm(2, 3, 2, &a, &b, &mut c, true);
+        assert_eq!(c, [8., 10., 20., 22.]);
+    }
+
+    #[test]
+    fn odd_sizes_match_naive() {
+        let sizes = [
+            (1, 1, 1),
+            (1, 7, 33),
+            (3, 5, 2),
+            (5, 300, 17),
+            (7, 1, 19),
+            (13, 17, 31),
+            (MR + 1, 257, NR + 3),
+            (2 * MR - 1, 513, 3 * NR - 1),
+            (MC + 5, 70, 40),
+            (97, 33, NC + 21),
+            (64, 64, 64),
+            (33, 1000, 9),
+            (120, 6, 200),
+        ];
+        for (t, &(m, k, n)) in sizes.iter().enumerate() {
+            let a = rand_vec(m * k, t as u64);
+            let b = rand_vec(k * n, 100 + t as u64);
+            let c0 = rand_vec(m * n, 200 + t as u64);
+            for &(alpha, beta) in &[(1.0f32, 0.0f32), (1.0, 1.0), (0.5, -2.0)] {
+                let mut want = c0.clone();
+                naive(
+                    m,
+                    k,
+                    n,
+                    alpha,
+                    Mat::row_major(&a, k),
+                    Mat::row_major(&b, n),
+                    beta,
+                    &mut want,
+                    n,
+                );
+                let mut got = c0.clone();
+                let ok = sgemm_ex(
+                    m,
+                    k,
+                    n,
+                    alpha,
+                    Mat::row_major(&a, k),
+                    Mat::row_major(&b, n),
+                    beta,
+                    &mut got,
+                    n,
+                );
+                assert!(ok);
+                close(&got, &want, k);
+                // Transposed operands: A stored k×m, B stored n×k.
+                let at: Vec<f32> = (0..k * m).map(|x| a[(x % m) * k + x / m]).collect();
+                let bt: Vec<f32> = (0..n * k).map(|x| b[(x % k) * n + x / k]).collect();
+                let mut got = c0.clone();
+                assert!(sgemm_ex(
+                    m,
+                    k,
+                    n,
+                    alpha,
+                    Mat::col_major(&at, m),
+                    Mat::col_major(&bt, k),
+                    beta,
+                    &mut got,
+                    n,
+                ));
+                close(&got, &want, k);
+            }
+        }
+    }
+
+    #[test]
+    fn beta_zero_ignores_nan_and_leading_dim() {
+        let a = rand_vec(40 * 30, 1);
+        let b = rand_vec(30 * 50, 2);
+        let ldc = 53;
+        let mut got = vec![f32::NAN; 40 * ldc];
+        let mut want = vec![0f32; 40 * ldc];
+        naive(
+            40,
+            30,
+            50,
+            1.0,
+            Mat::row_major(&a, 30),
+            Mat::row_major(&b, 50),
+            0.0,
+            &mut want,
+            ldc,
+        );
+        assert!(sgemm_ex(
+            40,
+            30,
+            50,
+            1.0,
+            Mat::row_major(&a, 30),
+            Mat::row_major(&b, 50),
+            0.0,
+            &mut got,
+            ldc
+        ));
+        for i in 0..40 {
+            close(&got[i * ldc..i * ldc + 50], &want[i * ldc..i * ldc + 50], 30);
+        }
+    }
+
+    #[test]
+    fn short_slices_are_refused() {
+        let a = [1f32; 5];
+        let b = [1f32; 6];
+        let mut c = [0f32; 4];
+        assert!(!sgemm_ex(
+            2,
+            3,
+            2,
+            1.0,
+            Mat::row_major(&a, 3),
+            Mat::row_major(&b, 2),
+            0.0,
+            &mut c,
+            2
+        ));
+    }
+
+    /// `cargo test --lib gemm_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn gemm_speed() {
+        for &(m, k, n, reps) in &[
+            (256usize, 256usize, 256usize, 50),
+            (1024, 1024, 1024, 3),
+            (128, 384, 384, 50),
+            (384, 3 * 3 * 32, 96 * 48, 5),
+        ] {
+            let a = rand_vec(m * k, 1);
+            let b = rand_vec(k * n, 2);
+            let mut c = vec![0f32; m * n];
+            sgemm(m, k, n, &a, &b, &mut c, false);
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                sgemm(m, k, n, &a, &b, &mut c, false);
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            println!(
+                "sgemm {m}x{k}x{n}: {:.3} ms, {:.1} GFLOP/s",
+                s * 1e3,
+                2.0 * (m * k * n) as f64 / s / 1e9
+            );
+        }
     }
 }
