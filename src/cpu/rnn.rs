@@ -155,7 +155,11 @@ impl Act {
                 .iter_mut()
                 .for_each(|x| *x = (alpha * *x + beta).clamp(0.0, 1.0)),
             Act::Elu { alpha } => v.iter_mut().for_each(|x| {
-                *x = if *x < 0.0 { alpha * (x.exp() - 1.0) } else { *x }
+                *x = if *x < 0.0 {
+                    alpha * (x.exp() - 1.0)
+                } else {
+                    *x
+                }
             }),
             Act::Softsign => v.iter_mut().for_each(|x| *x /= 1.0 + x.abs()),
             Act::Softplus => v.iter_mut().for_each(|x| {
@@ -521,9 +525,7 @@ pub fn run_rnn(
             if is_lstm {
                 let cs = &mut c[b * hidden..(b + 1) * hidden];
                 match &c0d {
-                    Some(c0) => {
-                        cs.copy_from_slice(&c0[state_off(d, b)..state_off(d, b) + hidden])
-                    }
+                    Some(c0) => cs.copy_from_slice(&c0[state_off(d, b)..state_off(d, b) + hidden]),
                     None => cs.fill(0.0),
                 }
             }
@@ -660,7 +662,11 @@ pub fn run_rnn(
         }
     };
     Ok(RnnOutputs {
-        y: if want.y { Some(finish(y, y_shape)?) } else { None },
+        y: if want.y {
+            Some(finish(y, y_shape)?)
+        } else {
+            None
+        },
         y_h: if want.y_h {
             Some(finish(y_h, state_shape.clone())?)
         } else {
@@ -812,7 +818,12 @@ mod tests {
 
     #[test]
     fn errors() {
-        let p = params(CellKind::Gru { linear_before_reset: false }, Direction::Forward);
+        let p = params(
+            CellKind::Gru {
+                linear_before_reset: false,
+            },
+            Direction::Forward,
+        );
         let w = Tensor::zeros(DType::F32, vec![1, 6, 3]).unwrap();
         let r = Tensor::zeros(DType::F32, vec![1, 5, 2]).unwrap();
         assert!(prepare_weights(&p, &w, &r, None, None).is_err());

@@ -69,13 +69,22 @@ impl WeightCache {
         if cacheable {
             if let Ok(guard) = self.slot.lock() {
                 if let Some((k, pw)) = guard.as_ref() {
+                    // Same tensors (constants), or equal contents: weights recomputed by
+                    // nodes that constant folding did not reach (e.g. inside an If).
                     let same = k.len() == key.len()
                         && k.iter().zip(&key).all(|(a, b)| match (a, b) {
                             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                             (None, None) => true,
                             _ => false,
                         });
-                    if same {
+                    let equal = same
+                        || (k.len() == key.len()
+                            && k.iter().zip(&key).all(|(a, b)| match (a, b) {
+                                (Some(a), Some(b)) => a.as_ref() == b.as_ref(),
+                                (None, None) => true,
+                                _ => false,
+                            }));
+                    if equal {
                         return Ok(pw.clone());
                     }
                 }
@@ -98,11 +107,7 @@ fn parse_common(cx: &mut NodeCx, kind: CellKind) -> Result<RnnParams> {
         "forward" => Direction::Forward,
         "reverse" => Direction::Reverse,
         "bidirectional" => Direction::Bidirectional,
-        other => {
-            return Err(Error::attr(format!(
-                "{name}: unknown direction '{other}'"
-            )))
-        }
+        other => return Err(Error::attr(format!("{name}: unknown direction '{other}'"))),
     };
     let hidden_size = match cx.int("hidden_size")? {
         None => None,
@@ -280,7 +285,9 @@ fn infer_rnn(p: &RnnParams, cx: &InferCx) -> Result<Vec<Fact>> {
     for (f, what) in [(x, "X"), (w, "W"), (r, "R")] {
         if let Some(rk) = f.rank() {
             if rk != 3 {
-                return Err(Error::shape(format!("{name}: {what} must be 3-D, got rank {rk}")));
+                return Err(Error::shape(format!(
+                    "{name}: {what} must be 3-D, got rank {rk}"
+                )));
             }
         }
     }
@@ -345,12 +352,7 @@ fn infer_rnn(p: &RnnParams, cx: &InferCx) -> Result<Vec<Fact>> {
 }
 
 /// Runs the kernel and lays the outputs out as the node expects.
-fn run_common(
-    p: &RnnParams,
-    want: Want,
-    cache: &WeightCache,
-    args: &Args,
-) -> Result<Vec<Value>> {
+fn run_common(p: &RnnParams, want: Want, cache: &WeightCache, args: &Args) -> Result<Vec<Value>> {
     let is_lstm = p.kind == CellKind::Lstm;
     let pw = cache.get(p, args, if is_lstm { Some(7) } else { None })?;
     let x = args.t(0)?;
@@ -407,3 +409,63 @@ rnn_op!(
     Rnn,
     "RNN"
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_cache_reuses_prepared_weights() {
+        let p = RnnParams {
+            kind: CellKind::Rnn,
+            direction: Direction::Forward,
+            hidden_size: None,
+            activations: vec![[Act::Tanh; 3]],
+            clip: None,
+            input_forget: false,
+            batch_first: false,
+        };
+        let x = Value::from(Tensor::from_vec(vec![1, 1, 2], vec![1f32, 2.]).unwrap());
+        let w = Value::from(Tensor::from_vec(vec![1, 1, 2], vec![0.5f32, 0.25]).unwrap());
+        let r = Value::from(Tensor::from_vec(vec![1, 1, 1], vec![1f32]).unwrap());
+        let cache = WeightCache::default();
+        let ins = [Some(&x), Some(&w), Some(&r)];
+        let args = Args {
+            inputs: &ins,
+            implicit: &[],
+        };
+        let a = cache.get(&p, &args, None).unwrap();
+        let b = cache.get(&p, &args, None).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        // Equal contents in a fresh tensor also hit.
+        let w2 = Value::from(Tensor::from_vec(vec![1, 1, 2], vec![0.5f32, 0.25]).unwrap());
+        let ins2 = [Some(&x), Some(&w2), Some(&r)];
+        let args2 = Args {
+            inputs: &ins2,
+            implicit: &[],
+        };
+        assert!(Arc::ptr_eq(&a, &cache.get(&p, &args2, None).unwrap()));
+        // Different contents miss.
+        let w3 = Value::from(Tensor::from_vec(vec![1, 1, 2], vec![1f32, 0.25]).unwrap());
+        let ins3 = [Some(&x), Some(&w3), Some(&r)];
+        let args3 = Args {
+            inputs: &ins3,
+            implicit: &[],
+        };
+        let c = cache.get(&p, &args3, None).unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.dirs[0].w_t, vec![1.0, 0.25]);
+        let out = run_common(
+            &p,
+            Want {
+                y: true,
+                y_h: true,
+                y_c: false,
+            },
+            &cache,
+            &args3,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 2);
+    }
+}
