@@ -622,12 +622,12 @@ impl Tensor {
 
     /// Values converted to f32 (any numeric or bool dtype).
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
-        Ok(self.cast(DType::F32)?.into_vec::<f32>()?)
+        self.cast(DType::F32)?.into_vec::<f32>()
     }
 
     /// Values converted to f64 (any numeric or bool dtype).
     pub fn to_f64_vec(&self) -> Result<Vec<f64>> {
-        Ok(self.cast(DType::F64)?.into_vec::<f64>()?)
+        self.cast(DType::F64)?.into_vec::<f64>()
     }
 
     /// First element as f64; for scalar-like inputs (alpha, limits…).

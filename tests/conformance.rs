@@ -61,7 +61,7 @@ fn read_value(path: &Path, kind: ValueKind) -> Result<Value, String> {
             ValueProto::Sequence(proto::decode_sequence(&bytes, 0).map_err(|e| e.to_string())?)
         }
         ValueKind::Optional => proto::decode_optional(&bytes, 0).map_err(|e| e.to_string())?,
-        _ => ValueProto::Tensor(proto::decode_tensor_file(&bytes).map_err(|e| e.to_string())?),
+        _ => ValueProto::Tensor(Box::new(proto::decode_tensor_file(&bytes).map_err(|e| e.to_string())?)),
     };
     value_from_proto(vp)
 }

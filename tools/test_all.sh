@@ -16,7 +16,7 @@ cargo clippy --all-targets -- -D warnings
 cargo clippy --lib --target wasm32-unknown-unknown --no-default-features -- -D warnings
 
 step "native tests"
-cargo test --release 2>&1 | tee target/native-tests.log
+cargo test 2>&1 | tee target/native-tests.log
 grep -E "conformance total|suite " target/conformance-report.txt || true
 
 step "wasm32 build + size"

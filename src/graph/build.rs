@@ -53,6 +53,9 @@ pub fn fact_from_type(t: &Option<TypeProto>) -> Fact {
             shape: shape.as_ref().map(|dims| {
                 dims.iter()
                     .map(|d| match d {
+                        // Some exporters write 0 for "any" (silero VAD declares [0,0]);
+                        // a declared 0 is treated as unknown, never enforced.
+                        DimProto::Value(0) => Dim::Unknown,
                         DimProto::Value(v) => usize::try_from(*v).map_or(Dim::Unknown, Dim::Known),
                         DimProto::Param(p) if !p.is_empty() => Dim::Sym(p.clone()),
                         _ => Dim::Unknown,
@@ -186,9 +189,12 @@ impl<'m> Builder<'m> {
                 return Err(Error::invalid_model("graph input without a name"));
             }
             if let Some(&id) = init_ids.get(&vi.name) {
-                // Overridable initializer: keep the constant, expose it as an input.
+                // Overridable initializer: keep the constant as the default, expose it as
+                // an input, and forget its value in the fact so that neither inference
+                // nor folding bakes in a value the caller may replace.
                 if main {
                     g.inputs.push(id);
+                    g.values[id].fact.value = None;
                 }
                 continue;
             }

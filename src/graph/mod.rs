@@ -123,6 +123,10 @@ impl Graph {
     pub fn capture_names(&self) -> impl Iterator<Item = &str> {
         self.captures.iter().map(|(_, n)| n.as_str())
     }
+    /// Id of a value by name (names are unique within a graph).
+    pub fn find_value(&self, name: &str) -> Option<ValueId> {
+        self.values.iter().position(|v| v.name == name)
+    }
     /// Counts nodes here and in every subgraph.
     pub fn node_count_deep(&self) -> usize {
         self.nodes
@@ -213,14 +217,22 @@ pub trait Op: fmt::Debug + Send + Sync + Any {
     fn subgraphs(&self) -> Vec<&Graph> {
         Vec::new()
     }
+    /// The same subgraphs, for inference and passes that rewrite them. An op that
+    /// returns them here must not cache anything derived from them before its first run.
+    fn subgraphs_mut(&mut self) -> Vec<&mut Graph> {
+        Vec::new()
+    }
     /// False for ops whose output is not a function of their inputs (random ops), which
     /// constant folding must leave alone.
     fn is_deterministic(&self) -> bool {
         true
     }
     fn as_any(&self) -> &dyn Any;
-    /// Mutable access for passes that rewrite an op in place (fusions).
-    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// Mutable access for passes that rewrite an op in place (fusions); ops that no
+    /// pass rewrites may keep the default.
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        None
+    }
 }
 
 /// Implements `name`, `as_any` and `as_any_mut` for an op struct.
@@ -233,8 +245,8 @@ macro_rules! op_common {
         fn as_any(&self) -> &dyn std::any::Any {
             self
         }
-        fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-            self
+        fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+            Some(self)
         }
     };
 }

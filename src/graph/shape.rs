@@ -200,6 +200,19 @@ pub fn broadcast_facts(facts: &[&Fact]) -> Result<Option<Vec<Dim>>> {
 /// a clash of known dims or dtypes is an error.
 pub fn infer_graph(g: &mut Graph, opsets: &dyn Fn(&str) -> i64) -> Result<()> {
     for i in 0..g.nodes.len() {
+        // Subgraphs first, with the facts of the outer values they capture, so that
+        // If/Loop rules see their bodies' output facts.
+        {
+            let Graph { nodes, values, .. } = &mut *g;
+            for sub in nodes[i].op.subgraphs_mut() {
+                for (cid, name) in sub.captures.clone() {
+                    if let Some(outer) = values.iter().find(|v| v.name == name) {
+                        sub.values[cid].fact = outer.fact.clone();
+                    }
+                }
+                infer_graph(sub, opsets)?;
+            }
+        }
         let node = &g.nodes[i];
         let inputs: Vec<Fact> = node
             .inputs
@@ -253,17 +266,12 @@ fn merge(declared: &Fact, inferred: Fact) -> Result<Fact> {
         match &mut out.shape {
             None => out.shape = Some(ds.clone()),
             Some(is) if is.len() == ds.len() => {
+                // Known dims that clash are left as the op computes them: exporters
+                // declare wrong shapes (skl2onnx multi-target regressors), and
+                // onnxruntime only warns.
                 for (i, d) in is.iter_mut().zip(ds) {
-                    match (&*i, d) {
-                        (Dim::Known(a), Dim::Known(b)) if a != b => {
-                            return Err(Error::shape(format!(
-                                "declared shape {} but the op produces {}",
-                                fmt_dims(ds),
-                                fmt_dims(&out.shape.clone().unwrap_or_default())
-                            )))
-                        }
-                        (Dim::Unknown, _) | (Dim::Sym(_), Dim::Known(_)) => *i = d.clone(),
-                        _ => {}
+                    if matches!((&*i, d), (Dim::Unknown, _) | (Dim::Sym(_), Dim::Known(_))) {
+                        *i = d.clone();
                     }
                 }
             }

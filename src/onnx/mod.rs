@@ -79,11 +79,6 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
     let shape = dims_to_shape(&t.dims)?;
     let n = numel(&shape, dtype)?;
     let raw = t.raw_data.as_deref();
-    let i32s = |conv: &dyn Fn(i64) -> Result<()>| -> Result<()> {
-        typed_len_check(t.int32_data.len(), n, "int32_data")?;
-        t.int32_data.iter().try_for_each(|&v| conv(v))
-    };
-    let _ = i32s;
     macro_rules! from_i32_field {
         ($ty:ty) => {{
             typed_len_check(t.int32_data.len(), n, "int32_data")?;
@@ -227,8 +222,10 @@ pub fn tensor_from_sparse(s: &SparseTensorProto) -> Result<Tensor> {
     crate::dispatch!(all values.dtype(), "sparse initializer", T => {
         let src = values.as_slice::<T>()?;
         let dst = dense.as_mut_slice::<T>()?;
-        for (k, &i) in flat.iter().enumerate() {
-            dst[i] = src[k].clone();
+        for (&i, v) in flat.iter().zip(src) {
+            #[allow(clippy::clone_on_copy)]
+            let v = v.clone();
+            dst[i] = v;
         }
         Ok::<(), Error>(())
     })?;

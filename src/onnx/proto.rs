@@ -456,7 +456,7 @@ pub fn decode_tensor_file(buf: &[u8]) -> Result<TensorProto> {
 /// are `onnx.SequenceProto` / `OptionalProto`, which we decode separately.
 #[derive(Debug, Clone)]
 pub enum ValueProto {
-    Tensor(TensorProto),
+    Tensor(Box<TensorProto>),
     Sequence(Vec<ValueProto>),
     /// None = an empty optional.
     Optional(Option<Box<ValueProto>>),
@@ -469,7 +469,7 @@ pub fn decode_sequence(buf: &[u8], depth: u32) -> Result<Vec<ValueProto>> {
     let mut r = Reader::new(buf);
     while let Some((n, v)) = r.field()? {
         match n {
-            3 => items.push(ValueProto::Tensor(decode_tensor(v.as_bytes()?, depth)?)),
+            3 => items.push(ValueProto::Tensor(Box::new(decode_tensor(v.as_bytes()?, depth)?))),
             5 => items.push(ValueProto::Sequence(decode_sequence(v.as_bytes()?, depth)?)),
             7 => items.push(decode_optional(v.as_bytes()?, depth)?),
             _ => {}

@@ -10,7 +10,7 @@ use crate::graph::{Args, Fact, Graph, InferCx, NodeCx, Op, RunCx, Value};
 use crate::op_common;
 use crate::plan::{run_subgraph, Plan};
 use crate::tensor::{DType, Tensor};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub const OPS: &[OpDef] = &[
     def("", "Constant", parse_constant),
@@ -90,25 +90,26 @@ impl Op for Identity {
     }
 }
 
-/// A subgraph with its schedule.
+/// A subgraph with its schedule, planned on first run (after load-time passes have
+/// rewritten the graph).
 #[derive(Debug)]
 pub struct Body {
     pub graph: Graph,
-    pub plan: Plan,
+    plan: OnceLock<Plan>,
 }
 
 impl Body {
-    fn new(graph: Graph) -> Body {
-        let plan = Plan::new(&graph);
-        Body { graph, plan }
+    pub fn new(graph: Graph) -> Body {
+        Body { graph, plan: OnceLock::new() }
     }
-    fn run(
+    pub fn run(
         &self,
         cx: &mut RunCx,
         inputs: Vec<Value>,
         implicit: &[(&str, &Value)],
     ) -> Result<Vec<Value>> {
-        run_subgraph(cx, &self.graph, &self.plan, inputs, implicit)
+        let plan = self.plan.get_or_init(|| Plan::new(&self.graph));
+        run_subgraph(cx, &self.graph, plan, inputs, implicit)
     }
     fn output_facts(&self) -> Vec<Fact> {
         self.graph
@@ -181,6 +182,9 @@ impl Op for If {
     }
     fn subgraphs(&self) -> Vec<&Graph> {
         vec![&self.then_branch.graph, &self.else_branch.graph]
+    }
+    fn subgraphs_mut(&mut self) -> Vec<&mut Graph> {
+        vec![&mut self.then_branch.graph, &mut self.else_branch.graph]
     }
 }
 
@@ -303,6 +307,9 @@ impl Op for Loop {
     }
     fn subgraphs(&self) -> Vec<&Graph> {
         vec![&self.body.graph]
+    }
+    fn subgraphs_mut(&mut self) -> Vec<&mut Graph> {
+        vec![&mut self.body.graph]
     }
 }
 
@@ -472,5 +479,8 @@ impl Op for Scan {
     }
     fn subgraphs(&self) -> Vec<&Graph> {
         vec![&self.body.graph]
+    }
+    fn subgraphs_mut(&mut self) -> Vec<&mut Graph> {
+        vec![&mut self.body.graph]
     }
 }

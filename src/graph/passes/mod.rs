@@ -8,9 +8,23 @@ pub mod inline_functions;
 use super::Graph;
 use crate::error::Result;
 
-/// Runs the standard pipeline on a graph (not its subgraphs).
+/// Runs the standard pipeline on a graph, then on its subgraphs, whose captured outer
+/// constants are seeded as constants inside so that folding reaches into If/Loop bodies.
 pub fn optimize(g: &mut Graph) -> Result<()> {
     const_fold::run(g)?;
     dce::run(g);
+    let Graph { nodes, values, consts, .. } = g;
+    for node in nodes.iter_mut() {
+        for sub in node.op.subgraphs_mut() {
+            for (cid, name) in sub.captures.clone() {
+                let outer = values.iter().position(|v| v.name == name);
+                if let Some(c) = outer.and_then(|o| consts[o].clone()) {
+                    sub.values[cid].fact = crate::graph::Fact::from_value(&c);
+                    sub.consts[cid] = Some(c);
+                }
+            }
+            optimize(sub)?;
+        }
+    }
     Ok(())
 }
