@@ -91,7 +91,10 @@ impl<const N: usize> BcastPlan<N> {
     /// Length of one row and each input's stride inside it (0 or 1).
     pub fn row(&self) -> (usize, [usize; N]) {
         let last = self.dims.len() - 1;
-        (self.dims[last], std::array::from_fn(|k| self.strides[k][last]))
+        (
+            self.dims[last],
+            std::array::from_fn(|k| self.strides[k][last]),
+        )
     }
 
     /// Calls `f` with each input's offset for every row, in output order.
@@ -507,7 +510,9 @@ pub fn unary(op: UnaryOp, t: &Tensor) -> Result<Tensor> {
                 })
             })
         }
-        UnaryOp::IsNaN => crate::dispatch!(float dt, name, T => { map::<T, bool>(t, |x| Num::is_nan(*x)) }),
+        UnaryOp::IsNaN => {
+            crate::dispatch!(float dt, name, T => { map::<T, bool>(t, |x| Num::is_nan(*x)) })
+        }
         UnaryOp::IsInf { negative, positive } => crate::dispatch!(float dt, name, T => {
             map::<T, bool>(t, |x| {
                 let v = x.to_f64();
@@ -629,10 +634,18 @@ pub fn binary_op(op: BinOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         )));
     }
     match op {
-        BinOp::Add => crate::dispatch!(num dt, name, T => { binary::<T, T, T>(a, b, |x, y| Num::add(*x, *y)) }),
-        BinOp::Sub => crate::dispatch!(num dt, name, T => { binary::<T, T, T>(a, b, |x, y| Num::sub(*x, *y)) }),
-        BinOp::Mul => crate::dispatch!(num dt, name, T => { binary::<T, T, T>(a, b, |x, y| Num::mul(*x, *y)) }),
-        BinOp::Div => crate::dispatch!(num dt, name, T => { binary::<T, T, T>(a, b, |x, y| Num::div(*x, *y)) }),
+        BinOp::Add => {
+            crate::dispatch!(num dt, name, T => { binary::<T, T, T>(a, b, |x, y| Num::add(*x, *y)) })
+        }
+        BinOp::Sub => {
+            crate::dispatch!(num dt, name, T => { binary::<T, T, T>(a, b, |x, y| Num::sub(*x, *y)) })
+        }
+        BinOp::Mul => {
+            crate::dispatch!(num dt, name, T => { binary::<T, T, T>(a, b, |x, y| Num::mul(*x, *y)) })
+        }
+        BinOp::Div => {
+            crate::dispatch!(num dt, name, T => { binary::<T, T, T>(a, b, |x, y| Num::div(*x, *y)) })
+        }
         BinOp::Mod { fmod } => crate::dispatch!(num dt, name, T => {
             if fmod {
                 binary::<T, T, T>(a, b, |x, y| x.rem_trunc(*y))
@@ -657,14 +670,30 @@ pub fn binary_op(op: BinOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         BinOp::And => binary::<bool, bool, bool>(a, b, |x, y| *x && *y),
         BinOp::Or => binary::<bool, bool, bool>(a, b, |x, y| *x || *y),
         BinOp::Xor => binary::<bool, bool, bool>(a, b, |x, y| *x != *y),
-        BinOp::BitwiseAnd => crate::dispatch!(int dt, name, T => { binary::<T, T, T>(a, b, |x, y| *x & *y) }),
-        BinOp::BitwiseOr => crate::dispatch!(int dt, name, T => { binary::<T, T, T>(a, b, |x, y| *x | *y) }),
-        BinOp::BitwiseXor => crate::dispatch!(int dt, name, T => { binary::<T, T, T>(a, b, |x, y| *x ^ *y) }),
-        BinOp::Equal => crate::dispatch!(all dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x == y) }),
-        BinOp::Less => crate::dispatch!(num dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x < y) }),
-        BinOp::LessOrEqual => crate::dispatch!(num dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x <= y) }),
-        BinOp::Greater => crate::dispatch!(num dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x > y) }),
-        BinOp::GreaterOrEqual => crate::dispatch!(num dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x >= y) }),
+        BinOp::BitwiseAnd => {
+            crate::dispatch!(int dt, name, T => { binary::<T, T, T>(a, b, |x, y| *x & *y) })
+        }
+        BinOp::BitwiseOr => {
+            crate::dispatch!(int dt, name, T => { binary::<T, T, T>(a, b, |x, y| *x | *y) })
+        }
+        BinOp::BitwiseXor => {
+            crate::dispatch!(int dt, name, T => { binary::<T, T, T>(a, b, |x, y| *x ^ *y) })
+        }
+        BinOp::Equal => {
+            crate::dispatch!(all dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x == y) })
+        }
+        BinOp::Less => {
+            crate::dispatch!(num dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x < y) })
+        }
+        BinOp::LessOrEqual => {
+            crate::dispatch!(num dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x <= y) })
+        }
+        BinOp::Greater => {
+            crate::dispatch!(num dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x > y) })
+        }
+        BinOp::GreaterOrEqual => {
+            crate::dispatch!(num dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x >= y) })
+        }
         BinOp::Pow => pow(a, b),
     }
 }
@@ -907,14 +936,20 @@ pub fn quantize_linear(
     out_dt: DType,
 ) -> Result<Tensor> {
     let (lo, hi) = qrange(out_dt)?;
-    if !matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16 | DType::I32) {
+    if !matches!(
+        x.dtype(),
+        DType::F32 | DType::F16 | DType::BF16 | DType::I32
+    ) {
         return Err(Error::unsupported_dtype(format!(
             "QuantizeLinear of {}",
             x.dtype()
         )));
     }
     if !scale.dtype().is_float() && scale.dtype() != DType::I32 {
-        return Err(Error::dtype(format!("QuantizeLinear scale of {}", scale.dtype())));
+        return Err(Error::dtype(format!(
+            "QuantizeLinear scale of {}",
+            scale.dtype()
+        )));
     }
     let qp = QParams::new(x.shape(), scale.shape(), axis, block)?;
     let s = scale.to_f32_vec()?;
@@ -979,7 +1014,10 @@ pub fn dequantize_linear(
         }
     }
     if !scale.dtype().is_float() {
-        return Err(Error::dtype(format!("DequantizeLinear scale of {}", scale.dtype())));
+        return Err(Error::dtype(format!(
+            "DequantizeLinear scale of {}",
+            scale.dtype()
+        )));
     }
     let qp = QParams::new(x.shape(), scale.shape(), axis, block)?;
     let s = scale.to_f32_vec()?;
@@ -1098,7 +1136,11 @@ mod tests {
         assert_eq!(r.as_slice::<i32>().unwrap(), &[-2, -2, 0, i32::MAX]);
         let r = binary_op(BinOp::Add, &a, &b).unwrap();
         assert_eq!(r.as_slice::<i32>().unwrap()[3], i32::MIN);
-        let p = binary_op(BinOp::Pow, &Tensor::vector(vec![3i64]), &Tensor::vector(vec![4i64]));
+        let p = binary_op(
+            BinOp::Pow,
+            &Tensor::vector(vec![3i64]),
+            &Tensor::vector(vec![4i64]),
+        );
         assert_eq!(p.unwrap().as_slice::<i64>().unwrap(), &[81]);
         let sh = binary_op(
             BinOp::BitShift { left: true },
@@ -1138,7 +1180,12 @@ mod tests {
         assert!(v[1].is_nan() && v[3].is_nan());
         let mean = variadic(VarOp::Mean, &[&t32(&[1], &[1.]), &t32(&[1], &[2.])]).unwrap();
         assert_eq!(mean.as_slice::<f32>().unwrap(), &[1.5]);
-        let c = clip(&t32(&[3], &[-2., 0.5, 9.]), Some(&Tensor::scalar(0f32)), None).unwrap();
+        let c = clip(
+            &t32(&[3], &[-2., 0.5, 9.]),
+            Some(&Tensor::scalar(0f32)),
+            None,
+        )
+        .unwrap();
         assert_eq!(c.as_slice::<f32>().unwrap(), &[0., 0.5, 9.]);
         assert!(clip(&t32(&[1], &[0.]), Some(&Tensor::scalar(0i32)), None).is_err());
     }
