@@ -445,11 +445,103 @@ fn unary_real<T: Real>(op: UnaryOp, x: &[T]) -> Result<Vec<T>> {
     })
 }
 
+/// exp for f32 without branches or calls, so loops over it vectorize: Cephes' expf
+/// polynomial (about 1 ulp) with the power of two applied in two halves, so results
+/// overflow to inf and underflow through subnormals to 0 like `f32::exp`.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-104.0, 88.8);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let y = p * r * r + r + 1.0;
+    let ni = n as i32;
+    let e1 = ni >> 1;
+    let e2 = ni - e1;
+    let s1 = f32::from_bits(((e1 + 127) as u32) << 23);
+    let s2 = f32::from_bits(((e2 + 127) as u32) << 23);
+    y * s1 * s2
+}
+
+/// Logistic sigmoid on top of [`exp_f32`], branch-free.
+#[inline(always)]
+pub fn sigmoid_f32(x: f32) -> f32 {
+    let e = exp_f32(-x.abs());
+    let d = 1.0 / (1.0 + e);
+    if x >= 0.0 {
+        d
+    } else {
+        e * d
+    }
+}
+
+/// [`erf`] for f32, branch-free on top of [`exp_f32`] so loops vectorize.
+#[inline(always)]
+pub fn erf_f32(x: f32) -> f32 {
+    let ax = x.abs();
+    let x2 = x * x;
+    let mut p = 1.0f32 / 9360.0;
+    p = -1.0 / 1320.0 + x2 * p;
+    p = 1.0 / 216.0 + x2 * p;
+    p = -1.0 / 42.0 + x2 * p;
+    p = 1.0 / 10.0 + x2 * p;
+    p = -1.0 / 3.0 + x2 * p;
+    p = 1.0 + x2 * p;
+    let small = std::f32::consts::FRAC_2_SQRT_PI * x * p;
+    let t = 1.0 / (1.0 + 0.5 * ax);
+    let poly = -1.265_512_2
+        + t * (1.000_023_7
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_204
+                                + t * (1.488_515_9 + t * (-0.822_152_2 + t * 0.170_872_77))))))));
+    let big = 1.0 - t * exp_f32(-ax * ax + poly);
+    let big = if x < 0.0 { -big } else { big };
+    if ax < 0.5 {
+        small
+    } else {
+        big
+    }
+}
+
+/// f32 kernels that beat the generic ones (vectorizable exp); None to fall back.
+fn unary_f32_fast(op: UnaryOp, x: &[f32]) -> Option<Vec<f32>> {
+    Some(match op {
+        UnaryOp::Exp => mapv(x, exp_f32),
+        UnaryOp::Sigmoid => mapv(x, sigmoid_f32),
+        UnaryOp::Swish { alpha } => mapv(x, |v| v * sigmoid_f32(alpha * v)),
+        UnaryOp::Erf => mapv(x, erf_f32),
+        UnaryOp::Gelu { tanh: false } => mapv(x, |v| {
+            0.5 * v * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
+        }),
+        _ => return None,
+    })
+}
+
 /// Runs a float unary op on a float tensor of any precision.
 fn unary_float(op: UnaryOp, t: &Tensor) -> Result<Tensor> {
     let shape = t.shape().to_vec();
     match t.dtype() {
-        DType::F32 => Tensor::from_vec(shape, unary_real(op, t.as_slice::<f32>()?)?),
+        DType::F32 => {
+            let x = t.as_slice::<f32>()?;
+            let out = match unary_f32_fast(op, x) {
+                Some(v) => v,
+                None => unary_real(op, x)?,
+            };
+            Tensor::from_vec(shape, out)
+        }
         DType::F64 => Tensor::from_vec(shape, unary_real(op, t.as_slice::<f64>()?)?),
         DType::F16 => {
             let v: Vec<f32> = t.as_slice::<f16>()?.iter().map(|x| x.to_f32()).collect();
@@ -737,6 +829,7 @@ pub fn variadic(op: VarOp, ts: &[&Tensor]) -> Result<Tensor> {
 }
 
 /// `Where(cond, x, y)`.
+#[allow(clippy::clone_on_copy)]
 pub fn where_(cond: &Tensor, x: &Tensor, y: &Tensor) -> Result<Tensor> {
     if x.dtype() != y.dtype() {
         return Err(Error::dtype(format!(
@@ -775,8 +868,8 @@ pub fn clip(x: &Tensor, min: Option<&Tensor>, max: Option<&Tensor>) -> Result<Te
                 }
             }
         };
-        let lo = lim(min, "min")?.unwrap_or(T::min_value());
-        let hi = lim(max, "max")?.unwrap_or(T::max_value());
+        let lo = lim(min, "min")?.unwrap_or(<T as Num>::min_value());
+        let hi = lim(max, "max")?.unwrap_or(<T as Num>::max_value());
         map::<T, T>(x, |v| {
             let v = if *v < lo { lo } else { *v };
             if v > hi {
@@ -1167,6 +1260,33 @@ mod tests {
         let w = where_(&c, &t32(&[2], &[1., 2.]), &Tensor::scalar(0f32)).unwrap();
         assert_eq!(w.shape(), &[2, 2]);
         assert_eq!(w.as_slice::<f32>().unwrap(), &[1., 2., 0., 0.]);
+    }
+
+    #[test]
+    fn fast_f32_math() {
+        let mut x = -110.0f32;
+        while x < 95.0 {
+            let (a, b) = (exp_f32(x), x.exp());
+            assert!(
+                a == b || (a - b).abs() <= 2e-7 * b.abs() || b < 1e-37,
+                "exp({x}) = {a}, want {b}"
+            );
+            let (s, w) = (sigmoid_f32(x), 1.0 / (1.0 + (-f64::from(x)).exp()));
+            assert!(
+                (f64::from(s) - w).abs() <= 1e-6 * w + 1e-37,
+                "sigmoid({x}) = {s}, want {w}"
+            );
+            let (e, g) = (erf_f32(x / 20.0), erf(f64::from(x / 20.0)));
+            assert!(
+                (f64::from(e) - g).abs() <= 6e-7 * g.abs() + 1e-12,
+                "erf({x}) = {e}, want {g}"
+            );
+            x += 0.037;
+        }
+        assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert!(exp_f32(f32::NAN).is_nan());
+        assert_eq!(exp_f32(0.0), 1.0);
     }
 
     #[test]

@@ -271,7 +271,7 @@ impl Unary {
             UnaryOp::Tanh => Activation::Tanh,
             UnaryOp::LeakyRelu { alpha } => Activation::LeakyRelu { alpha },
             UnaryOp::HardSigmoid { alpha, beta } => Activation::HardSigmoid { alpha, beta },
-            UnaryOp::Swish { alpha } if alpha == 1.0 => Activation::Silu,
+            UnaryOp::Swish { alpha: 1.0 } => Activation::Silu,
             _ => return None,
         })
     }
