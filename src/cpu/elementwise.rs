@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::graph::ops::elementwise::{BinOp, UnaryOp, VarOp};
-use crate::tensor::{numel, DType, Elem, Num, Tensor};
+use crate::tensor::{numel, DType, Data, Elem, Num, Tensor};
 use half::{bf16, f16};
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
@@ -887,6 +887,75 @@ pub fn cast(x: &Tensor, to: DType) -> Result<Tensor> {
     x.cast(to)
 }
 
+/// `BitCast`: the same little-endian bytes read as `to` (same width; bool is one byte,
+/// nonzero reads as true).
+pub fn bitcast(x: &Tensor, to: DType) -> Result<Tensor> {
+    let from = x.dtype();
+    if from == DType::Str || to == DType::Str || from.size() != to.size() {
+        return Err(Error::dtype(format!(
+            "BitCast from {from} to {to}: the widths differ"
+        )));
+    }
+    if from == to {
+        return Ok(x.clone());
+    }
+    let mut bytes: Vec<u8> = Vec::with_capacity(x.nbytes());
+    macro_rules! put {
+        ($v:expr) => {
+            for e in $v {
+                bytes.extend_from_slice(&e.to_le_bytes())
+            }
+        };
+    }
+    match x.data() {
+        Data::F32(v) => put!(v),
+        Data::F64(v) => put!(v),
+        Data::F16(v) => put!(v),
+        Data::BF16(v) => put!(v),
+        Data::I8(v) => put!(v),
+        Data::U8(v) => put!(v),
+        Data::I16(v) => put!(v),
+        Data::U16(v) => put!(v),
+        Data::I32(v) => put!(v),
+        Data::U32(v) => put!(v),
+        Data::I64(v) => put!(v),
+        Data::U64(v) => put!(v),
+        Data::Bool(v) => bytes.extend(v.iter().map(|&b| u8::from(b))),
+        Data::Str(_) => return Err(Error::dtype("BitCast of strings")),
+    }
+    let shape = x.shape().to_vec();
+    macro_rules! get {
+        ($t:ty) => {{
+            const W: usize = std::mem::size_of::<$t>();
+            let v: Vec<$t> = bytes
+                .chunks_exact(W)
+                .map(|c| {
+                    let mut a = [0u8; W];
+                    a.copy_from_slice(c);
+                    <$t>::from_le_bytes(a)
+                })
+                .collect();
+            Tensor::from_vec(shape, v)
+        }};
+    }
+    match to {
+        DType::F32 => get!(f32),
+        DType::F64 => get!(f64),
+        DType::F16 => get!(f16),
+        DType::BF16 => get!(bf16),
+        DType::I8 => get!(i8),
+        DType::U8 => get!(u8),
+        DType::I16 => get!(i16),
+        DType::U16 => get!(u16),
+        DType::I32 => get!(i32),
+        DType::U32 => get!(u32),
+        DType::I64 => get!(i64),
+        DType::U64 => get!(u64),
+        DType::Bool => Tensor::from_vec(shape, bytes.iter().map(|&b| b != 0).collect::<Vec<_>>()),
+        DType::Str => Err(Error::dtype("BitCast to strings")),
+    }
+}
+
 /// A tensor of ones (true) of the given dtype.
 pub fn ones_like(shape: &[usize], dt: DType) -> Result<Tensor> {
     let n = numel(shape, dt)?;
@@ -1307,6 +1376,19 @@ mod tests {
             assert_eq!(round_even_f32(v), v.round_ties_even(), "{v}");
         }
         assert!(round_even_f32(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn bitcast_bits() {
+        let x = Tensor::vector(vec![1.0f32, -2.0]);
+        let y = bitcast(&x, DType::I32).unwrap();
+        assert_eq!(
+            y.as_slice::<i32>().unwrap(),
+            &[0x3f80_0000, 0xc000_0000u32 as i32]
+        );
+        let b = bitcast(&Tensor::vector(vec![true, false]), DType::U8).unwrap();
+        assert_eq!(b.as_slice::<u8>().unwrap(), &[1, 0]);
+        assert!(bitcast(&x, DType::I64).is_err());
     }
 
     #[test]

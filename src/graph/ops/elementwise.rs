@@ -89,6 +89,7 @@ pub const OPS: &[OpDef] = &[
     def("", "Clip", parse_clip),
     def("", "Cast", parse_cast),
     def("", "CastLike", parse_cast_like),
+    def("", "BitCast", parse_bitcast),
     def("", "QuantizeLinear", parse_quantize),
     def("", "DequantizeLinear", parse_dequantize),
     def("", "DynamicQuantizeLinear", |_| {
@@ -863,6 +864,42 @@ impl Op for CastLike {
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
         Ok(vec![k::cast(args.t(0)?, args.t(1)?.dtype())?.into()])
+    }
+}
+
+/// `BitCast`: reinterprets the little-endian bytes of each element as `to`, a type of the
+/// same width. <https://onnx.ai/onnx/operators/onnx__BitCast.html>
+#[derive(Debug)]
+pub struct BitCast {
+    pub to: DType,
+}
+
+fn parse_bitcast(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
+    let code = cx.req_int("to")?;
+    let code = i32::try_from(code).map_err(|_| Error::attr(format!("BitCast to {code}")))?;
+    let to = DType::from_onnx(code)?;
+    if to == DType::Str {
+        return Err(Error::attr("BitCast to string"));
+    }
+    Ok(Box::new(BitCast { to }))
+}
+
+impl Op for BitCast {
+    op_common!("BitCast");
+    fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
+        let x = cx.input(0)?;
+        if let Some(dt) = x.dtype {
+            if dt == DType::Str || dt.size() != self.to.size() {
+                return Err(Error::dtype(format!(
+                    "BitCast from {dt} to {}: the widths differ",
+                    self.to
+                )));
+            }
+        }
+        Ok(vec![Fact::new(Some(self.to), x.shape.clone())])
+    }
+    fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
+        Ok(vec![k::bitcast(args.t(0)?, self.to)?.into()])
     }
 }
 
