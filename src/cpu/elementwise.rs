@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::graph::ops::elementwise::{BinOp, UnaryOp, VarOp};
-use crate::tensor::{numel, DType, Elem, Num, Tensor};
+use crate::tensor::{numel, DType, Data, Elem, Num, Tensor};
 use half::{bf16, f16};
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
@@ -91,7 +91,10 @@ impl<const N: usize> BcastPlan<N> {
     /// Length of one row and each input's stride inside it (0 or 1).
     pub fn row(&self) -> (usize, [usize; N]) {
         let last = self.dims.len() - 1;
-        (self.dims[last], std::array::from_fn(|k| self.strides[k][last]))
+        (
+            self.dims[last],
+            std::array::from_fn(|k| self.strides[k][last]),
+        )
     }
 
     /// Calls `f` with each input's offset for every row, in output order.
@@ -442,11 +445,103 @@ fn unary_real<T: Real>(op: UnaryOp, x: &[T]) -> Result<Vec<T>> {
     })
 }
 
+/// exp for f32 without branches or calls, so loops over it vectorize: Cephes' expf
+/// polynomial (about 1 ulp) with the power of two applied in two halves, so results
+/// overflow to inf and underflow through subnormals to 0 like `f32::exp`.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-104.0, 88.8);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    let ni = n as i32;
+    let e1 = ni >> 1;
+    let e2 = ni - e1;
+    let s1 = f32::from_bits(((e1 + 127) as u32) << 23);
+    let s2 = f32::from_bits(((e2 + 127) as u32) << 23);
+    y * s1 * s2
+}
+
+/// Logistic sigmoid on top of [`exp_f32`], branch-free.
+#[inline(always)]
+pub fn sigmoid_f32(x: f32) -> f32 {
+    let e = exp_f32(-x.abs());
+    let d = 1.0 / (1.0 + e);
+    if x >= 0.0 {
+        d
+    } else {
+        e * d
+    }
+}
+
+/// [`erf`] for f32, branch-free on top of [`exp_f32`] so loops vectorize.
+#[inline(always)]
+pub fn erf_f32(x: f32) -> f32 {
+    let ax = x.abs();
+    let x2 = x * x;
+    let mut p = 1.0f32 / 9360.0;
+    p = -1.0 / 1320.0 + x2 * p;
+    p = 1.0 / 216.0 + x2 * p;
+    p = -1.0 / 42.0 + x2 * p;
+    p = 1.0 / 10.0 + x2 * p;
+    p = -1.0 / 3.0 + x2 * p;
+    p = 1.0 + x2 * p;
+    let small = std::f32::consts::FRAC_2_SQRT_PI * x * p;
+    let t = 1.0 / (1.0 + 0.5 * ax);
+    let poly = -1.265_512_2
+        + t * (1.000_023_7
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_204
+                                + t * (1.488_515_9 + t * (-0.822_152_2 + t * 0.170_872_77))))))));
+    let big = 1.0 - t * exp_f32(-ax * ax + poly);
+    let big = if x < 0.0 { -big } else { big };
+    if ax < 0.5 {
+        small
+    } else {
+        big
+    }
+}
+
+/// f32 kernels that beat the generic ones (vectorizable exp); None to fall back.
+fn unary_f32_fast(op: UnaryOp, x: &[f32]) -> Option<Vec<f32>> {
+    Some(match op {
+        UnaryOp::Exp => mapv(x, exp_f32),
+        UnaryOp::Sigmoid => mapv(x, sigmoid_f32),
+        UnaryOp::Swish { alpha } => mapv(x, |v| v * sigmoid_f32(alpha * v)),
+        UnaryOp::Erf => mapv(x, erf_f32),
+        UnaryOp::Gelu { tanh: false } => mapv(x, |v| {
+            0.5 * v * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
+        }),
+        _ => return None,
+    })
+}
+
 /// Runs a float unary op on a float tensor of any precision.
 fn unary_float(op: UnaryOp, t: &Tensor) -> Result<Tensor> {
     let shape = t.shape().to_vec();
     match t.dtype() {
-        DType::F32 => Tensor::from_vec(shape, unary_real(op, t.as_slice::<f32>()?)?),
+        DType::F32 => {
+            let x = t.as_slice::<f32>()?;
+            let out = match unary_f32_fast(op, x) {
+                Some(v) => v,
+                None => unary_real(op, x)?,
+            };
+            Tensor::from_vec(shape, out)
+        }
         DType::F64 => Tensor::from_vec(shape, unary_real(op, t.as_slice::<f64>()?)?),
         DType::F16 => {
             let v: Vec<f32> = t.as_slice::<f16>()?.iter().map(|x| x.to_f32()).collect();
@@ -507,7 +602,9 @@ pub fn unary(op: UnaryOp, t: &Tensor) -> Result<Tensor> {
                 })
             })
         }
-        UnaryOp::IsNaN => crate::dispatch!(float dt, name, T => { map::<T, bool>(t, |x| Num::is_nan(*x)) }),
+        UnaryOp::IsNaN => {
+            crate::dispatch!(float dt, name, T => { map::<T, bool>(t, |x| Num::is_nan(*x)) })
+        }
         UnaryOp::IsInf { negative, positive } => crate::dispatch!(float dt, name, T => {
             map::<T, bool>(t, |x| {
                 let v = x.to_f64();
@@ -629,10 +726,18 @@ pub fn binary_op(op: BinOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         )));
     }
     match op {
-        BinOp::Add => crate::dispatch!(num dt, name, T => { binary::<T, T, T>(a, b, |x, y| Num::add(*x, *y)) }),
-        BinOp::Sub => crate::dispatch!(num dt, name, T => { binary::<T, T, T>(a, b, |x, y| Num::sub(*x, *y)) }),
-        BinOp::Mul => crate::dispatch!(num dt, name, T => { binary::<T, T, T>(a, b, |x, y| Num::mul(*x, *y)) }),
-        BinOp::Div => crate::dispatch!(num dt, name, T => { binary::<T, T, T>(a, b, |x, y| Num::div(*x, *y)) }),
+        BinOp::Add => {
+            crate::dispatch!(num dt, name, T => { binary::<T, T, T>(a, b, |x, y| Num::add(*x, *y)) })
+        }
+        BinOp::Sub => {
+            crate::dispatch!(num dt, name, T => { binary::<T, T, T>(a, b, |x, y| Num::sub(*x, *y)) })
+        }
+        BinOp::Mul => {
+            crate::dispatch!(num dt, name, T => { binary::<T, T, T>(a, b, |x, y| Num::mul(*x, *y)) })
+        }
+        BinOp::Div => {
+            crate::dispatch!(num dt, name, T => { binary::<T, T, T>(a, b, |x, y| Num::div(*x, *y)) })
+        }
         BinOp::Mod { fmod } => crate::dispatch!(num dt, name, T => {
             if fmod {
                 binary::<T, T, T>(a, b, |x, y| x.rem_trunc(*y))
@@ -657,14 +762,30 @@ pub fn binary_op(op: BinOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         BinOp::And => binary::<bool, bool, bool>(a, b, |x, y| *x && *y),
         BinOp::Or => binary::<bool, bool, bool>(a, b, |x, y| *x || *y),
         BinOp::Xor => binary::<bool, bool, bool>(a, b, |x, y| *x != *y),
-        BinOp::BitwiseAnd => crate::dispatch!(int dt, name, T => { binary::<T, T, T>(a, b, |x, y| *x & *y) }),
-        BinOp::BitwiseOr => crate::dispatch!(int dt, name, T => { binary::<T, T, T>(a, b, |x, y| *x | *y) }),
-        BinOp::BitwiseXor => crate::dispatch!(int dt, name, T => { binary::<T, T, T>(a, b, |x, y| *x ^ *y) }),
-        BinOp::Equal => crate::dispatch!(all dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x == y) }),
-        BinOp::Less => crate::dispatch!(num dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x < y) }),
-        BinOp::LessOrEqual => crate::dispatch!(num dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x <= y) }),
-        BinOp::Greater => crate::dispatch!(num dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x > y) }),
-        BinOp::GreaterOrEqual => crate::dispatch!(num dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x >= y) }),
+        BinOp::BitwiseAnd => {
+            crate::dispatch!(int dt, name, T => { binary::<T, T, T>(a, b, |x, y| *x & *y) })
+        }
+        BinOp::BitwiseOr => {
+            crate::dispatch!(int dt, name, T => { binary::<T, T, T>(a, b, |x, y| *x | *y) })
+        }
+        BinOp::BitwiseXor => {
+            crate::dispatch!(int dt, name, T => { binary::<T, T, T>(a, b, |x, y| *x ^ *y) })
+        }
+        BinOp::Equal => {
+            crate::dispatch!(all dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x == y) })
+        }
+        BinOp::Less => {
+            crate::dispatch!(num dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x < y) })
+        }
+        BinOp::LessOrEqual => {
+            crate::dispatch!(num dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x <= y) })
+        }
+        BinOp::Greater => {
+            crate::dispatch!(num dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x > y) })
+        }
+        BinOp::GreaterOrEqual => {
+            crate::dispatch!(num dt, name, T => { binary::<T, T, bool>(a, b, |x, y| x >= y) })
+        }
         BinOp::Pow => pow(a, b),
     }
 }
@@ -708,6 +829,7 @@ pub fn variadic(op: VarOp, ts: &[&Tensor]) -> Result<Tensor> {
 }
 
 /// `Where(cond, x, y)`.
+#[allow(clippy::clone_on_copy)]
 pub fn where_(cond: &Tensor, x: &Tensor, y: &Tensor) -> Result<Tensor> {
     if x.dtype() != y.dtype() {
         return Err(Error::dtype(format!(
@@ -746,8 +868,8 @@ pub fn clip(x: &Tensor, min: Option<&Tensor>, max: Option<&Tensor>) -> Result<Te
                 }
             }
         };
-        let lo = lim(min, "min")?.unwrap_or(T::min_value());
-        let hi = lim(max, "max")?.unwrap_or(T::max_value());
+        let lo = lim(min, "min")?.unwrap_or(<T as Num>::min_value());
+        let hi = lim(max, "max")?.unwrap_or(<T as Num>::max_value());
         map::<T, T>(x, |v| {
             let v = if *v < lo { lo } else { *v };
             if v > hi {
@@ -763,6 +885,75 @@ pub fn clip(x: &Tensor, min: Option<&Tensor>, max: Option<&Tensor>) -> Result<Te
 pub fn cast(x: &Tensor, to: DType) -> Result<Tensor> {
     numel(x.shape(), to)?;
     x.cast(to)
+}
+
+/// `BitCast`: the same little-endian bytes read as `to` (same width; bool is one byte,
+/// nonzero reads as true).
+pub fn bitcast(x: &Tensor, to: DType) -> Result<Tensor> {
+    let from = x.dtype();
+    if from == DType::Str || to == DType::Str || from.size() != to.size() {
+        return Err(Error::dtype(format!(
+            "BitCast from {from} to {to}: the widths differ"
+        )));
+    }
+    if from == to {
+        return Ok(x.clone());
+    }
+    let mut bytes: Vec<u8> = Vec::with_capacity(x.nbytes());
+    macro_rules! put {
+        ($v:expr) => {
+            for e in $v {
+                bytes.extend_from_slice(&e.to_le_bytes())
+            }
+        };
+    }
+    match x.data() {
+        Data::F32(v) => put!(v),
+        Data::F64(v) => put!(v),
+        Data::F16(v) => put!(v),
+        Data::BF16(v) => put!(v),
+        Data::I8(v) => put!(v),
+        Data::U8(v) => put!(v),
+        Data::I16(v) => put!(v),
+        Data::U16(v) => put!(v),
+        Data::I32(v) => put!(v),
+        Data::U32(v) => put!(v),
+        Data::I64(v) => put!(v),
+        Data::U64(v) => put!(v),
+        Data::Bool(v) => bytes.extend(v.iter().map(|&b| u8::from(b))),
+        Data::Str(_) => return Err(Error::dtype("BitCast of strings")),
+    }
+    let shape = x.shape().to_vec();
+    macro_rules! get {
+        ($t:ty) => {{
+            const W: usize = std::mem::size_of::<$t>();
+            let v: Vec<$t> = bytes
+                .chunks_exact(W)
+                .map(|c| {
+                    let mut a = [0u8; W];
+                    a.copy_from_slice(c);
+                    <$t>::from_le_bytes(a)
+                })
+                .collect();
+            Tensor::from_vec(shape, v)
+        }};
+    }
+    match to {
+        DType::F32 => get!(f32),
+        DType::F64 => get!(f64),
+        DType::F16 => get!(f16),
+        DType::BF16 => get!(bf16),
+        DType::I8 => get!(i8),
+        DType::U8 => get!(u8),
+        DType::I16 => get!(i16),
+        DType::U16 => get!(u16),
+        DType::I32 => get!(i32),
+        DType::U32 => get!(u32),
+        DType::I64 => get!(i64),
+        DType::U64 => get!(u64),
+        DType::Bool => Tensor::from_vec(shape, bytes.iter().map(|&b| b != 0).collect::<Vec<_>>()),
+        DType::Str => Err(Error::dtype("BitCast to strings")),
+    }
 }
 
 /// A tensor of ones (true) of the given dtype.
@@ -867,6 +1058,20 @@ impl QParams {
     }
 }
 
+/// Round half to even without a libm call (x86-64 baseline has no roundeven
+/// instruction), so quantization loops vectorize. Exact for every f32: values of
+/// magnitude >= 2^22 are already integers (or half-integers only below 2^23, where the
+/// magic-number sum rounds them correctly as well).
+#[inline(always)]
+fn round_even_f32(v: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
+    if v.abs() < 4_194_304.0 {
+        (v + ROUND) - ROUND
+    } else {
+        v
+    }
+}
+
 fn check_zp(scale: &Tensor, zp: Option<&Tensor>) -> Result<Option<Vec<i64>>> {
     match zp {
         None => Ok(None),
@@ -907,14 +1112,20 @@ pub fn quantize_linear(
     out_dt: DType,
 ) -> Result<Tensor> {
     let (lo, hi) = qrange(out_dt)?;
-    if !matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16 | DType::I32) {
+    if !matches!(
+        x.dtype(),
+        DType::F32 | DType::F16 | DType::BF16 | DType::I32
+    ) {
         return Err(Error::unsupported_dtype(format!(
             "QuantizeLinear of {}",
             x.dtype()
         )));
     }
     if !scale.dtype().is_float() && scale.dtype() != DType::I32 {
-        return Err(Error::dtype(format!("QuantizeLinear scale of {}", scale.dtype())));
+        return Err(Error::dtype(format!(
+            "QuantizeLinear scale of {}",
+            scale.dtype()
+        )));
     }
     let qp = QParams::new(x.shape(), scale.shape(), axis, block)?;
     let s = scale.to_f32_vec()?;
@@ -937,7 +1148,7 @@ pub fn quantize_linear(
         let src = xs.get(start..start + len).ok_or_else(internal)?;
         let dst = q.get_mut(start..start + len).ok_or_else(internal)?;
         for (d, &v) in dst.iter_mut().zip(src) {
-            *d = ((v / sc).round_ties_even() + zz).clamp(lo, hi);
+            *d = (round_even_f32(v / sc) + zz).clamp(lo, hi);
         }
         Ok(())
     })?;
@@ -979,7 +1190,10 @@ pub fn dequantize_linear(
         }
     }
     if !scale.dtype().is_float() {
-        return Err(Error::dtype(format!("DequantizeLinear scale of {}", scale.dtype())));
+        return Err(Error::dtype(format!(
+            "DequantizeLinear scale of {}",
+            scale.dtype()
+        )));
     }
     let qp = QParams::new(x.shape(), scale.shape(), axis, block)?;
     let s = scale.to_f32_vec()?;
@@ -1023,7 +1237,7 @@ pub fn dynamic_quantize_linear(x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     let zp = (0.0 - mn / scale).clamp(0.0, 255.0).round_ties_even();
     let y: Vec<u8> = xs
         .iter()
-        .map(|&v| ((v / scale).round_ties_even() + zp).clamp(0.0, 255.0) as u8)
+        .map(|&v| (round_even_f32(v / scale) + zp).clamp(0.0, 255.0) as u8)
         .collect();
     Ok((
         Tensor::from_vec(x.shape().to_vec(), y)?,
@@ -1098,7 +1312,11 @@ mod tests {
         assert_eq!(r.as_slice::<i32>().unwrap(), &[-2, -2, 0, i32::MAX]);
         let r = binary_op(BinOp::Add, &a, &b).unwrap();
         assert_eq!(r.as_slice::<i32>().unwrap()[3], i32::MIN);
-        let p = binary_op(BinOp::Pow, &Tensor::vector(vec![3i64]), &Tensor::vector(vec![4i64]));
+        let p = binary_op(
+            BinOp::Pow,
+            &Tensor::vector(vec![3i64]),
+            &Tensor::vector(vec![4i64]),
+        );
         assert_eq!(p.unwrap().as_slice::<i64>().unwrap(), &[81]);
         let sh = binary_op(
             BinOp::BitShift { left: true },
@@ -1128,6 +1346,52 @@ mod tests {
     }
 
     #[test]
+    fn fast_f32_math() {
+        let mut x = -110.0f32;
+        while x < 95.0 {
+            let (a, b) = (exp_f32(x), x.exp());
+            assert!(
+                a == b || (a - b).abs() <= 2e-7 * b.abs() || b < 1e-37,
+                "exp({x}) = {a}, want {b}"
+            );
+            let (s, w) = (sigmoid_f32(x), 1.0 / (1.0 + (-f64::from(x)).exp()));
+            assert!(
+                (f64::from(s) - w).abs() <= 1e-6 * w + 1e-37,
+                "sigmoid({x}) = {s}, want {w}"
+            );
+            let (e, g) = (erf_f32(x / 20.0), erf(f64::from(x / 20.0)));
+            assert!(
+                (f64::from(e) - g).abs() <= 6e-7 * g.abs() + 1e-12,
+                "erf({x}) = {e}, want {g}"
+            );
+            x += 0.037;
+        }
+        assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert!(exp_f32(f32::NAN).is_nan());
+        assert_eq!(exp_f32(0.0), 1.0);
+        for v in [
+            -2.5f32, -1.5, -0.5, 0.5, 1.5, 2.5, 3.7, -3.2, 1e9, 4194303.5,
+        ] {
+            assert_eq!(round_even_f32(v), v.round_ties_even(), "{v}");
+        }
+        assert!(round_even_f32(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn bitcast_bits() {
+        let x = Tensor::vector(vec![1.0f32, -2.0]);
+        let y = bitcast(&x, DType::I32).unwrap();
+        assert_eq!(
+            y.as_slice::<i32>().unwrap(),
+            &[0x3f80_0000, 0xc000_0000u32 as i32]
+        );
+        let b = bitcast(&Tensor::vector(vec![true, false]), DType::U8).unwrap();
+        assert_eq!(b.as_slice::<u8>().unwrap(), &[1, 0]);
+        assert!(bitcast(&x, DType::I64).is_err());
+    }
+
+    #[test]
     fn variadic_and_clip() {
         let a = t32(&[2], &[1., f32::NAN]);
         let b = t32(&[2, 1], &[3., 0.]);
@@ -1138,7 +1402,12 @@ mod tests {
         assert!(v[1].is_nan() && v[3].is_nan());
         let mean = variadic(VarOp::Mean, &[&t32(&[1], &[1.]), &t32(&[1], &[2.])]).unwrap();
         assert_eq!(mean.as_slice::<f32>().unwrap(), &[1.5]);
-        let c = clip(&t32(&[3], &[-2., 0.5, 9.]), Some(&Tensor::scalar(0f32)), None).unwrap();
+        let c = clip(
+            &t32(&[3], &[-2., 0.5, 9.]),
+            Some(&Tensor::scalar(0f32)),
+            None,
+        )
+        .unwrap();
         assert_eq!(c.as_slice::<f32>().unwrap(), &[0., 0.5, 9.]);
         assert!(clip(&t32(&[1], &[0.]), Some(&Tensor::scalar(0i32)), None).is_err());
     }

@@ -10,7 +10,7 @@ use super::{def, OpDef};
 use crate::cpu::elementwise as k;
 use crate::error::{Error, Result};
 use crate::graph::shape::broadcast_facts;
-use crate::graph::{same_dtype, Activation, Args, Fact, InferCx, NodeCx, Op, RunCx, Value};
+use crate::graph::{same_dtype, Activation, Args, Dim, Fact, InferCx, NodeCx, Op, RunCx, Value};
 use crate::op_common;
 use crate::tensor::{DType, Tensor};
 
@@ -89,9 +89,12 @@ pub const OPS: &[OpDef] = &[
     def("", "Clip", parse_clip),
     def("", "Cast", parse_cast),
     def("", "CastLike", parse_cast_like),
+    def("", "BitCast", parse_bitcast),
     def("", "QuantizeLinear", parse_quantize),
     def("", "DequantizeLinear", parse_dequantize),
-    def("", "DynamicQuantizeLinear", |_| Ok(Box::new(DynamicQuantizeLinear))),
+    def("", "DynamicQuantizeLinear", |_| {
+        Ok(Box::new(DynamicQuantizeLinear))
+    }),
     def("", "Dropout", parse_dropout),
 ];
 
@@ -231,9 +234,11 @@ impl UnaryOp {
     /// Whether the op accepts inputs of `dt`.
     pub fn accepts(self, dt: DType) -> bool {
         match self {
-            UnaryOp::Abs | UnaryOp::Neg | UnaryOp::Sign | UnaryOp::Relu | UnaryOp::Shrink { .. } => {
-                dt.is_numeric()
-            }
+            UnaryOp::Abs
+            | UnaryOp::Neg
+            | UnaryOp::Sign
+            | UnaryOp::Relu
+            | UnaryOp::Shrink { .. } => dt.is_numeric(),
             UnaryOp::Not => dt == DType::Bool,
             UnaryOp::BitwiseNot => dt.is_int(),
             _ => dt.is_float(),
@@ -267,7 +272,7 @@ impl Unary {
             UnaryOp::Tanh => Activation::Tanh,
             UnaryOp::LeakyRelu { alpha } => Activation::LeakyRelu { alpha },
             UnaryOp::HardSigmoid { alpha, beta } => Activation::HardSigmoid { alpha, beta },
-            UnaryOp::Swish { alpha } if alpha == 1.0 => Activation::Silu,
+            UnaryOp::Swish { alpha: 1.0 } => Activation::Silu,
             _ => return None,
         })
     }
@@ -419,7 +424,11 @@ impl BinOp {
     pub fn is_comparison(self) -> bool {
         matches!(
             self,
-            BinOp::Equal | BinOp::Less | BinOp::LessOrEqual | BinOp::Greater | BinOp::GreaterOrEqual
+            BinOp::Equal
+                | BinOp::Less
+                | BinOp::LessOrEqual
+                | BinOp::Greater
+                | BinOp::GreaterOrEqual
         )
     }
     /// Whether the op accepts operands of `dt` (the first input's type).
@@ -446,6 +455,8 @@ pub struct Binary {
     /// Legacy (opset < 7) `broadcast=1` with `axis`: the second input is aligned to the
     /// first starting at this axis.
     pub legacy_axis: Option<i64>,
+    /// PRelu before opset 7: a 1-D slope of length C applies per channel (axis 1).
+    pub prelu_channel: bool,
 }
 
 fn binary(cx: &mut NodeCx, op: BinOp) -> Result<Box<dyn Op>> {
@@ -458,7 +469,12 @@ fn binary(cx: &mut NodeCx, op: BinOp) -> Result<Box<dyn Op>> {
             legacy_axis = axis;
         }
     }
-    Ok(Box::new(Binary { op, legacy_axis }))
+    let prelu_channel = op == BinOp::PRelu && cx.opset < 7;
+    Ok(Box::new(Binary {
+        op,
+        legacy_axis,
+        prelu_channel,
+    }))
 }
 fn parse_mod(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
     let fmod = match cx.int_or("fmod", 0)? {
@@ -495,6 +511,21 @@ fn legacy_shape<D: Clone>(a_rank: usize, b: &[D], axis: i64, one: D) -> Result<V
     Ok(s)
 }
 
+impl Binary {
+    /// The axis the second input is aligned to, for the legacy forms.
+    fn legacy_axis(&self, a: Option<&[Dim]>, b: Option<&[Dim]>) -> Option<i64> {
+        if self.prelu_channel {
+            match (a, b) {
+                (Some(a), Some([c])) if a.len() > 2 && a[1] == *c && *c != Dim::Known(1) => {
+                    return Some(1)
+                }
+                _ => return None,
+            }
+        }
+        self.legacy_axis
+    }
+}
+
 impl Op for Binary {
     fn name(&self) -> &'static str {
         self.op.onnx_name()
@@ -519,7 +550,11 @@ impl Op for Binary {
             }
         }
         let mut bf = b.clone();
-        if let (Some(axis), Some(ra), Some(sb)) = (self.legacy_axis, a.rank(), &b.shape) {
+        if let (Some(axis), Some(ra), Some(sb)) = (
+            self.legacy_axis(a.shape.as_deref(), b.shape.as_deref()),
+            a.rank(),
+            &b.shape,
+        ) {
             bf.shape = Some(legacy_shape(ra, sb, axis, crate::graph::Dim::Known(1))?);
         }
         let shape = broadcast_facts(&[a, &bf])?;
@@ -533,7 +568,9 @@ impl Op for Binary {
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
         let a = args.t(0)?;
         let b = args.t(1)?;
-        let out = match self.legacy_axis {
+        let a_dims: Vec<Dim> = a.shape().iter().map(|&d| Dim::Known(d)).collect();
+        let b_dims: Vec<Dim> = b.shape().iter().map(|&d| Dim::Known(d)).collect();
+        let out = match self.legacy_axis(Some(&a_dims), Some(&b_dims)) {
             Some(axis) => {
                 let s = legacy_shape(a.rank(), b.shape(), axis, 1)?;
                 k::binary_op(self.op, a, &b.clone().reshape(s)?)?
@@ -567,7 +604,9 @@ pub struct Variadic {
 fn variadic(cx: &mut NodeCx, op: VarOp) -> Result<Box<dyn Op>> {
     legacy_consumed(cx);
     if cx.n_inputs() == 0 {
-        return Err(Error::invalid_model(format!("{op:?} needs at least one input")));
+        return Err(Error::invalid_model(format!(
+            "{op:?} needs at least one input"
+        )));
     }
     Ok(Box::new(Variadic { op }))
 }
@@ -630,7 +669,9 @@ impl Op for Where {
         let y = cx.input(2)?;
         if let Some(dt) = c.dtype {
             if dt != DType::Bool {
-                return Err(Error::dtype(format!("Where condition must be bool, got {dt}")));
+                return Err(Error::dtype(format!(
+                    "Where condition must be bool, got {dt}"
+                )));
             }
         }
         let dt = same_dtype(&[x, y], "Where")?;
@@ -708,8 +749,14 @@ impl Op for Clip {
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
         let x = args.t(0)?;
         let out = if self.min.is_some() || self.max.is_some() {
-            let lo = self.min.map(|v| Tensor::scalar(v).cast(x.dtype())).transpose()?;
-            let hi = self.max.map(|v| Tensor::scalar(v).cast(x.dtype())).transpose()?;
+            let lo = self
+                .min
+                .map(|v| Tensor::scalar(v).cast(x.dtype()))
+                .transpose()?;
+            let hi = self
+                .max
+                .map(|v| Tensor::scalar(v).cast(x.dtype()))
+                .transpose()?;
             k::clip(x, lo.as_ref(), hi.as_ref())?
         } else {
             k::clip(x, args.opt(1)?, args.opt(2)?)?
@@ -820,6 +867,42 @@ impl Op for CastLike {
     }
 }
 
+/// `BitCast`: reinterprets the little-endian bytes of each element as `to`, a type of the
+/// same width. <https://onnx.ai/onnx/operators/onnx__BitCast.html>
+#[derive(Debug)]
+pub struct BitCast {
+    pub to: DType,
+}
+
+fn parse_bitcast(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
+    let code = cx.req_int("to")?;
+    let code = i32::try_from(code).map_err(|_| Error::attr(format!("BitCast to {code}")))?;
+    let to = DType::from_onnx(code)?;
+    if to == DType::Str {
+        return Err(Error::attr("BitCast to string"));
+    }
+    Ok(Box::new(BitCast { to }))
+}
+
+impl Op for BitCast {
+    op_common!("BitCast");
+    fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
+        let x = cx.input(0)?;
+        if let Some(dt) = x.dtype {
+            if dt == DType::Str || dt.size() != self.to.size() {
+                return Err(Error::dtype(format!(
+                    "BitCast from {dt} to {}: the widths differ",
+                    self.to
+                )));
+            }
+        }
+        Ok(vec![Fact::new(Some(self.to), x.shape.clone())])
+    }
+    fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
+        Ok(vec![k::bitcast(args.t(0)?, self.to)?.into()])
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Quantization
 // ---------------------------------------------------------------------------------------
@@ -828,8 +911,8 @@ fn output_dtype_attr(cx: &NodeCx) -> Result<Option<DType>> {
     match cx.int_or("output_dtype", 0)? {
         0 => Ok(None),
         code => {
-            let code = i32::try_from(code)
-                .map_err(|_| Error::attr(format!("output_dtype {code}")))?;
+            let code =
+                i32::try_from(code).map_err(|_| Error::attr(format!("output_dtype {code}")))?;
             DType::from_onnx(code).map(Some)
         }
     }
