@@ -6,6 +6,9 @@
 //! cache tiles) and [`index_map_copy`] (per-axis source maps with a fill value, used by
 //! Pad and CenterCropPad). Gather/Concat/Split copy contiguous blocks.
 
+// Kernels are generic over every element type, strings included, so they clone.
+#![allow(clippy::clone_on_copy)]
+
 use crate::cpu::common::{split_at_axis, strides};
 use crate::dispatch;
 use crate::error::{Error, Result};
@@ -479,7 +482,7 @@ pub fn slice(
         );
     }
     let out_shape: Vec<usize> = dims.iter().map(|d| d.0).collect();
-    if out_shape.iter().any(|&d| d == 0) {
+    if out_shape.contains(&0) {
         return Tensor::zeros(t.dtype(), out_shape);
     }
     strided_copy(t, offset, &dims, out_shape)
@@ -544,7 +547,7 @@ pub fn broadcast_to(t: &Tensor, out: &[usize]) -> Result<Tensor> {
             }
         })
         .collect::<Result<_>>()?;
-    if out.iter().any(|&d| d == 0) {
+    if out.contains(&0) {
         return Tensor::zeros(t.dtype(), out.to_vec());
     }
     strided_copy(t, 0, &dims, out.to_vec())
@@ -572,7 +575,7 @@ pub fn tile(t: &Tensor, reps: &[i64]) -> Result<Tensor> {
                 .ok_or_else(|| Error::memory("Tile: output too large"))?,
         );
     }
-    if out.iter().any(|&d| d == 0) {
+    if out.contains(&0) {
         return Tensor::zeros(t.dtype(), out);
     }
     strided_copy(t, 0, &dims, out)
@@ -1039,7 +1042,7 @@ fn nd_offsets(
     let per_batch: usize = ishape[batch_dims..q - 1].iter().product();
     let mut offs = Vec::with_capacity(tuples);
     for t in 0..tuples {
-        let b = if per_batch == 0 { 0 } else { t / per_batch };
+        let b = t.checked_div(per_batch).unwrap_or(0);
         let mut o = b * batch_size;
         for j in 0..k {
             let a = batch_dims + j;
@@ -1117,7 +1120,7 @@ pub fn tensor_scatter(
     }
     let (outer, maxlen, inner) = split_at_axis(ps, axis);
     let seq = us[axis];
-    let per_batch = if batch == 0 { 1 } else { outer / batch };
+    let per_batch = outer.checked_div(batch).unwrap_or(1);
     let mut targets = Vec::with_capacity(outer * seq);
     for o in 0..outer {
         let b = if axis == 0 { 0 } else { o / per_batch.max(1) };
@@ -1295,7 +1298,7 @@ fn one_of<T: Elem>() -> Result<T> {
 
 pub fn one_hot(indices: &Tensor, depth: &Tensor, values: &Tensor, axis: i64) -> Result<Tensor> {
     let depth_v = depth.cast(DType::F64)?.scalar_f64()?;
-    if depth_v.is_nan() || depth_v < 1.0 || depth_v > 1e15 {
+    if !(1.0..=1e15).contains(&depth_v) {
         return Err(Error::runtime(format!("OneHot: invalid depth {depth_v}")));
     }
     let depth_n = depth_v as usize;
@@ -1364,11 +1367,7 @@ pub fn trilu(t: &Tensor, k: i64, upper: bool) -> Result<Tensor> {
     let r = shape.len();
     let (rows, cols) = (shape[r - 2], shape[r - 1]);
     let mut out = t.clone();
-    let mats = if rows * cols == 0 {
-        0
-    } else {
-        t.len() / (rows * cols)
-    };
+    let mats = t.len().checked_div(rows * cols).unwrap_or(0);
     dispatch!(all t.dtype(), "Trilu", T => {
         let o = out.as_mut_slice::<T>()?;
         for m in 0..mats {

@@ -791,8 +791,11 @@ impl Op for Split {
 #[derive(Debug)]
 pub struct Slice {
     /// Opset < 10: (starts, ends, axes) attributes.
-    pub attrs: Option<(Vec<i64>, Vec<i64>, Option<Vec<i64>>)>,
+    pub attrs: Option<SliceAttrs>,
 }
+
+/// Slice-1 attributes: starts, ends, optional axes.
+pub type SliceAttrs = (Vec<i64>, Vec<i64>, Option<Vec<i64>>);
 
 fn parse_slice(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
     let attrs = if cx.opset < 10 {
