@@ -457,6 +457,10 @@ pub fn slice(
     steps: &[i64],
 ) -> Result<Tensor> {
     let shape = t.shape();
+    let n = axes.len();
+    if starts.len() != n || ends.len() != n || steps.len() != n {
+        return Err(Error::shape("Slice: parameter lists differ in length"));
+    }
     let st = strides(shape);
     let mut dims: Vec<(usize, isize)> = shape
         .iter()
@@ -704,27 +708,28 @@ pub fn pad_map(d: usize, begin: i64, end: i64, mode: PadMode) -> Result<Vec<Opti
         ));
     }
     let mut m = Vec::with_capacity(out);
-    for o in 0..out as i64 {
+    let (di, begin) = (di as i128, begin as i128);
+    for o in 0..out as i128 {
         let i = o - begin;
         let s = if (0..di).contains(&i) {
-            Some(i as usize)
+            Some(i)
         } else {
             match mode {
                 PadMode::Constant => None,
-                PadMode::Edge => Some(i.clamp(0, di - 1) as usize),
-                PadMode::Wrap => Some(i.rem_euclid(di) as usize),
+                PadMode::Edge => Some(i.clamp(0, di - 1)),
+                PadMode::Wrap => Some(i.rem_euclid(di)),
                 PadMode::Reflect => {
                     if di == 1 {
                         Some(0)
                     } else {
                         let p = 2 * (di - 1);
                         let j = i.rem_euclid(p);
-                        Some(if j < di { j } else { p - j } as usize)
+                        Some(if j < di { j } else { p - j })
                     }
                 }
             }
         };
-        m.push(s);
+        m.push(s.and_then(|v| usize::try_from(v).ok()));
     }
     Ok(m)
 }
@@ -1301,7 +1306,8 @@ pub fn one_hot(indices: &Tensor, depth: &Tensor, values: &Tensor, axis: i64) -> 
     if !(1.0..=1e15).contains(&depth_v) {
         return Err(Error::runtime(format!("OneHot: invalid depth {depth_v}")));
     }
-    let depth_n = depth_v as usize;
+    let depth_n = usize::try_from(depth_v as u64)
+        .map_err(|_| Error::memory(format!("OneHot: depth {depth_v} too large")))?;
     if values.len() != 2 {
         return Err(Error::shape("OneHot: values must have two elements"));
     }
@@ -1529,13 +1535,14 @@ pub fn unique(t: &Tensor, axis: Option<usize>, sorted: bool) -> Result<[Tensor; 
 
 pub fn depth_to_space(t: &Tensor, b: usize, crd: bool) -> Result<Tensor> {
     let s = t.shape();
-    if s.len() != 4 || b == 0 || s[1] % (b * b) != 0 {
+    let bb = b.checked_mul(b).unwrap_or(0);
+    if s.len() != 4 || bb == 0 || s[1] % bb != 0 {
         return Err(Error::shape(format!(
             "DepthToSpace: bad input {s:?} for blocksize {b}"
         )));
     }
     let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
-    let c2 = c / (b * b);
+    let c2 = c / bb;
     let out = vec![n, c2, h * b, w * b];
     if crd {
         permute(t, &[n, c2, b, b, h, w], &[0, 1, 4, 2, 5, 3], Some(out))
@@ -1546,7 +1553,7 @@ pub fn depth_to_space(t: &Tensor, b: usize, crd: bool) -> Result<Tensor> {
 
 pub fn space_to_depth(t: &Tensor, b: usize) -> Result<Tensor> {
     let s = t.shape();
-    if s.len() != 4 || b == 0 || s[2] % b != 0 || s[3] % b != 0 {
+    if s.len() != 4 || b == 0 || s[2] % b != 0 || s[3] % b != 0 || b.checked_mul(b).is_none() {
         return Err(Error::shape(format!(
             "SpaceToDepth: bad input {s:?} for blocksize {b}"
         )));
@@ -1629,5 +1636,95 @@ mod tests {
         assert_eq!(i.as_slice::<i64>().unwrap(), &[0, 1, 3, 4]);
         assert_eq!(inv.as_slice::<i64>().unwrap(), &[0, 1, 1, 2, 3, 2]);
         assert_eq!(c.as_slice::<i64>().unwrap(), &[1, 2, 2, 1]);
+    }
+
+    mod infer {
+        use crate::graph::ops::layout::{Gather, Reshape, Shape, Slice, Unsqueeze};
+        use crate::graph::{Dim, Fact, InferCx, Op, Value};
+        use crate::tensor::{DType, Tensor};
+
+        fn sym(s: &str) -> Dim {
+            Dim::Sym(s.into())
+        }
+        fn cst(t: Tensor) -> Fact {
+            Fact::from_value(&Value::from(t))
+        }
+        fn infer(op: &dyn Op, inputs: &[Fact]) -> Vec<Fact> {
+            op.infer(&InferCx { inputs, opset: 17 }).unwrap()
+        }
+
+        #[test]
+        fn reshape_symbolic() {
+            let x = Fact::new(
+                Some(DType::F32),
+                Some(vec![sym("N"), Dim::Known(128), Dim::Known(768)]),
+            );
+            let op = Reshape { allowzero: false };
+            let spec = |v: Vec<i64>| cst(Tensor::vector(v));
+            let f = infer(&op, &[x.clone(), spec(vec![0, -1, 12, 64])]);
+            assert_eq!(
+                f[0].shape.as_deref().unwrap(),
+                &[sym("N"), Dim::Known(128), Dim::Known(12), Dim::Known(64)]
+            );
+            let f = infer(&op, &[x.clone(), spec(vec![-1, 128, 768])]);
+            assert_eq!(f[0].shape.as_deref().unwrap()[0], sym("N"));
+            let f = infer(&op, &[x.clone(), spec(vec![-1, 768])]);
+            assert_eq!(
+                f[0].shape.as_deref().unwrap(),
+                &[Dim::Unknown, Dim::Known(768)]
+            );
+            let bad = op.infer(&InferCx {
+                inputs: &[x, spec(vec![-1, -1])],
+                opset: 17,
+            });
+            assert!(bad.is_err());
+        }
+
+        #[test]
+        fn shape_chain_folds() {
+            let x = Fact::new(Some(DType::F32), Some(vec![Dim::Known(2), Dim::Known(3)]));
+            let s = infer(
+                &Shape {
+                    start: 0,
+                    end: None,
+                },
+                &[x],
+            );
+            assert_eq!(s[0].const_i64(), Some(vec![2, 3]));
+            let g = infer(
+                &Gather { axis: 0 },
+                &[s[0].clone(), cst(Tensor::scalar(-1i64))],
+            );
+            assert_eq!(g[0].const_i64(), Some(vec![3]));
+            let u = infer(
+                &Unsqueeze {
+                    axes: Some(vec![0]),
+                },
+                &[g[0].clone()],
+            );
+            assert_eq!(u[0].value.as_ref().unwrap().shape(), &[1]);
+            // Symbolic input: Shape is rank-known but not constant; Slice keeps dims.
+            let y = Fact::new(Some(DType::F32), Some(vec![sym("B"), Dim::Known(8)]));
+            let s = infer(
+                &Shape {
+                    start: 0,
+                    end: None,
+                },
+                &[y.clone()],
+            );
+            assert!(s[0].value.is_none());
+            assert_eq!(s[0].shape.as_deref().unwrap(), &[Dim::Known(2)]);
+            let sl = infer(
+                &Slice { attrs: None },
+                &[
+                    y,
+                    cst(Tensor::vector(vec![2i64])),
+                    cst(Tensor::vector(vec![i64::MAX])),
+                    cst(Tensor::vector(vec![1i64])),
+                    Fact::absent(),
+                ],
+            );
+            assert_eq!(sl[0].shape.as_deref().unwrap(), &[sym("B"), Dim::Known(6)]);
+        }
     }
 }
