@@ -417,6 +417,9 @@ pub fn slice_axis(dim: usize, start: i64, end: i64, step: i64) -> Result<(usize,
     if step == 0 {
         return Err(Error::runtime("Slice: step cannot be 0"));
     }
+    if dim == 0 {
+        return Ok((0, 0));
+    }
     let d = dim as i128;
     let (mut s, mut e, st) = (start as i128, end as i128, step as i128);
     if s < 0 {
@@ -1636,6 +1639,104 @@ mod tests {
         assert_eq!(i.as_slice::<i64>().unwrap(), &[0, 1, 3, 4]);
         assert_eq!(inv.as_slice::<i64>().unwrap(), &[0, 1, 1, 2, 3, 2]);
         assert_eq!(c.as_slice::<i64>().unwrap(), &[1, 2, 2, 1]);
+    }
+
+    /// Tiny deterministic generator for randomized checks.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n.max(1)
+        }
+    }
+
+    fn coords(mut f: usize, shape: &[usize]) -> Vec<usize> {
+        let mut c = vec![0; shape.len()];
+        for k in (0..shape.len()).rev() {
+            c[k] = f % shape[k];
+            f /= shape[k];
+        }
+        c
+    }
+
+    fn flat(c: &[usize], shape: &[usize]) -> usize {
+        c.iter().zip(shape).fold(0, |a, (&x, &d)| a * d + x)
+    }
+
+    #[test]
+    fn randomized_transpose_slice_expand() {
+        let mut g = Lcg(7);
+        for _ in 0..300 {
+            let r = 1 + g.next(5) as usize;
+            let shape: Vec<usize> = (0..r).map(|_| g.next(5) as usize).collect();
+            let t = iota(shape.clone());
+            // Transpose: random permutation.
+            let mut perm: Vec<usize> = (0..r).collect();
+            for i in (1..r).rev() {
+                perm.swap(i, g.next(i as u64 + 1) as usize);
+            }
+            let y = transpose(&t, Some(&perm)).unwrap();
+            let ys: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+            assert_eq!(y.shape(), ys.as_slice());
+            let yv = y.as_slice::<i32>().unwrap();
+            for (f, &v) in yv.iter().enumerate() {
+                let oc = coords(f, &ys);
+                let mut ic = vec![0; r];
+                for (k, &p) in perm.iter().enumerate() {
+                    ic[p] = oc[k];
+                }
+                assert_eq!(v as usize, flat(&ic, &shape));
+            }
+            // Slice: random start/end/step per axis.
+            let axes: Vec<usize> = (0..r).collect();
+            let starts: Vec<i64> = (0..r).map(|_| g.next(9) as i64 - 4).collect();
+            let ends: Vec<i64> = (0..r).map(|_| g.next(9) as i64 - 4).collect();
+            let steps: Vec<i64> = (0..r)
+                .map(|_| {
+                    let s = g.next(3) as i64 + 1;
+                    if g.next(2) == 0 {
+                        s
+                    } else {
+                        -s
+                    }
+                })
+                .collect();
+            let y = slice(&t, &starts, &ends, &axes, &steps).unwrap();
+            // Naive: per-axis index lists.
+            let lists: Vec<Vec<usize>> = (0..r)
+                .map(|a| {
+                    let (b, len) = slice_axis(shape[a], starts[a], ends[a], steps[a]).unwrap();
+                    (0..len)
+                        .map(|i| (b as i64 + i as i64 * steps[a]) as usize)
+                        .collect()
+                })
+                .collect();
+            let ys: Vec<usize> = lists.iter().map(|l| l.len()).collect();
+            assert_eq!(y.shape(), ys.as_slice());
+            for (f, &v) in y.as_slice::<i32>().unwrap().iter().enumerate() {
+                let oc = coords(f, &ys);
+                let ic: Vec<usize> = oc.iter().enumerate().map(|(a, &i)| lists[a][i]).collect();
+                assert_eq!(v as usize, flat(&ic, &shape));
+            }
+            // Expand: broadcast dims of size 1 to a random size.
+            let target: Vec<usize> = shape
+                .iter()
+                .map(|&d| if d == 1 { 1 + g.next(3) as usize } else { d })
+                .collect();
+            let e = expand(&t, &target).unwrap();
+            for (f, &v) in e.as_slice::<i32>().unwrap().iter().enumerate() {
+                let oc = coords(f, &target);
+                let ic: Vec<usize> = oc
+                    .iter()
+                    .zip(&shape)
+                    .map(|(&c, &d)| if d == 1 { 0 } else { c })
+                    .collect();
+                assert_eq!(v as usize, flat(&ic, &shape));
+            }
+        }
     }
 
     mod infer {
