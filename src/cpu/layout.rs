@@ -1739,6 +1739,59 @@ mod tests {
         }
     }
 
+    #[test]
+    fn hostile_inputs_give_errors() {
+        let t = iota(vec![2, 3]);
+        let z = Tensor::scalar(0i32);
+        let big = i64::MAX;
+        assert!(pad(&t, &[(i64::MIN, 0), (0, 0)], PadMode::Constant, &z).is_err());
+        assert!(pad(&t, &[(big, big), (0, 0)], PadMode::Edge, &z).is_err());
+        assert!(pad(&t, &[(-3, 0), (0, 0)], PadMode::Reflect, &z).is_err());
+        let e = Tensor::zeros(DType::I32, vec![0, 3]).unwrap();
+        assert!(pad(&e, &[(1, 0), (0, 0)], PadMode::Wrap, &z).is_err());
+        assert!(tile(&t, &[big, big]).is_err());
+        assert!(tile(&t, &[-1, 1]).is_err());
+        assert!(expand(&t, &[usize::MAX, 3]).is_err());
+        let r = |a: i64, b: i64, c: i64| {
+            range(&Tensor::scalar(a), &Tensor::scalar(b), &Tensor::scalar(c))
+        };
+        assert!(r(i64::MIN, i64::MAX, 1).is_err());
+        assert!(r(0, 10, 0).is_err());
+        assert_eq!(
+            r(10, 0, -3).unwrap().as_slice::<i64>().unwrap(),
+            &[10, 7, 4, 1]
+        );
+        let idx = Tensor::from_vec(vec![1, 2], vec![5i64, 0]).unwrap();
+        assert!(gather_nd(&t, &idx, 0).is_err());
+        assert!(gather_nd(&t, &idx, 3).is_err());
+        let upd = Tensor::vector(vec![1i32]);
+        assert!(scatter_nd(&t, &idx, &upd, Reduction::Add).is_err());
+        let depth = Tensor::scalar(1e300f64);
+        let vals = Tensor::vector(vec![0f32, 1.0]);
+        assert!(one_hot(&Tensor::vector(vec![0i64]), &depth, &vals, 0).is_err());
+        assert!(one_hot(
+            &Tensor::vector(vec![0i64]),
+            &Tensor::scalar(f64::NAN),
+            &vals,
+            0
+        )
+        .is_err());
+        assert!(split(&t, 1, &[2, 2]).is_err());
+        assert!(split(&t, 1, &[usize::MAX, 4]).is_err());
+        assert!(reshape_shape(&[2, 3], &[i64::MIN], false).is_err());
+        assert!(reshape_shape(&[2, 3], &[0, 0, 0], false).is_err());
+        assert!(center_crop_pad(&t, &[0], &[usize::MAX]).is_err());
+        assert!(depth_to_space(&iota(vec![1, 4, 1, 1]), usize::MAX, false).is_err());
+        assert!(slice(&t, &[0], &[1], &[5], &[1]).is_err());
+        let lens = Tensor::vector(vec![7i64, -1, 0]);
+        assert!(reverse_sequence(&t, &lens, 1, 0).is_err());
+        let w = Tensor::vector(vec![i64::MAX, 0]);
+        let past = iota(vec![2, 4]);
+        let u = iota(vec![2, 1]);
+        assert!(tensor_scatter(&past, &u, Some(&w), 1, false).is_err());
+        assert!(tensor_scatter(&past, &u, Some(&w), 1, true).is_ok());
+    }
+
     mod infer {
         use crate::graph::ops::layout::{Gather, Reshape, Shape, Slice, Unsqueeze};
         use crate::graph::{Dim, Fact, InferCx, Op, Value};
