@@ -6,6 +6,9 @@
 //! cache tiles) and [`index_map_copy`] (per-axis source maps with a fill value, used by
 //! Pad and CenterCropPad). Gather/Concat/Split copy contiguous blocks.
 
+// Kernels are generic over every element type, strings included, so they clone.
+#![allow(clippy::clone_on_copy)]
+
 use crate::cpu::common::{split_at_axis, strides};
 use crate::dispatch;
 use crate::error::{Error, Result};
@@ -414,6 +417,9 @@ pub fn slice_axis(dim: usize, start: i64, end: i64, step: i64) -> Result<(usize,
     if step == 0 {
         return Err(Error::runtime("Slice: step cannot be 0"));
     }
+    if dim == 0 {
+        return Ok((0, 0));
+    }
     let d = dim as i128;
     let (mut s, mut e, st) = (start as i128, end as i128, step as i128);
     if s < 0 {
@@ -454,6 +460,10 @@ pub fn slice(
     steps: &[i64],
 ) -> Result<Tensor> {
     let shape = t.shape();
+    let n = axes.len();
+    if starts.len() != n || ends.len() != n || steps.len() != n {
+        return Err(Error::shape("Slice: parameter lists differ in length"));
+    }
     let st = strides(shape);
     let mut dims: Vec<(usize, isize)> = shape
         .iter()
@@ -479,7 +489,7 @@ pub fn slice(
         );
     }
     let out_shape: Vec<usize> = dims.iter().map(|d| d.0).collect();
-    if out_shape.iter().any(|&d| d == 0) {
+    if out_shape.contains(&0) {
         return Tensor::zeros(t.dtype(), out_shape);
     }
     strided_copy(t, offset, &dims, out_shape)
@@ -544,7 +554,7 @@ pub fn broadcast_to(t: &Tensor, out: &[usize]) -> Result<Tensor> {
             }
         })
         .collect::<Result<_>>()?;
-    if out.iter().any(|&d| d == 0) {
+    if out.contains(&0) {
         return Tensor::zeros(t.dtype(), out.to_vec());
     }
     strided_copy(t, 0, &dims, out.to_vec())
@@ -572,7 +582,7 @@ pub fn tile(t: &Tensor, reps: &[i64]) -> Result<Tensor> {
                 .ok_or_else(|| Error::memory("Tile: output too large"))?,
         );
     }
-    if out.iter().any(|&d| d == 0) {
+    if out.contains(&0) {
         return Tensor::zeros(t.dtype(), out);
     }
     strided_copy(t, 0, &dims, out)
@@ -701,27 +711,28 @@ pub fn pad_map(d: usize, begin: i64, end: i64, mode: PadMode) -> Result<Vec<Opti
         ));
     }
     let mut m = Vec::with_capacity(out);
-    for o in 0..out as i64 {
+    let (di, begin) = (di as i128, begin as i128);
+    for o in 0..out as i128 {
         let i = o - begin;
         let s = if (0..di).contains(&i) {
-            Some(i as usize)
+            Some(i)
         } else {
             match mode {
                 PadMode::Constant => None,
-                PadMode::Edge => Some(i.clamp(0, di - 1) as usize),
-                PadMode::Wrap => Some(i.rem_euclid(di) as usize),
+                PadMode::Edge => Some(i.clamp(0, di - 1)),
+                PadMode::Wrap => Some(i.rem_euclid(di)),
                 PadMode::Reflect => {
                     if di == 1 {
                         Some(0)
                     } else {
                         let p = 2 * (di - 1);
                         let j = i.rem_euclid(p);
-                        Some(if j < di { j } else { p - j } as usize)
+                        Some(if j < di { j } else { p - j })
                     }
                 }
             }
         };
-        m.push(s);
+        m.push(s.and_then(|v| usize::try_from(v).ok()));
     }
     Ok(m)
 }
@@ -1039,7 +1050,7 @@ fn nd_offsets(
     let per_batch: usize = ishape[batch_dims..q - 1].iter().product();
     let mut offs = Vec::with_capacity(tuples);
     for t in 0..tuples {
-        let b = if per_batch == 0 { 0 } else { t / per_batch };
+        let b = t.checked_div(per_batch).unwrap_or(0);
         let mut o = b * batch_size;
         for j in 0..k {
             let a = batch_dims + j;
@@ -1117,7 +1128,7 @@ pub fn tensor_scatter(
     }
     let (outer, maxlen, inner) = split_at_axis(ps, axis);
     let seq = us[axis];
-    let per_batch = if batch == 0 { 1 } else { outer / batch };
+    let per_batch = outer.checked_div(batch).unwrap_or(1);
     let mut targets = Vec::with_capacity(outer * seq);
     for o in 0..outer {
         let b = if axis == 0 { 0 } else { o / per_batch.max(1) };
@@ -1295,10 +1306,11 @@ fn one_of<T: Elem>() -> Result<T> {
 
 pub fn one_hot(indices: &Tensor, depth: &Tensor, values: &Tensor, axis: i64) -> Result<Tensor> {
     let depth_v = depth.cast(DType::F64)?.scalar_f64()?;
-    if depth_v.is_nan() || depth_v < 1.0 || depth_v > 1e15 {
+    if !(1.0..=1e15).contains(&depth_v) {
         return Err(Error::runtime(format!("OneHot: invalid depth {depth_v}")));
     }
-    let depth_n = depth_v as usize;
+    let depth_n = usize::try_from(depth_v as u64)
+        .map_err(|_| Error::memory(format!("OneHot: depth {depth_v} too large")))?;
     if values.len() != 2 {
         return Err(Error::shape("OneHot: values must have two elements"));
     }
@@ -1364,11 +1376,7 @@ pub fn trilu(t: &Tensor, k: i64, upper: bool) -> Result<Tensor> {
     let r = shape.len();
     let (rows, cols) = (shape[r - 2], shape[r - 1]);
     let mut out = t.clone();
-    let mats = if rows * cols == 0 {
-        0
-    } else {
-        t.len() / (rows * cols)
-    };
+    let mats = t.len().checked_div(rows * cols).unwrap_or(0);
     dispatch!(all t.dtype(), "Trilu", T => {
         let o = out.as_mut_slice::<T>()?;
         for m in 0..mats {
@@ -1530,13 +1538,14 @@ pub fn unique(t: &Tensor, axis: Option<usize>, sorted: bool) -> Result<[Tensor; 
 
 pub fn depth_to_space(t: &Tensor, b: usize, crd: bool) -> Result<Tensor> {
     let s = t.shape();
-    if s.len() != 4 || b == 0 || s[1] % (b * b) != 0 {
+    let bb = b.checked_mul(b).unwrap_or(0);
+    if s.len() != 4 || bb == 0 || s[1] % bb != 0 {
         return Err(Error::shape(format!(
             "DepthToSpace: bad input {s:?} for blocksize {b}"
         )));
     }
     let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
-    let c2 = c / (b * b);
+    let c2 = c / bb;
     let out = vec![n, c2, h * b, w * b];
     if crd {
         permute(t, &[n, c2, b, b, h, w], &[0, 1, 4, 2, 5, 3], Some(out))
@@ -1547,7 +1556,7 @@ pub fn depth_to_space(t: &Tensor, b: usize, crd: bool) -> Result<Tensor> {
 
 pub fn space_to_depth(t: &Tensor, b: usize) -> Result<Tensor> {
     let s = t.shape();
-    if s.len() != 4 || b == 0 || s[2] % b != 0 || s[3] % b != 0 {
+    if s.len() != 4 || b == 0 || s[2] % b != 0 || s[3] % b != 0 || b.checked_mul(b).is_none() {
         return Err(Error::shape(format!(
             "SpaceToDepth: bad input {s:?} for blocksize {b}"
         )));
@@ -1630,5 +1639,246 @@ mod tests {
         assert_eq!(i.as_slice::<i64>().unwrap(), &[0, 1, 3, 4]);
         assert_eq!(inv.as_slice::<i64>().unwrap(), &[0, 1, 1, 2, 3, 2]);
         assert_eq!(c.as_slice::<i64>().unwrap(), &[1, 2, 2, 1]);
+    }
+
+    /// Tiny deterministic generator for randomized checks.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n.max(1)
+        }
+    }
+
+    fn coords(mut f: usize, shape: &[usize]) -> Vec<usize> {
+        let mut c = vec![0; shape.len()];
+        for k in (0..shape.len()).rev() {
+            c[k] = f % shape[k];
+            f /= shape[k];
+        }
+        c
+    }
+
+    fn flat(c: &[usize], shape: &[usize]) -> usize {
+        c.iter().zip(shape).fold(0, |a, (&x, &d)| a * d + x)
+    }
+
+    #[test]
+    fn randomized_transpose_slice_expand() {
+        let mut g = Lcg(7);
+        for _ in 0..300 {
+            let r = 1 + g.next(5) as usize;
+            let shape: Vec<usize> = (0..r).map(|_| g.next(5) as usize).collect();
+            let t = iota(shape.clone());
+            // Transpose: random permutation.
+            let mut perm: Vec<usize> = (0..r).collect();
+            for i in (1..r).rev() {
+                perm.swap(i, g.next(i as u64 + 1) as usize);
+            }
+            let y = transpose(&t, Some(&perm)).unwrap();
+            let ys: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+            assert_eq!(y.shape(), ys.as_slice());
+            let yv = y.as_slice::<i32>().unwrap();
+            for (f, &v) in yv.iter().enumerate() {
+                let oc = coords(f, &ys);
+                let mut ic = vec![0; r];
+                for (k, &p) in perm.iter().enumerate() {
+                    ic[p] = oc[k];
+                }
+                assert_eq!(v as usize, flat(&ic, &shape));
+            }
+            // Slice: random start/end/step per axis.
+            let axes: Vec<usize> = (0..r).collect();
+            let starts: Vec<i64> = (0..r).map(|_| g.next(9) as i64 - 4).collect();
+            let ends: Vec<i64> = (0..r).map(|_| g.next(9) as i64 - 4).collect();
+            let steps: Vec<i64> = (0..r)
+                .map(|_| {
+                    let s = g.next(3) as i64 + 1;
+                    if g.next(2) == 0 {
+                        s
+                    } else {
+                        -s
+                    }
+                })
+                .collect();
+            let y = slice(&t, &starts, &ends, &axes, &steps).unwrap();
+            // Naive: per-axis index lists.
+            let lists: Vec<Vec<usize>> = (0..r)
+                .map(|a| {
+                    let (b, len) = slice_axis(shape[a], starts[a], ends[a], steps[a]).unwrap();
+                    (0..len)
+                        .map(|i| (b as i64 + i as i64 * steps[a]) as usize)
+                        .collect()
+                })
+                .collect();
+            let ys: Vec<usize> = lists.iter().map(|l| l.len()).collect();
+            assert_eq!(y.shape(), ys.as_slice());
+            for (f, &v) in y.as_slice::<i32>().unwrap().iter().enumerate() {
+                let oc = coords(f, &ys);
+                let ic: Vec<usize> = oc.iter().enumerate().map(|(a, &i)| lists[a][i]).collect();
+                assert_eq!(v as usize, flat(&ic, &shape));
+            }
+            // Expand: broadcast dims of size 1 to a random size.
+            let target: Vec<usize> = shape
+                .iter()
+                .map(|&d| if d == 1 { 1 + g.next(3) as usize } else { d })
+                .collect();
+            let e = expand(&t, &target).unwrap();
+            for (f, &v) in e.as_slice::<i32>().unwrap().iter().enumerate() {
+                let oc = coords(f, &target);
+                let ic: Vec<usize> = oc
+                    .iter()
+                    .zip(&shape)
+                    .map(|(&c, &d)| if d == 1 { 0 } else { c })
+                    .collect();
+                assert_eq!(v as usize, flat(&ic, &shape));
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_inputs_give_errors() {
+        let t = iota(vec![2, 3]);
+        let z = Tensor::scalar(0i32);
+        let big = i64::MAX;
+        assert!(pad(&t, &[(i64::MIN, 0), (0, 0)], PadMode::Constant, &z).is_err());
+        assert!(pad(&t, &[(big, big), (0, 0)], PadMode::Edge, &z).is_err());
+        assert!(pad(&t, &[(-3, 0), (0, 0)], PadMode::Reflect, &z).is_err());
+        let e = Tensor::zeros(DType::I32, vec![0, 3]).unwrap();
+        assert!(pad(&e, &[(1, 0), (0, 0)], PadMode::Wrap, &z).is_err());
+        assert!(tile(&t, &[big, big]).is_err());
+        assert!(tile(&t, &[-1, 1]).is_err());
+        assert!(expand(&t, &[usize::MAX, 3]).is_err());
+        let r = |a: i64, b: i64, c: i64| {
+            range(&Tensor::scalar(a), &Tensor::scalar(b), &Tensor::scalar(c))
+        };
+        assert!(r(i64::MIN, i64::MAX, 1).is_err());
+        assert!(r(0, 10, 0).is_err());
+        assert_eq!(
+            r(10, 0, -3).unwrap().as_slice::<i64>().unwrap(),
+            &[10, 7, 4, 1]
+        );
+        let idx = Tensor::from_vec(vec![1, 2], vec![5i64, 0]).unwrap();
+        assert!(gather_nd(&t, &idx, 0).is_err());
+        assert!(gather_nd(&t, &idx, 3).is_err());
+        let upd = Tensor::vector(vec![1i32]);
+        assert!(scatter_nd(&t, &idx, &upd, Reduction::Add).is_err());
+        let depth = Tensor::scalar(1e300f64);
+        let vals = Tensor::vector(vec![0f32, 1.0]);
+        assert!(one_hot(&Tensor::vector(vec![0i64]), &depth, &vals, 0).is_err());
+        assert!(one_hot(
+            &Tensor::vector(vec![0i64]),
+            &Tensor::scalar(f64::NAN),
+            &vals,
+            0
+        )
+        .is_err());
+        assert!(split(&t, 1, &[2, 2]).is_err());
+        assert!(split(&t, 1, &[usize::MAX, 4]).is_err());
+        assert!(reshape_shape(&[2, 3], &[i64::MIN], false).is_err());
+        assert!(reshape_shape(&[2, 3], &[0, 0, 0], false).is_err());
+        assert!(center_crop_pad(&t, &[0], &[usize::MAX]).is_err());
+        assert!(depth_to_space(&iota(vec![1, 4, 1, 1]), usize::MAX, false).is_err());
+        assert!(slice(&t, &[0], &[1], &[5], &[1]).is_err());
+        let lens = Tensor::vector(vec![7i64, -1, 0]);
+        assert!(reverse_sequence(&t, &lens, 1, 0).is_err());
+        let w = Tensor::vector(vec![i64::MAX, 0]);
+        let past = iota(vec![2, 4]);
+        let u = iota(vec![2, 1]);
+        assert!(tensor_scatter(&past, &u, Some(&w), 1, false).is_err());
+        assert!(tensor_scatter(&past, &u, Some(&w), 1, true).is_ok());
+    }
+
+    mod infer {
+        use crate::graph::ops::layout::{Gather, Reshape, Shape, Slice, Unsqueeze};
+        use crate::graph::{Dim, Fact, InferCx, Op, Value};
+        use crate::tensor::{DType, Tensor};
+
+        fn sym(s: &str) -> Dim {
+            Dim::Sym(s.into())
+        }
+        fn cst(t: Tensor) -> Fact {
+            Fact::from_value(&Value::from(t))
+        }
+        fn infer(op: &dyn Op, inputs: &[Fact]) -> Vec<Fact> {
+            op.infer(&InferCx { inputs, opset: 17 }).unwrap()
+        }
+
+        #[test]
+        fn reshape_symbolic() {
+            let x = Fact::new(
+                Some(DType::F32),
+                Some(vec![sym("N"), Dim::Known(128), Dim::Known(768)]),
+            );
+            let op = Reshape { allowzero: false };
+            let spec = |v: Vec<i64>| cst(Tensor::vector(v));
+            let f = infer(&op, &[x.clone(), spec(vec![0, -1, 12, 64])]);
+            assert_eq!(
+                f[0].shape.as_deref().unwrap(),
+                &[sym("N"), Dim::Known(128), Dim::Known(12), Dim::Known(64)]
+            );
+            let f = infer(&op, &[x.clone(), spec(vec![-1, 128, 768])]);
+            assert_eq!(f[0].shape.as_deref().unwrap()[0], sym("N"));
+            let f = infer(&op, &[x.clone(), spec(vec![-1, 768])]);
+            assert_eq!(
+                f[0].shape.as_deref().unwrap(),
+                &[Dim::Unknown, Dim::Known(768)]
+            );
+            let bad = op.infer(&InferCx {
+                inputs: &[x, spec(vec![-1, -1])],
+                opset: 17,
+            });
+            assert!(bad.is_err());
+        }
+
+        #[test]
+        fn shape_chain_folds() {
+            let x = Fact::new(Some(DType::F32), Some(vec![Dim::Known(2), Dim::Known(3)]));
+            let s = infer(
+                &Shape {
+                    start: 0,
+                    end: None,
+                },
+                &[x],
+            );
+            assert_eq!(s[0].const_i64(), Some(vec![2, 3]));
+            let g = infer(
+                &Gather { axis: 0 },
+                &[s[0].clone(), cst(Tensor::scalar(-1i64))],
+            );
+            assert_eq!(g[0].const_i64(), Some(vec![3]));
+            let u = infer(
+                &Unsqueeze {
+                    axes: Some(vec![0]),
+                },
+                &[g[0].clone()],
+            );
+            assert_eq!(u[0].value.as_ref().unwrap().shape(), &[1]);
+            // Symbolic input: Shape is rank-known but not constant; Slice keeps dims.
+            let y = Fact::new(Some(DType::F32), Some(vec![sym("B"), Dim::Known(8)]));
+            let s = infer(
+                &Shape {
+                    start: 0,
+                    end: None,
+                },
+                &[y.clone()],
+            );
+            assert!(s[0].value.is_none());
+            assert_eq!(s[0].shape.as_deref().unwrap(), &[Dim::Known(2)]);
+            let sl = infer(
+                &Slice { attrs: None },
+                &[
+                    y,
+                    cst(Tensor::vector(vec![2i64])),
+                    cst(Tensor::vector(vec![i64::MAX])),
+                    cst(Tensor::vector(vec![1i64])),
+                    Fact::absent(),
+                ],
+            );
+            assert_eq!(sl[0].shape.as_deref().unwrap(), &[sym("B"), Dim::Known(6)]);
+        }
     }
 }

@@ -284,7 +284,7 @@ fn reshape_dims(input: Option<&[Dim]>, spec: &[i64], allowzero: bool) -> Result<
                 None => Dim::Unknown,
             }),
             s if s < 0 => return Err(Error::shape(format!("Reshape: invalid dim {s}"))),
-            s => outd.push(Dim::Known(s as usize)),
+            s => outd.push(usize::try_from(s).map_or(Dim::Unknown, Dim::Known)),
         }
     }
     if let (Some(m), Some(inp)) = (minus, input) {
@@ -791,8 +791,11 @@ impl Op for Split {
 #[derive(Debug)]
 pub struct Slice {
     /// Opset < 10: (starts, ends, axes) attributes.
-    pub attrs: Option<(Vec<i64>, Vec<i64>, Option<Vec<i64>>)>,
+    pub attrs: Option<SliceAttrs>,
 }
+
+/// Slice-1 attributes: starts, ends, optional axes.
+pub type SliceAttrs = (Vec<i64>, Vec<i64>, Option<Vec<i64>>);
 
 fn parse_slice(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
     let attrs = if cx.opset < 10 {
@@ -1228,7 +1231,8 @@ impl Op for Tile {
                         .map(|(d, &r)| match (d, r) {
                             (_, 1) => d.clone(),
                             (_, 0) => Dim::Known(0),
-                            (Dim::Known(v), r) if r > 0 => Dim::Known(v.saturating_mul(r as usize)),
+                            (Dim::Known(v), r) if r > 0 => usize::try_from(r)
+                                .map_or(Dim::Unknown, |r| Dim::Known(v.saturating_mul(r))),
                             _ => Dim::Unknown,
                         })
                         .collect(),
@@ -1325,11 +1329,7 @@ impl Op for Pad {
                         _ if b == 0 && e == 0 => d.clone(),
                         Dim::Known(v) => {
                             let n = (*v as i64).saturating_add(b).saturating_add(e);
-                            if n < 0 {
-                                Dim::Unknown
-                            } else {
-                                Dim::Known(n as usize)
-                            }
+                            usize::try_from(n).map_or(Dim::Unknown, Dim::Known)
                         }
                         _ => Dim::Unknown,
                     })
@@ -1540,7 +1540,8 @@ impl Op for OneHot {
             .as_ref()
             .and_then(|t| t.scalar_f64().ok())
             .filter(|d| *d >= 1.0 && *d < 1e15)
-            .map_or(Dim::Unknown, |d| Dim::Known(d as usize));
+            .and_then(|d| usize::try_from(d as u64).ok())
+            .map_or(Dim::Unknown, Dim::Known);
         let dt = cx.input(2)?.dtype;
         let shape = match dims(i) {
             Some(d) => {
@@ -1568,7 +1569,11 @@ pub struct EyeLike {
 
 fn parse_eye_like(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
     let dtype = match cx.int("dtype")? {
-        Some(c) => Some(DType::from_onnx(c as i32)?),
+        Some(c) => {
+            Some(DType::from_onnx(i32::try_from(c).map_err(|_| {
+                Error::attr(format!("EyeLike: bad dtype {c}"))
+            })?)?)
+        }
         None => None,
     };
     Ok(Box::new(EyeLike {
@@ -1655,7 +1660,7 @@ impl Op for DepthToSpace {
         let shape = match dims(x) {
             Some(d) if d.len() == 4 => Some(vec![
                 d[0].clone(),
-                div_dim(&d[1], b * b),
+                div_dim(&d[1], b.saturating_mul(b)),
                 mul_dim(&d[2], b),
                 mul_dim(&d[3], b),
             ]),
@@ -1690,7 +1695,7 @@ impl Op for SpaceToDepth {
         let shape = match dims(x) {
             Some(d) if d.len() == 4 => Some(vec![
                 d[0].clone(),
-                mul_dim(&d[1], b * b),
+                mul_dim(&d[1], b.saturating_mul(b)),
                 div_dim(&d[2], b),
                 div_dim(&d[3], b),
             ]),
@@ -1910,7 +1915,9 @@ pub struct SequenceEmpty {
 
 fn parse_sequence_empty(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
     let dtype = match cx.int("dtype")? {
-        Some(c) => DType::from_onnx(c as i32)?,
+        Some(c) => DType::from_onnx(
+            i32::try_from(c).map_err(|_| Error::attr(format!("SequenceEmpty: bad dtype {c}")))?,
+        )?,
         None => DType::F32,
     };
     Ok(Box::new(SequenceEmpty { dtype }))
