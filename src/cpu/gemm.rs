@@ -9,8 +9,13 @@
 //! axpy loop, which is faster there than packing.
 
 /// Rows of the register tile. Six rows fit the 16 AVX registers (12 accumulators);
-/// without AVX, four rows of 16 lanes keep the spill traffic low.
-const MR: usize = if cfg!(target_feature = "avx") { 6 } else { 4 };
+/// without AVX, four rows of 16 lanes keep the spill traffic low. (With AVX-512 enabled,
+/// LLVM handles the 6-row tile badly, so it keeps four.)
+const MR: usize = if cfg!(target_feature = "avx") && !cfg!(target_feature = "avx512f") {
+    6
+} else {
+    4
+};
 /// Columns of the register tile.
 const NR: usize = 16;
 /// Depth of one packed block (the B micro-panel, KC×NR floats, stays in L1).

@@ -792,8 +792,8 @@ pub fn conv_transpose_geom(
                 None => i * s,
             };
             let total = full.saturating_sub(target);
-            // onnxruntime: SAME_UPPER puts the larger half at the start.
-            let head = if win.auto_pad == AutoPad::SameUpper {
+            // SAME_LOWER puts the larger half at the start.
+            let head = if win.auto_pad == AutoPad::SameLower {
                 total - total / 2
             } else {
                 total / 2
