@@ -55,12 +55,20 @@ pub struct Mat<'a> {
 impl<'a> Mat<'a> {
     /// Row-major view with leading dimension `ld`.
     pub fn row_major(data: &'a [f32], ld: usize) -> Self {
-        Mat { data, rs: ld, cs: 1 }
+        Mat {
+            data,
+            rs: ld,
+            cs: 1,
+        }
     }
     /// The transpose of a row-major matrix with leading dimension `ld` (i.e. a
     /// column-major view).
     pub fn col_major(data: &'a [f32], ld: usize) -> Self {
-        Mat { data, rs: 1, cs: ld }
+        Mat {
+            data,
+            rs: 1,
+            cs: ld,
+        }
     }
     /// Same data, rows and columns swapped.
     pub fn t(self) -> Self {
@@ -75,9 +83,11 @@ impl<'a> Mat<'a> {
         if rows == 0 || cols == 0 {
             return true;
         }
-        let last = (rows - 1)
-            .checked_mul(self.rs)
-            .and_then(|r| (cols - 1).checked_mul(self.cs).and_then(|c| r.checked_add(c)));
+        let last = (rows - 1).checked_mul(self.rs).and_then(|r| {
+            (cols - 1)
+                .checked_mul(self.cs)
+                .and_then(|c| r.checked_add(c))
+        });
         last.is_some_and(|l| l < self.data.len())
     }
     #[inline(always)]
@@ -348,7 +358,9 @@ mod tests {
 
     /// Deterministic pseudo-random values in [-1, 1).
     fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
                 s = s
@@ -475,7 +487,11 @@ mod tests {
             ldc
         ));
         for i in 0..40 {
-            close(&got[i * ldc..i * ldc + 50], &want[i * ldc..i * ldc + 50], 30);
+            close(
+                &got[i * ldc..i * ldc + 50],
+                &want[i * ldc..i * ldc + 50],
+                30,
+            );
         }
     }
 

@@ -135,7 +135,9 @@ impl Window {
         for d in 0..rank {
             let (i, k, s, dl) = (input[d], kernel[d], strides[d], dil[d]);
             if s == 0 || dl == 0 || k == 0 {
-                return Err(Error::attr("kernel, strides and dilations must be positive"));
+                return Err(Error::attr(
+                    "kernel, strides and dilations must be positive",
+                ));
             }
             let eff = (k - 1)
                 .checked_mul(dl)
@@ -220,7 +222,10 @@ fn valid_range(out: usize, s: usize, off: usize, pad: usize, len: usize) -> (usi
 /// Values of a float tensor as f32 (borrowed when already f32).
 fn f32_data(t: &Tensor) -> Result<std::borrow::Cow<'_, [f32]>> {
     if !t.dtype().is_float() {
-        return Err(Error::dtype(format!("expected a float tensor, got {}", t.dtype())));
+        return Err(Error::dtype(format!(
+            "expected a float tensor, got {}",
+            t.dtype()
+        )));
     }
     Ok(match t.as_slice::<f32>() {
         Ok(s) => std::borrow::Cow::Borrowed(s),
@@ -519,7 +524,16 @@ pub fn conv(
         Some(b) => Some(f32_data(b)?),
         None => None,
     };
-    let (shape, y) = conv_f32(&xv, x.shape(), &wv, w.shape(), bv.as_deref(), win, group, act)?;
+    let (shape, y) = conv_f32(
+        &xv,
+        x.shape(),
+        &wv,
+        w.shape(),
+        bv.as_deref(),
+        win,
+        group,
+        act,
+    )?;
     from_f32(dt, shape, y)
 }
 
@@ -573,7 +587,9 @@ fn i32_data(t: &Tensor) -> Result<Vec<i32>> {
         DType::U8 => Ok(t.as_slice::<u8>()?.iter().map(|&v| v as i32).collect()),
         DType::I8 => Ok(t.as_slice::<i8>()?.iter().map(|&v| v as i32).collect()),
         DType::I32 => Ok(t.as_slice::<i32>()?.to_vec()),
-        dt => Err(Error::dtype(format!("expected an 8-bit integer tensor, got {dt}"))),
+        dt => Err(Error::dtype(format!(
+            "expected an 8-bit integer tensor, got {dt}"
+        ))),
     }
 }
 
@@ -715,7 +731,9 @@ pub fn qlinear_conv(
     if let Some(b) = bias {
         let bv = b.as_slice::<i32>()?;
         if bv.len() != m {
-            return Err(Error::shape("QLinearConv bias must have one value per channel"));
+            return Err(Error::shape(
+                "QLinearConv bias must have one value per channel",
+            ));
         }
         for (p, plane) in acc.chunks_mut(osz.max(1)).enumerate() {
             let bb = bv[p % m];
@@ -726,7 +744,9 @@ pub fn qlinear_conv(
     let ws = scales(w_scale)?;
     let ys = scales(y_scale)?;
     if ws.len() != 1 && ws.len() != m {
-        return Err(Error::shape("w_scale must be a scalar or one value per channel"));
+        return Err(Error::shape(
+            "w_scale must be a scalar or one value per channel",
+        ));
     }
     let mult: Vec<f32> = ws.iter().map(|&s| xs[0] * s / ys[0]).collect();
     let (ydt, yzp) = match y_zp {
@@ -734,6 +754,142 @@ pub fn qlinear_conv(
         None => (x.dtype(), 0),
     };
     quantized_output(ydt, shape, &acc, &mult, osz, yzp)
+}
+
+/// Bilinear sample of a plane at (h, w), zero outside (GridSample, align_corners=1).
+#[inline]
+fn bilinear(plane: &[f32], ih: usize, iw: usize, h: f32, w: f32) -> f32 {
+    if !(h > -1.0 && w > -1.0 && h < ih as f32 && w < iw as f32) {
+        return 0.0;
+    }
+    let (h0, w0) = (h.floor(), w.floor());
+    let (dh, dw) = (h - h0, w - w0);
+    let (h0, w0) = (h0 as i64, w0 as i64);
+    let at = |y: i64, x: i64| -> f32 {
+        if y >= 0 && x >= 0 && (y as usize) < ih && (x as usize) < iw {
+            plane[y as usize * iw + x as usize]
+        } else {
+            0.0
+        }
+    };
+    (1.0 - dh) * ((1.0 - dw) * at(h0, w0) + dw * at(h0, w0 + 1))
+        + dh * ((1.0 - dw) * at(h0 + 1, w0) + dw * at(h0 + 1, w0 + 1))
+}
+
+/// `DeformConv` (2-D): conv whose taps are displaced by learned offsets (bilinear
+/// sampling) and optionally scaled by a mask.
+#[allow(clippy::too_many_arguments)]
+pub fn deform_conv(
+    x: &Tensor,
+    w: &Tensor,
+    offset: &Tensor,
+    b: Option<&Tensor>,
+    mask: Option<&Tensor>,
+    win: &Window,
+    group: usize,
+    offset_group: usize,
+) -> Result<Tensor> {
+    let dt = x.dtype();
+    let (xs, ws) = (x.shape(), w.shape());
+    if xs.len() != 4 {
+        return Err(Error::unsupported_op("DeformConv is only supported in 2-D"));
+    }
+    let d = conv_dims(xs, ws, group)?;
+    let g = win.resolve(&xs[2..], &ws[2..])?;
+    let (ih, iw) = (xs[2], xs[3]);
+    let (kh, kw) = (ws[2], ws[3]);
+    let (oh, ow) = (g.output[1], g.output[2]);
+    let k = kh * kw;
+    if offset_group == 0 || d.c % offset_group != 0 {
+        return Err(Error::shape(
+            "DeformConv channels must divide by offset_group",
+        ));
+    }
+    if offset.shape() != [d.n, offset_group * 2 * k, oh, ow] {
+        return Err(Error::shape(format!(
+            "DeformConv offset {:?} should be {:?}",
+            offset.shape(),
+            [d.n, offset_group * 2 * k, oh, ow]
+        )));
+    }
+    if let Some(m) = mask {
+        if m.shape() != [d.n, offset_group * k, oh, ow] {
+            return Err(Error::shape("DeformConv mask shape"));
+        }
+    }
+    let xv = f32_data(x)?;
+    let wv = f32_data(w)?;
+    let ov = f32_data(offset)?;
+    let mv = match mask {
+        Some(m) => Some(f32_data(m)?),
+        None => None,
+    };
+    let bv = match b {
+        Some(b) => Some(f32_data(b)?),
+        None => None,
+    };
+    if bv.as_ref().is_some_and(|b| b.len() != d.m) {
+        return Err(Error::shape("DeformConv bias length"));
+    }
+    let osz = oh * ow;
+    let oshape = vec![d.n, d.m, oh, ow];
+    let mut y = alloc_vec::<f32>(numel(&oshape, DType::F32)?)?;
+    let krows = d.cg * k;
+    let mut col = alloc_vec::<f32>(krows * osz)?;
+    let cpo = d.c / offset_group;
+    for n in 0..d.n {
+        for gi in 0..d.group {
+            for ci in 0..d.cg {
+                let c = gi * d.cg + ci;
+                let og = c / cpo;
+                let plane = &xv[(n * d.c + c) * ih * iw..(n * d.c + c + 1) * ih * iw];
+                for i in 0..kh {
+                    for j in 0..kw {
+                        let kk = i * kw + j;
+                        let row = &mut col[(ci * k + kk) * osz..(ci * k + kk + 1) * osz];
+                        let ob = ((n * offset_group + og) * 2 * k + 2 * kk) * osz;
+                        let mb = ((n * offset_group + og) * k + kk) * osz;
+                        for a in 0..oh {
+                            for e in 0..ow {
+                                let p = a * ow + e;
+                                let hh = (a * g.stride[1] + i * g.dilation[1]) as f32
+                                    - g.pad_begin[1] as f32
+                                    + ov[ob + p];
+                                let ww = (e * g.stride[2] + j * g.dilation[2]) as f32
+                                    - g.pad_begin[2] as f32
+                                    + ov[ob + osz + p];
+                                let mut v = bilinear(plane, ih, iw, hh, ww);
+                                if let Some(m) = &mv {
+                                    v *= m[mb + p];
+                                }
+                                row[p] = v;
+                            }
+                        }
+                    }
+                }
+            }
+            let wo = gi * d.mg * krows;
+            let yo = (n * d.m + gi * d.mg) * osz;
+            sgemm_ex(
+                d.mg,
+                krows,
+                osz,
+                1.0,
+                Mat::row_major(&wv[wo..wo + d.mg * krows], krows),
+                Mat::row_major(&col, osz),
+                0.0,
+                &mut y[yo..yo + d.mg * osz],
+                osz,
+            );
+        }
+    }
+    if let Some(b) = &bv {
+        for (p, plane) in y.chunks_exact_mut(osz.max(1)).enumerate() {
+            let bb = b[p % d.m];
+            plane.iter_mut().for_each(|v| *v += bb);
+        }
+    }
+    from_f32(dt, oshape, y)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -953,7 +1109,9 @@ pub fn conv_transpose(
 ) -> Result<Tensor> {
     let dt = x.dtype();
     if w.dtype() != dt || b.is_some_and(|b| b.dtype() != dt) {
-        return Err(Error::dtype("ConvTranspose inputs must share one float type"));
+        return Err(Error::dtype(
+            "ConvTranspose inputs must share one float type",
+        ));
     }
     let xv = f32_data(x)?;
     let wv = f32_data(w)?;
@@ -961,8 +1119,16 @@ pub fn conv_transpose(
         Some(b) => Some(f32_data(b)?),
         None => None,
     };
-    let (shape, y) =
-        conv_transpose_f32(&xv, x.shape(), &wv, w.shape(), bv.as_deref(), win, ta, group)?;
+    let (shape, y) = conv_transpose_f32(
+        &xv,
+        x.shape(),
+        &wv,
+        w.shape(),
+        bv.as_deref(),
+        win,
+        ta,
+        group,
+    )?;
     from_f32(dt, shape, y)
 }
 
@@ -979,7 +1145,9 @@ pub enum PoolKind {
 
 fn pool_geom(xs: &[usize], win: &Window) -> Result<Geom> {
     if xs.len() < 3 {
-        return Err(Error::shape(format!("pooling input {xs:?} needs rank >= 3")));
+        return Err(Error::shape(format!(
+            "pooling input {xs:?} needs rank >= 3"
+        )));
     }
     let ks = win
         .kernel_shape
@@ -1018,7 +1186,12 @@ fn taps(o: usize, g: &Geom, d: usize) -> (usize, usize, usize) {
 }
 
 /// Average or Lp pooling (f32 values).
-pub fn pool_f32(x: &[f32], xs: &[usize], win: &Window, kind: PoolKind) -> Result<(Vec<usize>, Vec<f32>)> {
+pub fn pool_f32(
+    x: &[f32],
+    xs: &[usize],
+    win: &Window,
+    kind: PoolKind,
+) -> Result<(Vec<usize>, Vec<f32>)> {
     let g = pool_geom(xs, win)?;
     let mut oshape = xs[..2].to_vec();
     oshape.extend_from_slice(g.out_dims());
@@ -1069,7 +1242,11 @@ pub fn pool_f32(x: &[f32], xs: &[usize], win: &Window, kind: PoolKind) -> Result
                     }
                     yp[idx] = match kind {
                         PoolKind::Average { count_include_pad } => {
-                            let div = if count_include_pad { pa * pbn * pc } else { cnt };
+                            let div = if count_include_pad {
+                                pa * pbn * pc
+                            } else {
+                                cnt
+                            };
                             if div == 0 {
                                 0.0
                             } else {
@@ -1208,7 +1385,9 @@ pub fn max_pool(
             };
             Ok((from_f32(x.dtype(), shape, y)?, it))
         }
-        dt => Err(Error::unsupported_dtype(format!("MaxPool does not support {dt}"))),
+        dt => Err(Error::unsupported_dtype(format!(
+            "MaxPool does not support {dt}"
+        ))),
     }
 }
 
@@ -1224,7 +1403,9 @@ pub enum GlobalKind {
 pub fn global_pool(x: &Tensor, kind: GlobalKind) -> Result<Tensor> {
     let xs = x.shape();
     if xs.len() < 2 {
-        return Err(Error::shape(format!("global pooling input {xs:?} needs rank >= 2")));
+        return Err(Error::shape(format!(
+            "global pooling input {xs:?} needs rank >= 2"
+        )));
     }
     let planes = xs[0] * xs[1];
     let sz: usize = xs[2..].iter().product();
@@ -1241,7 +1422,11 @@ pub fn global_pool(x: &Tensor, kind: GlobalKind) -> Result<Tensor> {
                 }
             }
             GlobalKind::Max => s.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-            GlobalKind::Lp(pw) => s.iter().map(|v| v.abs().powf(pw)).sum::<f32>().powf(1.0 / pw),
+            GlobalKind::Lp(pw) => s
+                .iter()
+                .map(|v| v.abs().powf(pw))
+                .sum::<f32>()
+                .powf(1.0 / pw),
         });
     }
     let mut shape = xs.to_vec();
@@ -1258,7 +1443,9 @@ pub fn max_unpool(
 ) -> Result<Tensor> {
     let xs = x.shape();
     if xs.len() < 3 || ind.shape() != xs {
-        return Err(Error::shape("MaxUnpool needs rank >= 3 and indices shaped like X"));
+        return Err(Error::shape(
+            "MaxUnpool needs rank >= 3 and indices shaped like X",
+        ));
     }
     let rank = xs.len() - 2;
     let ks = win
@@ -1320,7 +1507,9 @@ pub fn max_roi_pool(x: &Tensor, rois: &Tensor, pooled: [usize; 2], scale: f32) -
         let roi = &rv[ri * 5..ri * 5 + 5];
         let b = roi[0];
         if !(b >= 0.0 && (b as usize) < n) {
-            return Err(Error::runtime(format!("MaxRoiPool batch index {b} is out of range")));
+            return Err(Error::runtime(format!(
+                "MaxRoiPool batch index {b} is out of range"
+            )));
         }
         let b = b as usize;
         let [x1, y1, x2, y2] = [roi[1], roi[2], roi[3], roi[4]].map(|v| (v * scale).round() as i64);
@@ -1375,12 +1564,22 @@ pub fn matmul_plan(a: &[usize], b: &[usize]) -> Result<MatMulPlan> {
     if a.is_empty() || b.is_empty() {
         return Err(Error::shape("MatMul of a scalar"));
     }
-    let a2: Vec<usize> = if a.len() == 1 { vec![1, a[0]] } else { a.to_vec() };
-    let b2: Vec<usize> = if b.len() == 1 { vec![b[0], 1] } else { b.to_vec() };
+    let a2: Vec<usize> = if a.len() == 1 {
+        vec![1, a[0]]
+    } else {
+        a.to_vec()
+    };
+    let b2: Vec<usize> = if b.len() == 1 {
+        vec![b[0], 1]
+    } else {
+        b.to_vec()
+    };
     let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
     let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
     if k != k2 {
-        return Err(Error::shape(format!("MatMul of {a:?} and {b:?}: inner dims differ")));
+        return Err(Error::shape(format!(
+            "MatMul of {a:?} and {b:?}: inner dims differ"
+        )));
     }
     let ba = &a2[..a2.len() - 2];
     let bb = &b2[..b2.len() - 2];
@@ -1476,7 +1675,19 @@ pub fn matmul_f32(
     let (m, k, n) = (p.m, p.k, p.n);
     if p.fold_batch {
         let rows = total / n.max(1);
-        if n > 0 && !sgemm_ex(rows, k, n, 1.0, Mat::row_major(a, k), Mat::row_major(b, n), 0.0, &mut y, n) {
+        if n > 0
+            && !sgemm_ex(
+                rows,
+                k,
+                n,
+                1.0,
+                Mat::row_major(a, k),
+                Mat::row_major(b, n),
+                0.0,
+                &mut y,
+                n,
+            )
+        {
             return Err(Error::shape("MatMul operands do not fit"));
         }
     } else {
@@ -1499,7 +1710,9 @@ pub fn matmul_f32(
     }
     if let Some(bv) = bias {
         if bv.len() != n {
-            return Err(Error::shape("MatMul bias length differs from the output width"));
+            return Err(Error::shape(
+                "MatMul bias length differs from the output width",
+            ));
         }
         for row in y.chunks_exact_mut(n.max(1)) {
             row.iter_mut().zip(bv).for_each(|(v, b)| *v += b);
@@ -1510,7 +1723,12 @@ pub fn matmul_f32(
 }
 
 /// Generic matmul over wrapping integer/float arithmetic (non-f32 paths).
-fn matmul_generic<T: Num>(a: &[T], ashape: &[usize], b: &[T], bshape: &[usize]) -> Result<(Vec<usize>, Vec<T>)> {
+fn matmul_generic<T: Num>(
+    a: &[T],
+    ashape: &[usize],
+    b: &[T],
+    bshape: &[usize],
+) -> Result<(Vec<usize>, Vec<T>)> {
     let p = matmul_plan(ashape, bshape)?;
     let total = numel(&p.out_shape, T::DTYPE)?;
     let mut y = alloc_vec::<T>(total)?;
@@ -1589,12 +1807,24 @@ pub struct GemmAttrs {
 /// Gemm output dims (M, K, N) from A and B shapes.
 pub fn gemm_dims(a: &[usize], b: &[usize], at: &GemmAttrs) -> Result<(usize, usize, usize)> {
     if a.len() != 2 || b.len() != 2 {
-        return Err(Error::shape(format!("Gemm needs 2-D A and B, got {a:?} and {b:?}")));
+        return Err(Error::shape(format!(
+            "Gemm needs 2-D A and B, got {a:?} and {b:?}"
+        )));
     }
-    let (m, k) = if at.trans_a { (a[1], a[0]) } else { (a[0], a[1]) };
-    let (k2, n) = if at.trans_b { (b[1], b[0]) } else { (b[0], b[1]) };
+    let (m, k) = if at.trans_a {
+        (a[1], a[0])
+    } else {
+        (a[0], a[1])
+    };
+    let (k2, n) = if at.trans_b {
+        (b[1], b[0])
+    } else {
+        (b[0], b[1])
+    };
     if k != k2 {
-        return Err(Error::shape(format!("Gemm of {a:?} and {b:?}: inner dims differ")));
+        return Err(Error::shape(format!(
+            "Gemm of {a:?} and {b:?}: inner dims differ"
+        )));
     }
     Ok((m, k, n))
 }
@@ -1608,7 +1838,9 @@ fn broadcast_c<T: Copy>(c: &[T], cs: &[usize], m: usize, n: usize, out: &mut [T]
         _ => return Err(Error::shape("Gemm C must have rank <= 2")),
     };
     if !(cm == 1 || cm == m) || !(cn == 1 || cn == n) || c.len() < cm * cn {
-        return Err(Error::shape(format!("Gemm C {cs:?} does not broadcast to [{m}, {n}]")));
+        return Err(Error::shape(format!(
+            "Gemm C {cs:?} does not broadcast to [{m}, {n}]"
+        )));
     }
     for i in 0..m {
         let ci = if cm == 1 { 0 } else { i };
@@ -1712,7 +1944,11 @@ fn matmul_integer_acc(
         av.iter_mut().for_each(|v| *v -= azp[0]);
     } else {
         let k = *a.shape().last().unwrap_or(&1);
-        let m = if a.rank() >= 2 { a.shape()[a.rank() - 2] } else { 1 };
+        let m = if a.rank() >= 2 {
+            a.shape()[a.rank() - 2]
+        } else {
+            1
+        };
         if azp.len() != m {
             return Err(Error::shape("a_zero_point must be a scalar or one per row"));
         }
@@ -1726,7 +1962,9 @@ fn matmul_integer_acc(
     } else {
         let n = *b.shape().last().unwrap_or(&1);
         if bzp.len() != n {
-            return Err(Error::shape("b_zero_point must be a scalar or one per column"));
+            return Err(Error::shape(
+                "b_zero_point must be a scalar or one per column",
+            ));
         }
         for (i, v) in bv.iter_mut().enumerate() {
             *v -= bzp[i % n];
@@ -1945,11 +2183,15 @@ fn simplify<T: Num>(mut op: Operand<T>, keep: &dyn Fn(u8) -> bool) -> Result<Ope
         };
     }
     // Sum out unneeded labels (move them last, then reduce).
-    let drop: Vec<usize> = (0..op.labels.len()).filter(|&i| !keep(op.labels[i])).collect();
+    let drop: Vec<usize> = (0..op.labels.len())
+        .filter(|&i| !keep(op.labels[i]))
+        .collect();
     if drop.is_empty() {
         return Ok(op);
     }
-    let kept: Vec<usize> = (0..op.labels.len()).filter(|&i| keep(op.labels[i])).collect();
+    let kept: Vec<usize> = (0..op.labels.len())
+        .filter(|&i| keep(op.labels[i]))
+        .collect();
     let order: Vec<usize> = kept.iter().chain(&drop).copied().collect();
     let p = permute(&op, &order)?;
     let inner: usize = drop.iter().map(|&i| op.shape[i]).product();
@@ -1980,19 +2222,41 @@ fn contract<T: Num>(
 ) -> Result<Operand<T>> {
     let in_b = |l: u8| b.labels.contains(&l);
     let in_a = |l: u8| a.labels.contains(&l);
-    let batch: Vec<u8> = a.labels.iter().copied().filter(|&l| in_b(l) && keep(l)).collect();
-    let sum: Vec<u8> = a.labels.iter().copied().filter(|&l| in_b(l) && !keep(l)).collect();
+    let batch: Vec<u8> = a
+        .labels
+        .iter()
+        .copied()
+        .filter(|&l| in_b(l) && keep(l))
+        .collect();
+    let sum: Vec<u8> = a
+        .labels
+        .iter()
+        .copied()
+        .filter(|&l| in_b(l) && !keep(l))
+        .collect();
     let a_only: Vec<u8> = a.labels.iter().copied().filter(|&l| !in_b(l)).collect();
     let b_only: Vec<u8> = b.labels.iter().copied().filter(|&l| !in_a(l)).collect();
     let pos = |labels: &[u8], l: u8| labels.iter().position(|&x| x == l).unwrap_or(0);
     let size = |op: &Operand<T>, l: u8| op.shape[pos(&op.labels, l)];
     for &l in batch.iter().chain(&sum) {
         if size(&a, l) != size(&b, l) {
-            return Err(Error::shape("einsum label has different sizes in two inputs"));
+            return Err(Error::shape(
+                "einsum label has different sizes in two inputs",
+            ));
         }
     }
-    let order_a: Vec<usize> = batch.iter().chain(&a_only).chain(&sum).map(|&l| pos(&a.labels, l)).collect();
-    let order_b: Vec<usize> = batch.iter().chain(&sum).chain(&b_only).map(|&l| pos(&b.labels, l)).collect();
+    let order_a: Vec<usize> = batch
+        .iter()
+        .chain(&a_only)
+        .chain(&sum)
+        .map(|&l| pos(&a.labels, l))
+        .collect();
+    let order_b: Vec<usize> = batch
+        .iter()
+        .chain(&sum)
+        .chain(&b_only)
+        .map(|&l| pos(&b.labels, l))
+        .collect();
     let pa = permute(&a, &order_a)?;
     let pb = permute(&b, &order_b)?;
     let nb: usize = batch.iter().map(|&l| size(&a, l)).product();
@@ -2005,7 +2269,12 @@ fn contract<T: Num>(
     let total = numel(&shape, T::DTYPE)?;
     let mut data = alloc_vec::<T>(total)?;
     bmm(nb, m, k, n, &pa.data, &pb.data, &mut data);
-    let labels: Vec<u8> = batch.iter().chain(&a_only).chain(&b_only).copied().collect();
+    let labels: Vec<u8> = batch
+        .iter()
+        .chain(&a_only)
+        .chain(&b_only)
+        .copied()
+        .collect();
     Ok(Operand {
         labels,
         shape,
@@ -2099,7 +2368,9 @@ fn einsum_t<T: Num>(
             v
         }
         None => {
-            let mut v: Vec<u8> = (0..ell_rank).map(|i| 128 + (ell_rank - 1 - i) as u8).collect();
+            let mut v: Vec<u8> = (0..ell_rank)
+                .map(|i| 128 + (ell_rank - 1 - i) as u8)
+                .collect();
             let mut counts: std::collections::BTreeMap<u8, usize> = Default::default();
             for op in &ops {
                 for &l in &op.labels {
@@ -2165,21 +2436,22 @@ pub fn einsum(spec: &EinsumSpec, inputs: &[&Tensor]) -> Result<Tensor> {
                 .iter()
                 .map(|t| Ok((t.shape(), t.to_f32_vec()?)))
                 .collect::<Result<_>>()?;
-            let bmm = |nb: usize, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]| {
-                for i in 0..nb {
-                    sgemm_ex(
-                        m,
-                        k,
-                        n,
-                        1.0,
-                        Mat::row_major(&a[i * m * k..], k),
-                        Mat::row_major(&b[i * k * n..], n),
-                        0.0,
-                        &mut c[i * m * n..(i + 1) * m * n],
-                        n,
-                    );
-                }
-            };
+            let bmm =
+                |nb: usize, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]| {
+                    for i in 0..nb {
+                        sgemm_ex(
+                            m,
+                            k,
+                            n,
+                            1.0,
+                            Mat::row_major(&a[i * m * k..], k),
+                            Mat::row_major(&b[i * k * n..], n),
+                            0.0,
+                            &mut c[i * m * n..(i + 1) * m * n],
+                            n,
+                        );
+                    }
+                };
             let (s, y) = einsum_t::<f32>(spec, &ins, &bmm)?;
             from_f32(dt, s, y)
         }
@@ -2199,7 +2471,9 @@ pub fn einsum(spec: &EinsumSpec, inputs: &[&Tensor]) -> Result<Tensor> {
             let (s, y) = einsum_t::<i64>(spec, &ins, &generic_bmm::<i64>)?;
             Tensor::from_vec(s, y)?.cast(dt)
         }
-        _ => Err(Error::unsupported_dtype(format!("Einsum does not support {dt}"))),
+        _ => Err(Error::unsupported_dtype(format!(
+            "Einsum does not support {dt}"
+        ))),
     }
 }
 
@@ -2261,7 +2535,8 @@ mod tests {
                                     if y0 < 0 || x0 < 0 || y0 >= h as i64 || x0 >= wd as i64 {
                                         continue;
                                     }
-                                    let xi = ((b * c + g * cg + ci) * h + y0 as usize) * wd + x0 as usize;
+                                    let xi = ((b * c + g * cg + ci) * h + y0 as usize) * wd
+                                        + x0 as usize;
                                     let wi = ((mm * cg + ci) * kh + a) * kw + e;
                                     acc += x[xi] * w[wi];
                                 }
@@ -2306,7 +2581,10 @@ mod tests {
             let want = naive_conv2d(&x, &xs, &w, &ws, group, s, p, dl);
             assert_eq!(y.len(), want.len(), "{shape:?}");
             for (a, b) in y.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-4, "{a} vs {b} for c={c} m={m} g={group} k={k}");
+                assert!(
+                    (a - b).abs() < 1e-4,
+                    "{a} vs {b} for c={c} m={m} g={group} k={k}"
+                );
             }
         }
     }
@@ -2315,9 +2593,29 @@ mod tests {
     fn conv_errors() {
         let x = vec![0f32; 2 * 3 * 4 * 4];
         let w = vec![0f32; 4 * 2 * 3 * 3];
-        assert!(conv_f32(&x, &[2, 3, 4, 4], &w, &[4, 2, 3, 3], None, &Window::default(), 1, None).is_err());
+        assert!(conv_f32(
+            &x,
+            &[2, 3, 4, 4],
+            &w,
+            &[4, 2, 3, 3],
+            None,
+            &Window::default(),
+            1,
+            None
+        )
+        .is_err());
         let w = vec![0f32; 4 * 3 * 5 * 5];
-        assert!(conv_f32(&x, &[2, 3, 4, 4], &w, &[4, 3, 5, 5], None, &Window::default(), 1, None).is_err());
+        assert!(conv_f32(
+            &x,
+            &[2, 3, 4, 4],
+            &w,
+            &[4, 3, 5, 5],
+            None,
+            &Window::default(),
+            1,
+            None
+        )
+        .is_err());
     }
 
     #[test]
@@ -2347,7 +2645,14 @@ mod tests {
         let (y, i) = max_pool(&t, &w, 0, true).unwrap();
         assert_eq!(y.as_slice::<f32>().unwrap(), &[5., 7., 13., 15.]);
         assert_eq!(i.unwrap().as_slice::<i64>().unwrap(), &[5, 7, 13, 15]);
-        let a = pool(&t, &w, PoolKind::Average { count_include_pad: false }).unwrap();
+        let a = pool(
+            &t,
+            &w,
+            PoolKind::Average {
+                count_include_pad: false,
+            },
+        )
+        .unwrap();
         assert_eq!(a.as_slice::<f32>().unwrap(), &[2.5, 4.5, 10.5, 12.5]);
         let g = global_pool(&t, GlobalKind::Max).unwrap();
         assert_eq!(g.shape(), &[1, 1, 1, 1]);
@@ -2378,7 +2683,12 @@ mod tests {
         let y = einsum(&EinsumSpec::parse("ij,jk->ik").unwrap(), &[&a, &b]).unwrap();
         let want = matmul(&a, &b, None, None).unwrap();
         assert_eq!(y.shape(), want.shape());
-        for (p, q) in y.as_slice::<f32>().unwrap().iter().zip(want.as_slice::<f32>().unwrap()) {
+        for (p, q) in y
+            .as_slice::<f32>()
+            .unwrap()
+            .iter()
+            .zip(want.as_slice::<f32>().unwrap())
+        {
             assert!((p - q).abs() < 1e-5);
         }
         let t = einsum(&EinsumSpec::parse("ij").unwrap(), &[&a]).unwrap();
