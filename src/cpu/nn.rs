@@ -2213,12 +2213,15 @@ fn simplify<T: Num>(mut op: Operand<T>, keep: &dyn Fn(u8) -> bool) -> Result<Ope
     })
 }
 
+/// A batched matmul: (batches, m, k, n, a, b, c), all contiguous row-major.
+type Bmm<'a, T> = &'a dyn Fn(usize, usize, usize, usize, &[T], &[T], &mut [T]);
+
 /// Contracts two operands; `keep` says which labels are needed afterwards.
 fn contract<T: Num>(
     a: Operand<T>,
     b: Operand<T>,
     keep: &dyn Fn(u8) -> bool,
-    bmm: &dyn Fn(usize, usize, usize, usize, &[T], &[T], &mut [T]),
+    bmm: Bmm<T>,
 ) -> Result<Operand<T>> {
     let in_b = |l: u8| b.labels.contains(&l);
     let in_a = |l: u8| a.labels.contains(&l);
@@ -2285,7 +2288,7 @@ fn contract<T: Num>(
 fn einsum_t<T: Num>(
     spec: &EinsumSpec,
     inputs: &[(&[usize], Vec<T>)],
-    bmm: &dyn Fn(usize, usize, usize, usize, &[T], &[T], &mut [T]),
+    bmm: Bmm<T>,
 ) -> Result<(Vec<usize>, Vec<T>)> {
     if inputs.len() != spec.inputs.len() {
         return Err(Error::input(format!(
