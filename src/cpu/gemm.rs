@@ -125,6 +125,11 @@ pub fn sgemm_ex(
         scale_c(m, n, beta, c, ldc);
         return true;
     }
+    // Few rows against a column-major B (Linear layers, `transB`): dot products.
+    if b.rs == 1 && m < MR {
+        dot_gemm(m, k, n, alpha, a, b, beta, c, ldc);
+        return true;
+    }
     // Skinny or tiny products: packing costs more than it saves.
     if b.cs == 1 && (m < MR || n < NR / 2 || m * n * k < 8 * 1024) {
         small_gemm(m, k, n, alpha, a, b, beta, c, ldc);
@@ -170,6 +175,54 @@ fn small_gemm(
             for (cv, bv) in crow.iter_mut().zip(brow) {
                 *cv += av * bv;
             }
+        }
+    }
+}
+
+/// Dot product with eight independent partial sums (so it vectorizes without
+/// reassociating a single chain).
+#[inline]
+fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let xc = x.chunks_exact(8);
+    let yc = y.chunks_exact(8);
+    let tail: f32 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in xc.zip(yc) {
+        for l in 0..8 {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// C[i,j] = alpha·dot(A[i,:], B[:,j]) + beta·C[i,j] for a column-major B.
+#[allow(clippy::too_many_arguments)]
+fn dot_gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: Mat,
+    b: Mat,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let mut row = vec![0f32; k];
+    for i in 0..m {
+        for (p, r) in row.iter_mut().enumerate() {
+            *r = a.at(i, p);
+        }
+        let crow = &mut c[i * ldc..i * ldc + n];
+        for (j, cv) in crow.iter_mut().enumerate() {
+            let col = &b.data[j * b.cs..j * b.cs + k];
+            let v = alpha * dot(&row, col);
+            *cv = if beta == 0.0 { v } else { v + beta * *cv };
         }
     }
 }
@@ -405,6 +458,8 @@ mod tests {
             (64, 64, 64),
             (33, 1000, 9),
             (120, 6, 200),
+            (1, 300, 70),
+            (2, 37, 5),
         ];
         for (t, &(m, k, n)) in sizes.iter().enumerate() {
             let a = rand_vec(m * k, t as u64);
@@ -522,6 +577,8 @@ mod tests {
             (1024, 1024, 1024, 3),
             (128, 384, 384, 50),
             (384, 3 * 3 * 32, 96 * 48, 5),
+            (24, 96, 12800, 10),
+            (1, 1024, 1024, 50),
         ] {
             let a = rand_vec(m * k, 1);
             let b = rand_vec(k * n, 2);

@@ -146,7 +146,10 @@ impl Window {
             match self.auto_pad {
                 AutoPad::SameUpper | AutoPad::SameLower => {
                     let o = i.div_ceil(s);
-                    let need = ((o.max(1) - 1) * s + eff).saturating_sub(i);
+                    let need = ((o.max(1) - 1) * s)
+                        .checked_add(eff)
+                        .ok_or_else(|| Error::attr("kernel extent overflows"))?
+                        .saturating_sub(i);
                     let b = if self.auto_pad == AutoPad::SameUpper {
                         need / 2
                     } else {
@@ -161,7 +164,10 @@ impl Window {
                         pb[d] = pads[d];
                         pe[d] = pads[rank + d];
                     }
-                    let span = i + pb[d] + pe[d];
+                    let span = i
+                        .checked_add(pb[d])
+                        .and_then(|x| x.checked_add(pe[d]))
+                        .ok_or_else(|| Error::attr("pads are too large"))?;
                     if span < eff {
                         out[d] = 0;
                         if !self.ceil_mode || span + s <= eff {
@@ -271,7 +277,7 @@ fn conv_dims(xs: &[usize], ws: &[usize], group: usize) -> Result<ConvDims> {
         )));
     }
     let (n, c, m, cg) = (xs[0], xs[1], ws[0], ws[1]);
-    if group == 0 || cg * group != c || m % group != 0 {
+    if group == 0 || cg.checked_mul(group) != Some(c) || m % group != 0 {
         return Err(Error::shape(format!(
             "Conv with {c} input channels, weights {ws:?} and group {group} do not fit"
         )));
@@ -352,10 +358,18 @@ fn rows_per_chunk(krows: usize, ow: usize, total_rows: usize) -> usize {
 
 /// Depthwise-style conv (one input channel per group), direct loops, accumulating into
 /// `y` (one output plane) from input plane `x` with weights `w` (kernel taps).
-fn depthwise_plane(x: &[f32], w: &[f32], g: &Geom, y: &mut [f32]) {
+fn depthwise_plane(x: &[f32], w: &[f32], g: &Geom, y: &mut [f32], phases: &mut Vec<f32>) {
     let [_, ih, iw] = g.input;
     let [kd, kh, kw] = g.kernel;
     let [od_n, oh_n, ow] = g.output;
+    let s = g.stride[2];
+    // For strided convs each input row is split into `s` phases (x[r], x[r+s], …), laid
+    // out one after another, so every tap reads a contiguous run.
+    let plen = iw.div_ceil(s);
+    if s > 1 {
+        phases.clear();
+        phases.resize(s * plen, 0.0);
+    }
     for od in 0..od_n {
         for ohh in 0..oh_n {
             let yrow = &mut y[(od * oh_n + ohh) * ow..(od * oh_n + ohh + 1) * ow];
@@ -371,24 +385,28 @@ fn depthwise_plane(x: &[f32], w: &[f32], g: &Geom, y: &mut [f32]) {
                     }
                     let base = ((zd - g.pad_begin[0]) * ih + (zh - g.pad_begin[1])) * iw;
                     let src = &x[base..base + iw];
+                    if s > 1 {
+                        for (i, &v) in src.iter().enumerate() {
+                            phases[(i % s) * plen + i / s] = v;
+                        }
+                    }
                     for e in 0..kw {
                         let wv = w[(a * kh + b) * kw + e];
                         let offw = e * g.dilation[2];
-                        let (lo, hi) = valid_range(ow, g.stride[2], offw, g.pad_begin[2], iw);
+                        let (lo, hi) = valid_range(ow, s, offw, g.pad_begin[2], iw);
                         if lo >= hi {
                             continue;
                         }
-                        let first = lo * g.stride[2] + offw - g.pad_begin[2];
+                        let first = lo * s + offw - g.pad_begin[2];
                         let n = hi - lo;
-                        if g.stride[2] == 1 {
-                            for (yv, xv) in yrow[lo..hi].iter_mut().zip(&src[first..first + n]) {
-                                *yv += wv * xv;
-                            }
+                        let run = if s == 1 {
+                            &src[first..first + n]
                         } else {
-                            let s = g.stride[2];
-                            for (k, yv) in yrow[lo..hi].iter_mut().enumerate() {
-                                *yv += wv * src[first + k * s];
-                            }
+                            let st = (first % s) * plen + first / s;
+                            &phases[st..st + n]
+                        };
+                        for (yv, xv) in yrow[lo..hi].iter_mut().zip(run) {
+                            *yv += wv * xv;
                         }
                     }
                 }
@@ -434,11 +452,12 @@ pub fn conv_f32(
     }
     let krows = d.cg * ksz;
     if d.cg == 1 && d.mg == 1 {
+        let mut phases = Vec::new();
         for n in 0..d.n {
             for m in 0..d.m {
                 let xp = &x[(n * d.c + m) * isz..(n * d.c + m + 1) * isz];
                 let yp = &mut y[(n * d.m + m) * osz..(n * d.m + m + 1) * osz];
-                depthwise_plane(xp, &w[m * ksz..(m + 1) * ksz], &g, yp);
+                depthwise_plane(xp, &w[m * ksz..(m + 1) * ksz], &g, yp, &mut phases);
             }
         }
     } else if g.is_pointwise() {
@@ -940,7 +959,12 @@ pub fn conv_transpose_geom(
         if s == 0 || dl == 0 || k == 0 || i == 0 {
             return Err(Error::shape("ConvTranspose needs positive sizes"));
         }
-        let full = (i - 1) * s + opad[d] + (k - 1) * dl + 1;
+        let full = (i - 1)
+            .checked_mul(s)
+            .and_then(|x| x.checked_add(opad[d]))
+            .and_then(|x| x.checked_add((k - 1).checked_mul(dl)?))
+            .and_then(|x| x.checked_add(1))
+            .ok_or_else(|| Error::attr("ConvTranspose output size overflows"))?;
         let same = matches!(win.auto_pad, AutoPad::SameUpper | AutoPad::SameLower);
         if oshape.is_some() || same {
             let target = match &oshape {
@@ -963,7 +987,7 @@ pub fn conv_transpose_geom(
                 pe[d] = pads[rank + d];
             }
             out[d] = full
-                .checked_sub(pb[d] + pe[d])
+                .checked_sub(pb[d].saturating_add(pe[d]))
                 .ok_or_else(|| Error::shape("ConvTranspose pads exceed the output size"))?;
         }
     }
@@ -1045,7 +1069,7 @@ pub fn conv_transpose_f32(
         )));
     }
     let (n, c) = (xs[0], xs[1]);
-    if group == 0 || ws[0] != c || c % group != 0 {
+    if group == 0 || ws[0] != c || c % group != 0 || ws[1].checked_mul(group).is_none() {
         return Err(Error::shape(format!(
             "ConvTranspose with {c} input channels, weights {ws:?}, group {group}"
         )));
@@ -1459,9 +1483,12 @@ pub fn max_unpool(
     let pads = per_dim(&win.pads, 2 * rank, 0, "pads")?;
     let mut shape = xs[..2].to_vec();
     for d in 0..rank {
-        let full = (xs[2 + d].max(1) - 1) * strides[d] + ks[d];
+        let full = (xs[2 + d].max(1) - 1)
+            .checked_mul(strides[d])
+            .and_then(|x| x.checked_add(ks[d]))
+            .ok_or_else(|| Error::attr("MaxUnpool output size overflows"))?;
         shape.push(
-            full.checked_sub(pads[d] + pads[rank + d])
+            full.checked_sub(pads[d].saturating_add(pads[rank + d]))
                 .ok_or_else(|| Error::shape("MaxUnpool pads exceed the output size"))?,
         );
     }
@@ -1611,6 +1638,18 @@ pub fn matmul_plan(a: &[usize], b: &[usize]) -> Result<MatMulPlan> {
     }
     if b.len() > 1 {
         out_shape.push(n);
+    }
+    // Budget check before building per-batch offsets (8 bytes per output element is
+    // the most any dtype needs).
+    if numel(&out_shape, DType::F64)? == 0 {
+        return Ok(MatMulPlan {
+            out_shape,
+            m,
+            k,
+            n,
+            offsets: Vec::new(),
+            fold_batch: false,
+        });
     }
     let b_shared = bb.iter().all(|&d| d == 1);
     let a_full = (0..r).all(|i| get(ba, i) == batch[i]);
@@ -2360,7 +2399,10 @@ fn einsum_t<T: Num>(
                 }
                 v.extend_from_slice(&t.labels[t.ellipsis.unwrap_or(0)..]);
             }
-            for &l in &v {
+            for (i, &l) in v.iter().enumerate() {
+                if v[..i].contains(&l) {
+                    return Err(Error::shape("einsum output repeats a label"));
+                }
                 if !sizes.contains_key(&l) {
                     return Err(Error::shape(format!(
                         "einsum output label '{}' is not in any input",
@@ -2565,6 +2607,7 @@ mod tests {
             (4, 6, 2, 3, 2, 1, 1),
             (8, 8, 8, 3, 1, 1, 1),
             (8, 8, 8, 5, 2, 2, 1),
+            (8, 8, 8, 3, 3, 1, 2),
             (6, 12, 6, 3, 1, 2, 2),
             (5, 7, 1, 1, 1, 0, 1),
             (5, 7, 1, 1, 2, 0, 1),
@@ -2704,6 +2747,88 @@ mod tests {
         let s = einsum(&EinsumSpec::parse("ij->").unwrap(), &[&sq]).unwrap();
         assert_eq!(s.as_slice::<f32>().unwrap(), &[36.]);
         assert!(einsum(&EinsumSpec::parse("ijk").unwrap(), &[&a]).is_err());
+    }
+
+    /// `cargo test --lib nn_speed -- --ignored --nocapture` (use opt-level 3 to judge).
+    #[test]
+    #[ignore]
+    fn nn_speed() {
+        let time = |name: &str, flops: f64, f: &mut dyn FnMut()| {
+            f();
+            let reps = 5;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            println!("{name}: {:.2} ms, {:.1} GFLOP/s", s * 1e3, flops / s / 1e9);
+        };
+        // (name, input, weights, group, stride, pad)
+        for &(name, xs, ws, group, s, p) in &[
+            (
+                "conv3x3 s2 3->16 @256x640",
+                [1, 3, 256, 640],
+                [16, 3, 3, 3],
+                1,
+                2,
+                1,
+            ),
+            (
+                "depthwise3x3 96 @48x160",
+                [1, 96, 48, 160],
+                [96, 1, 3, 3],
+                96,
+                1,
+                1,
+            ),
+            (
+                "depthwise3x3 s2 96 @48x160",
+                [1, 96, 48, 160],
+                [96, 1, 3, 3],
+                96,
+                2,
+                1,
+            ),
+            (
+                "pointwise 96->24 @48x160",
+                [1, 96, 48, 160],
+                [24, 96, 1, 1],
+                1,
+                1,
+                0,
+            ),
+            (
+                "conv3x3 64->64 @32x100",
+                [1, 64, 32, 100],
+                [64, 64, 3, 3],
+                1,
+                1,
+                1,
+            ),
+        ] {
+            let x = seq(xs.iter().product());
+            let w = seq(ws.iter().product());
+            let wn = Window {
+                strides: Some(vec![s, s]),
+                pads: Some(vec![p; 4]),
+                ..Window::default()
+            };
+            let (shape, _) = conv_f32(&x, &xs, &w, &ws, None, &wn, group, None).unwrap();
+            let flops =
+                2.0 * shape.iter().product::<usize>() as f64 * (ws[1] * ws[2] * ws[3]) as f64;
+            time(name, flops, &mut || {
+                conv_f32(&x, &xs, &w, &ws, None, &wn, group, Some(Activation::Relu)).unwrap();
+            });
+        }
+        let a = seq(4 * 128 * 384);
+        let b = seq(384 * 384);
+        time(
+            "matmul [4,128,384]x[384,384]",
+            2.0 * 512.0 * 384.0 * 384.0,
+            &mut || {
+                matmul_f32(&a, &[4, 128, 384], &b, &[384, 384], None, None).unwrap();
+            },
+        );
     }
 
     #[test]
