@@ -386,26 +386,55 @@ fn depthwise_plane(x: &[f32], w: &[f32], g: &Geom, y: &mut [f32], phases: &mut V
                     let base = ((zd - g.pad_begin[0]) * ih + (zh - g.pad_begin[1])) * iw;
                     let src = &x[base..base + iw];
                     if s > 1 {
-                        for (i, &v) in src.iter().enumerate() {
-                            phases[(i % s) * plen + i / s] = v;
+                        for r in 0..s {
+                            let dst = &mut phases[r * plen..(r + 1) * plen];
+                            for (d, &v) in dst.iter_mut().zip(src.iter().skip(r).step_by(s)) {
+                                *d = v;
+                            }
                         }
                     }
-                    for e in 0..kw {
-                        let wv = w[(a * kh + b) * kw + e];
+                    let data: &[f32] = if s == 1 { src } else { phases };
+                    let wrow = &w[(a * kh + b) * kw..(a * kh + b + 1) * kw];
+                    // Per tap: valid output range and where its input run starts.
+                    let tap = |e: usize| -> (usize, usize, usize) {
                         let offw = e * g.dilation[2];
                         let (lo, hi) = valid_range(ow, s, offw, g.pad_begin[2], iw);
                         if lo >= hi {
-                            continue;
+                            return (0, 0, 0);
                         }
                         let first = lo * s + offw - g.pad_begin[2];
-                        let n = hi - lo;
-                        let run = if s == 1 {
-                            &src[first..first + n]
-                        } else {
-                            let st = (first % s) * plen + first / s;
-                            &phases[st..st + n]
-                        };
-                        for (yv, xv) in yrow[lo..hi].iter_mut().zip(run) {
+                        (lo, hi, (first % s) * plen + first / s)
+                    };
+                    if kw == 3 {
+                        let t = [tap(0), tap(1), tap(2)];
+                        let lo_all = t.iter().map(|x| x.0).max().unwrap_or(0);
+                        let hi_all = t.iter().map(|x| x.1).min().unwrap_or(0);
+                        if lo_all < hi_all {
+                            // Edges tap by tap, the middle with all three taps fused.
+                            for (e, &(lo, hi, st)) in t.iter().enumerate() {
+                                for j in (lo..lo_all).chain(hi_all..hi) {
+                                    yrow[j] += wrow[e] * data[st + j - lo];
+                                }
+                            }
+                            let n = hi_all - lo_all;
+                            let r0 = &data[t[0].2 + lo_all - t[0].0..][..n];
+                            let r1 = &data[t[1].2 + lo_all - t[1].0..][..n];
+                            let r2 = &data[t[2].2 + lo_all - t[2].0..][..n];
+                            let (w0, w1, w2) = (wrow[0], wrow[1], wrow[2]);
+                            for (((yv, &x0), &x1), &x2) in
+                                yrow[lo_all..hi_all].iter_mut().zip(r0).zip(r1).zip(r2)
+                            {
+                                *yv += w0 * x0 + w1 * x1 + w2 * x2;
+                            }
+                            continue;
+                        }
+                    }
+                    for (e, &wv) in wrow.iter().enumerate() {
+                        let (lo, hi, st) = tap(e);
+                        if lo >= hi {
+                            continue;
+                        }
+                        for (yv, xv) in yrow[lo..hi].iter_mut().zip(&data[st..st + (hi - lo)]) {
                             *yv += wv * xv;
                         }
                     }
@@ -2608,6 +2637,9 @@ mod tests {
             (8, 8, 8, 3, 1, 1, 1),
             (8, 8, 8, 5, 2, 2, 1),
             (8, 8, 8, 3, 3, 1, 2),
+            (8, 8, 8, 3, 2, 1, 1),
+            (8, 8, 8, 3, 1, 2, 3),
+            (8, 8, 8, 3, 2, 0, 1),
             (6, 12, 6, 3, 1, 2, 2),
             (5, 7, 1, 1, 1, 0, 1),
             (5, 7, 1, 1, 2, 0, 1),
@@ -2720,6 +2752,26 @@ mod tests {
         let ai = Tensor::from_vec(vec![2, 2], vec![1i64, 2, 3, 4]).unwrap();
         let y = matmul(&ai, &ai, None, None).unwrap();
         assert_eq!(y.as_slice::<i64>().unwrap(), &[7, 10, 15, 22]);
+    }
+
+    #[test]
+    fn fused_bias_and_activation() {
+        let a = Tensor::from_vec(vec![2, 2], vec![1f32, -2., 3., 4.]).unwrap();
+        let b = Tensor::from_vec(vec![2, 2], vec![1f32, 0., 0., 1.]).unwrap();
+        let bias = Tensor::from_vec(vec![2], vec![0.5f32, -10.]).unwrap();
+        let y = matmul(&a, &b, Some(&bias), Some(Activation::Relu)).unwrap();
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[1.5, 0., 3.5, 0.]);
+        let at = GemmAttrs {
+            alpha: 2.0,
+            beta: 1.0,
+            trans_a: true,
+            trans_b: false,
+        };
+        let y = gemm(&a, &b, Some(&bias), &at, Some(Activation::Relu)).unwrap();
+        // Aᵀ = [[1,3],[-2,4]] → 2·Aᵀ + bias = [[2.5,-4],[-3.5,-2]] → relu
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[2.5, 0., 0., 0.]);
+        let bad = Tensor::from_vec(vec![3], vec![0f32; 3]).unwrap();
+        assert!(gemm(&a, &b, Some(&bad), &at, None).is_err());
     }
 
     #[test]
