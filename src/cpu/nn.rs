@@ -1935,7 +1935,7 @@ pub fn gemm(
     let (m, k, n) = gemm_dims(a.shape(), b.shape(), at)?;
     let total = numel(&[m, n], dt)?;
     match dt {
-        DType::F32 | DType::F16 | DType::BF16 | DType::F64 => {
+        DType::F32 | DType::F16 | DType::BF16 => {
             let av = f32_data(a)?;
             let bv = f32_data(b)?;
             let mut y = alloc_vec::<f32>(total)?;
@@ -1964,9 +1964,9 @@ pub fn gemm(
         }
         _ => {
             if act.is_some() {
-                return Err(Error::unsupported_dtype("fused Gemm on integers"));
+                return Err(Error::unsupported_dtype(format!("fused Gemm on {dt}")));
             }
-            crate::dispatch!(int dt, "Gemm", T => {
+            crate::dispatch!(num dt, "Gemm", T => {
                 let av = a.as_slice::<T>()?;
                 let bv = b.as_slice::<T>()?;
                 let mut y = alloc_vec::<T>(total)?;
