@@ -2799,6 +2799,31 @@ mod tests {
         let s = einsum(&EinsumSpec::parse("ij->").unwrap(), &[&sq]).unwrap();
         assert_eq!(s.as_slice::<f32>().unwrap(), &[36.]);
         assert!(einsum(&EinsumSpec::parse("ijk").unwrap(), &[&a]).is_err());
+        assert!(einsum(&EinsumSpec::parse("ij->ii").unwrap(), &[&a]).is_err());
+        // Ellipsis with broadcasting batch dims, checked against MatMul.
+        let x = Tensor::from_vec(vec![2, 1, 2, 3], seq(12)).unwrap();
+        let w = Tensor::from_vec(vec![3, 3, 4], seq(36)).unwrap();
+        let e = einsum(&EinsumSpec::parse("...ij,...jk->...ik").unwrap(), &[&x, &w]).unwrap();
+        let m = matmul(&x, &w, None, None).unwrap();
+        assert_eq!(e.shape(), m.shape());
+        for (p, q) in e
+            .as_slice::<f32>()
+            .unwrap()
+            .iter()
+            .zip(m.as_slice::<f32>().unwrap())
+        {
+            assert!((p - q).abs() < 1e-5);
+        }
+        // Three operands and an integer dtype.
+        let i1 = Tensor::from_vec(vec![2, 2], vec![1i32, 2, 3, 4]).unwrap();
+        let r = einsum(
+            &EinsumSpec::parse("ij,jk,kl->il").unwrap(),
+            &[&i1, &i1, &i1],
+        )
+        .unwrap();
+        assert_eq!(r.as_slice::<i32>().unwrap(), &[37, 54, 81, 118]);
+        let tr = einsum(&EinsumSpec::parse("ii").unwrap(), &[&i1]).unwrap();
+        assert_eq!(tr.as_slice::<i32>().unwrap(), &[5]);
     }
 
     /// `cargo test --lib nn_speed -- --ignored --nocapture` (use opt-level 3 to judge).
@@ -2881,6 +2906,89 @@ mod tests {
                 matmul_f32(&a, &[4, 128, 384], &b, &[384, 384], None, None).unwrap();
             },
         );
+    }
+
+    /// Degenerate shapes and attributes give results or errors, never panics.
+    #[test]
+    fn degenerate_inputs_do_not_panic() {
+        let mk = |shape: Vec<usize>| {
+            let n = shape.iter().product();
+            Tensor::from_vec(shape, seq(n)).unwrap()
+        };
+        let wins = [
+            Window::default(),
+            Window {
+                auto_pad: AutoPad::SameLower,
+                strides: Some(vec![3, 3]),
+                ..Window::default()
+            },
+            Window {
+                pads: Some(vec![usize::MAX / 2; 4]),
+                ..Window::default()
+            },
+            Window {
+                strides: Some(vec![usize::MAX, 1]),
+                dilations: Some(vec![usize::MAX, 1]),
+                ..Window::default()
+            },
+        ];
+        let xs = [
+            vec![0, 2, 3, 3],
+            vec![1, 2, 0, 3],
+            vec![1, 2, 2, 2],
+            vec![1, 2, 5, 5],
+        ];
+        let ws = [
+            vec![2, 2, 3, 3],
+            vec![0, 2, 1, 1],
+            vec![2, 1, 3, 3],
+            vec![4, 2, 1, 1],
+        ];
+        for w in &wins {
+            for x in &xs {
+                for wt in &ws {
+                    let _ = conv(&mk(x.clone()), &mk(wt.clone()), None, w, 1, None);
+                    let _ = conv(&mk(x.clone()), &mk(wt.clone()), None, w, 2, None);
+                    let _ = conv_transpose(
+                        &mk(x.clone()),
+                        &mk(wt.clone()),
+                        None,
+                        w,
+                        &TransposeAttrs::default(),
+                        1,
+                    );
+                    let mut pw = w.clone();
+                    pw.kernel_shape = Some(wt[2..].to_vec());
+                    let _ = pool(
+                        &mk(x.clone()),
+                        &pw,
+                        PoolKind::Average {
+                            count_include_pad: true,
+                        },
+                    );
+                    let _ = max_pool(&mk(x.clone()), &pw, 1, true);
+                    pw.ceil_mode = true;
+                    let _ = pool(&mk(x.clone()), &pw, PoolKind::Lp { p: 3.0 });
+                }
+                let _ = global_pool(&mk(x.clone()), GlobalKind::Average);
+            }
+        }
+        for (a, b) in [
+            (vec![0, 3], vec![3, 4]),
+            (vec![2, 0], vec![0, 4]),
+            (vec![5, 1, 2, 0], vec![0, 3]),
+            (vec![3], vec![2, 3, 1]),
+            (vec![2, 3], vec![4]),
+        ] {
+            let _ = matmul(&mk(a.clone()), &mk(b.clone()), None, None);
+            let at = GemmAttrs {
+                alpha: 1.0,
+                beta: 1.0,
+                trans_a: true,
+                trans_b: true,
+            };
+            let _ = gemm(&mk(a), &mk(b), None, &at, None);
+        }
     }
 
     #[test]
