@@ -135,7 +135,9 @@ impl Window {
         for d in 0..rank {
             let (i, k, s, dl) = (input[d], kernel[d], strides[d], dil[d]);
             if s == 0 || dl == 0 || k == 0 {
-                return Err(Error::attr("kernel, strides and dilations must be positive"));
+                return Err(Error::attr(
+                    "kernel, strides and dilations must be positive",
+                ));
             }
             let eff = (k - 1)
                 .checked_mul(dl)
@@ -144,7 +146,10 @@ impl Window {
             match self.auto_pad {
                 AutoPad::SameUpper | AutoPad::SameLower => {
                     let o = i.div_ceil(s);
-                    let need = ((o.max(1) - 1) * s + eff).saturating_sub(i);
+                    let need = ((o.max(1) - 1) * s)
+                        .checked_add(eff)
+                        .ok_or_else(|| Error::attr("kernel extent overflows"))?
+                        .saturating_sub(i);
                     let b = if self.auto_pad == AutoPad::SameUpper {
                         need / 2
                     } else {
@@ -159,7 +164,10 @@ impl Window {
                         pb[d] = pads[d];
                         pe[d] = pads[rank + d];
                     }
-                    let span = i + pb[d] + pe[d];
+                    let span = i
+                        .checked_add(pb[d])
+                        .and_then(|x| x.checked_add(pe[d]))
+                        .ok_or_else(|| Error::attr("pads are too large"))?;
                     if span < eff {
                         out[d] = 0;
                         if !self.ceil_mode || span + s <= eff {
@@ -220,7 +228,10 @@ fn valid_range(out: usize, s: usize, off: usize, pad: usize, len: usize) -> (usi
 /// Values of a float tensor as f32 (borrowed when already f32).
 fn f32_data(t: &Tensor) -> Result<std::borrow::Cow<'_, [f32]>> {
     if !t.dtype().is_float() {
-        return Err(Error::dtype(format!("expected a float tensor, got {}", t.dtype())));
+        return Err(Error::dtype(format!(
+            "expected a float tensor, got {}",
+            t.dtype()
+        )));
     }
     Ok(match t.as_slice::<f32>() {
         Ok(s) => std::borrow::Cow::Borrowed(s),
@@ -266,7 +277,7 @@ fn conv_dims(xs: &[usize], ws: &[usize], group: usize) -> Result<ConvDims> {
         )));
     }
     let (n, c, m, cg) = (xs[0], xs[1], ws[0], ws[1]);
-    if group == 0 || cg * group != c || m % group != 0 {
+    if group == 0 || cg.checked_mul(group) != Some(c) || m % group != 0 {
         return Err(Error::shape(format!(
             "Conv with {c} input channels, weights {ws:?} and group {group} do not fit"
         )));
@@ -347,10 +358,18 @@ fn rows_per_chunk(krows: usize, ow: usize, total_rows: usize) -> usize {
 
 /// Depthwise-style conv (one input channel per group), direct loops, accumulating into
 /// `y` (one output plane) from input plane `x` with weights `w` (kernel taps).
-fn depthwise_plane(x: &[f32], w: &[f32], g: &Geom, y: &mut [f32]) {
+fn depthwise_plane(x: &[f32], w: &[f32], g: &Geom, y: &mut [f32], phases: &mut Vec<f32>) {
     let [_, ih, iw] = g.input;
     let [kd, kh, kw] = g.kernel;
     let [od_n, oh_n, ow] = g.output;
+    let s = g.stride[2];
+    // For strided convs each input row is split into `s` phases (x[r], x[r+s], …), laid
+    // out one after another, so every tap reads a contiguous run.
+    let plen = iw.div_ceil(s);
+    if s > 1 {
+        phases.clear();
+        phases.resize(s * plen, 0.0);
+    }
     for od in 0..od_n {
         for ohh in 0..oh_n {
             let yrow = &mut y[(od * oh_n + ohh) * ow..(od * oh_n + ohh + 1) * ow];
@@ -366,24 +385,57 @@ fn depthwise_plane(x: &[f32], w: &[f32], g: &Geom, y: &mut [f32]) {
                     }
                     let base = ((zd - g.pad_begin[0]) * ih + (zh - g.pad_begin[1])) * iw;
                     let src = &x[base..base + iw];
-                    for e in 0..kw {
-                        let wv = w[(a * kh + b) * kw + e];
+                    if s > 1 {
+                        for r in 0..s {
+                            let dst = &mut phases[r * plen..(r + 1) * plen];
+                            for (d, &v) in dst.iter_mut().zip(src.iter().skip(r).step_by(s)) {
+                                *d = v;
+                            }
+                        }
+                    }
+                    let data: &[f32] = if s == 1 { src } else { phases };
+                    let wrow = &w[(a * kh + b) * kw..(a * kh + b + 1) * kw];
+                    // Per tap: valid output range and where its input run starts.
+                    let tap = |e: usize| -> (usize, usize, usize) {
                         let offw = e * g.dilation[2];
-                        let (lo, hi) = valid_range(ow, g.stride[2], offw, g.pad_begin[2], iw);
+                        let (lo, hi) = valid_range(ow, s, offw, g.pad_begin[2], iw);
+                        if lo >= hi {
+                            return (0, 0, 0);
+                        }
+                        let first = lo * s + offw - g.pad_begin[2];
+                        (lo, hi, (first % s) * plen + first / s)
+                    };
+                    if kw == 3 {
+                        let t = [tap(0), tap(1), tap(2)];
+                        let lo_all = t.iter().map(|x| x.0).max().unwrap_or(0);
+                        let hi_all = t.iter().map(|x| x.1).min().unwrap_or(0);
+                        if lo_all < hi_all {
+                            // Edges tap by tap, the middle with all three taps fused.
+                            for (e, &(lo, hi, st)) in t.iter().enumerate() {
+                                for j in (lo..lo_all).chain(hi_all..hi) {
+                                    yrow[j] += wrow[e] * data[st + j - lo];
+                                }
+                            }
+                            let n = hi_all - lo_all;
+                            let r0 = &data[t[0].2 + lo_all - t[0].0..][..n];
+                            let r1 = &data[t[1].2 + lo_all - t[1].0..][..n];
+                            let r2 = &data[t[2].2 + lo_all - t[2].0..][..n];
+                            let (w0, w1, w2) = (wrow[0], wrow[1], wrow[2]);
+                            for (((yv, &x0), &x1), &x2) in
+                                yrow[lo_all..hi_all].iter_mut().zip(r0).zip(r1).zip(r2)
+                            {
+                                *yv += w0 * x0 + w1 * x1 + w2 * x2;
+                            }
+                            continue;
+                        }
+                    }
+                    for (e, &wv) in wrow.iter().enumerate() {
+                        let (lo, hi, st) = tap(e);
                         if lo >= hi {
                             continue;
                         }
-                        let first = lo * g.stride[2] + offw - g.pad_begin[2];
-                        let n = hi - lo;
-                        if g.stride[2] == 1 {
-                            for (yv, xv) in yrow[lo..hi].iter_mut().zip(&src[first..first + n]) {
-                                *yv += wv * xv;
-                            }
-                        } else {
-                            let s = g.stride[2];
-                            for (k, yv) in yrow[lo..hi].iter_mut().enumerate() {
-                                *yv += wv * src[first + k * s];
-                            }
+                        for (yv, xv) in yrow[lo..hi].iter_mut().zip(&data[st..st + (hi - lo)]) {
+                            *yv += wv * xv;
                         }
                     }
                 }
@@ -429,11 +481,12 @@ pub fn conv_f32(
     }
     let krows = d.cg * ksz;
     if d.cg == 1 && d.mg == 1 {
+        let mut phases = Vec::new();
         for n in 0..d.n {
             for m in 0..d.m {
                 let xp = &x[(n * d.c + m) * isz..(n * d.c + m + 1) * isz];
                 let yp = &mut y[(n * d.m + m) * osz..(n * d.m + m + 1) * osz];
-                depthwise_plane(xp, &w[m * ksz..(m + 1) * ksz], &g, yp);
+                depthwise_plane(xp, &w[m * ksz..(m + 1) * ksz], &g, yp, &mut phases);
             }
         }
     } else if g.is_pointwise() {
@@ -519,7 +572,16 @@ pub fn conv(
         Some(b) => Some(f32_data(b)?),
         None => None,
     };
-    let (shape, y) = conv_f32(&xv, x.shape(), &wv, w.shape(), bv.as_deref(), win, group, act)?;
+    let (shape, y) = conv_f32(
+        &xv,
+        x.shape(),
+        &wv,
+        w.shape(),
+        bv.as_deref(),
+        win,
+        group,
+        act,
+    )?;
     from_f32(dt, shape, y)
 }
 
@@ -573,7 +635,9 @@ fn i32_data(t: &Tensor) -> Result<Vec<i32>> {
         DType::U8 => Ok(t.as_slice::<u8>()?.iter().map(|&v| v as i32).collect()),
         DType::I8 => Ok(t.as_slice::<i8>()?.iter().map(|&v| v as i32).collect()),
         DType::I32 => Ok(t.as_slice::<i32>()?.to_vec()),
-        dt => Err(Error::dtype(format!("expected an 8-bit integer tensor, got {dt}"))),
+        dt => Err(Error::dtype(format!(
+            "expected an 8-bit integer tensor, got {dt}"
+        ))),
     }
 }
 
@@ -715,7 +779,9 @@ pub fn qlinear_conv(
     if let Some(b) = bias {
         let bv = b.as_slice::<i32>()?;
         if bv.len() != m {
-            return Err(Error::shape("QLinearConv bias must have one value per channel"));
+            return Err(Error::shape(
+                "QLinearConv bias must have one value per channel",
+            ));
         }
         for (p, plane) in acc.chunks_mut(osz.max(1)).enumerate() {
             let bb = bv[p % m];
@@ -726,7 +792,9 @@ pub fn qlinear_conv(
     let ws = scales(w_scale)?;
     let ys = scales(y_scale)?;
     if ws.len() != 1 && ws.len() != m {
-        return Err(Error::shape("w_scale must be a scalar or one value per channel"));
+        return Err(Error::shape(
+            "w_scale must be a scalar or one value per channel",
+        ));
     }
     let mult: Vec<f32> = ws.iter().map(|&s| xs[0] * s / ys[0]).collect();
     let (ydt, yzp) = match y_zp {
@@ -734,6 +802,142 @@ pub fn qlinear_conv(
         None => (x.dtype(), 0),
     };
     quantized_output(ydt, shape, &acc, &mult, osz, yzp)
+}
+
+/// Bilinear sample of a plane at (h, w), zero outside (GridSample, align_corners=1).
+#[inline]
+fn bilinear(plane: &[f32], ih: usize, iw: usize, h: f32, w: f32) -> f32 {
+    if !(h > -1.0 && w > -1.0 && h < ih as f32 && w < iw as f32) {
+        return 0.0;
+    }
+    let (h0, w0) = (h.floor(), w.floor());
+    let (dh, dw) = (h - h0, w - w0);
+    let (h0, w0) = (h0 as i64, w0 as i64);
+    let at = |y: i64, x: i64| -> f32 {
+        if y >= 0 && x >= 0 && (y as usize) < ih && (x as usize) < iw {
+            plane[y as usize * iw + x as usize]
+        } else {
+            0.0
+        }
+    };
+    (1.0 - dh) * ((1.0 - dw) * at(h0, w0) + dw * at(h0, w0 + 1))
+        + dh * ((1.0 - dw) * at(h0 + 1, w0) + dw * at(h0 + 1, w0 + 1))
+}
+
+/// `DeformConv` (2-D): conv whose taps are displaced by learned offsets (bilinear
+/// sampling) and optionally scaled by a mask.
+#[allow(clippy::too_many_arguments)]
+pub fn deform_conv(
+    x: &Tensor,
+    w: &Tensor,
+    offset: &Tensor,
+    b: Option<&Tensor>,
+    mask: Option<&Tensor>,
+    win: &Window,
+    group: usize,
+    offset_group: usize,
+) -> Result<Tensor> {
+    let dt = x.dtype();
+    let (xs, ws) = (x.shape(), w.shape());
+    if xs.len() != 4 {
+        return Err(Error::unsupported_op("DeformConv is only supported in 2-D"));
+    }
+    let d = conv_dims(xs, ws, group)?;
+    let g = win.resolve(&xs[2..], &ws[2..])?;
+    let (ih, iw) = (xs[2], xs[3]);
+    let (kh, kw) = (ws[2], ws[3]);
+    let (oh, ow) = (g.output[1], g.output[2]);
+    let k = kh * kw;
+    if offset_group == 0 || d.c % offset_group != 0 {
+        return Err(Error::shape(
+            "DeformConv channels must divide by offset_group",
+        ));
+    }
+    if offset.shape() != [d.n, offset_group * 2 * k, oh, ow] {
+        return Err(Error::shape(format!(
+            "DeformConv offset {:?} should be {:?}",
+            offset.shape(),
+            [d.n, offset_group * 2 * k, oh, ow]
+        )));
+    }
+    if let Some(m) = mask {
+        if m.shape() != [d.n, offset_group * k, oh, ow] {
+            return Err(Error::shape("DeformConv mask shape"));
+        }
+    }
+    let xv = f32_data(x)?;
+    let wv = f32_data(w)?;
+    let ov = f32_data(offset)?;
+    let mv = match mask {
+        Some(m) => Some(f32_data(m)?),
+        None => None,
+    };
+    let bv = match b {
+        Some(b) => Some(f32_data(b)?),
+        None => None,
+    };
+    if bv.as_ref().is_some_and(|b| b.len() != d.m) {
+        return Err(Error::shape("DeformConv bias length"));
+    }
+    let osz = oh * ow;
+    let oshape = vec![d.n, d.m, oh, ow];
+    let mut y = alloc_vec::<f32>(numel(&oshape, DType::F32)?)?;
+    let krows = d.cg * k;
+    let mut col = alloc_vec::<f32>(krows * osz)?;
+    let cpo = d.c / offset_group;
+    for n in 0..d.n {
+        for gi in 0..d.group {
+            for ci in 0..d.cg {
+                let c = gi * d.cg + ci;
+                let og = c / cpo;
+                let plane = &xv[(n * d.c + c) * ih * iw..(n * d.c + c + 1) * ih * iw];
+                for i in 0..kh {
+                    for j in 0..kw {
+                        let kk = i * kw + j;
+                        let row = &mut col[(ci * k + kk) * osz..(ci * k + kk + 1) * osz];
+                        let ob = ((n * offset_group + og) * 2 * k + 2 * kk) * osz;
+                        let mb = ((n * offset_group + og) * k + kk) * osz;
+                        for a in 0..oh {
+                            for e in 0..ow {
+                                let p = a * ow + e;
+                                let hh = (a * g.stride[1] + i * g.dilation[1]) as f32
+                                    - g.pad_begin[1] as f32
+                                    + ov[ob + p];
+                                let ww = (e * g.stride[2] + j * g.dilation[2]) as f32
+                                    - g.pad_begin[2] as f32
+                                    + ov[ob + osz + p];
+                                let mut v = bilinear(plane, ih, iw, hh, ww);
+                                if let Some(m) = &mv {
+                                    v *= m[mb + p];
+                                }
+                                row[p] = v;
+                            }
+                        }
+                    }
+                }
+            }
+            let wo = gi * d.mg * krows;
+            let yo = (n * d.m + gi * d.mg) * osz;
+            sgemm_ex(
+                d.mg,
+                krows,
+                osz,
+                1.0,
+                Mat::row_major(&wv[wo..wo + d.mg * krows], krows),
+                Mat::row_major(&col, osz),
+                0.0,
+                &mut y[yo..yo + d.mg * osz],
+                osz,
+            );
+        }
+    }
+    if let Some(b) = &bv {
+        for (p, plane) in y.chunks_exact_mut(osz.max(1)).enumerate() {
+            let bb = b[p % d.m];
+            plane.iter_mut().for_each(|v| *v += bb);
+        }
+    }
+    from_f32(dt, oshape, y)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -784,7 +988,12 @@ pub fn conv_transpose_geom(
         if s == 0 || dl == 0 || k == 0 || i == 0 {
             return Err(Error::shape("ConvTranspose needs positive sizes"));
         }
-        let full = (i - 1) * s + opad[d] + (k - 1) * dl + 1;
+        let full = (i - 1)
+            .checked_mul(s)
+            .and_then(|x| x.checked_add(opad[d]))
+            .and_then(|x| x.checked_add((k - 1).checked_mul(dl)?))
+            .and_then(|x| x.checked_add(1))
+            .ok_or_else(|| Error::attr("ConvTranspose output size overflows"))?;
         let same = matches!(win.auto_pad, AutoPad::SameUpper | AutoPad::SameLower);
         if oshape.is_some() || same {
             let target = match &oshape {
@@ -792,8 +1001,8 @@ pub fn conv_transpose_geom(
                 None => i * s,
             };
             let total = full.saturating_sub(target);
-            // onnxruntime: SAME_UPPER puts the larger half at the start.
-            let head = if win.auto_pad == AutoPad::SameUpper {
+            // SAME_LOWER puts the larger half at the start.
+            let head = if win.auto_pad == AutoPad::SameLower {
                 total - total / 2
             } else {
                 total / 2
@@ -807,7 +1016,7 @@ pub fn conv_transpose_geom(
                 pe[d] = pads[rank + d];
             }
             out[d] = full
-                .checked_sub(pb[d] + pe[d])
+                .checked_sub(pb[d].saturating_add(pe[d]))
                 .ok_or_else(|| Error::shape("ConvTranspose pads exceed the output size"))?;
         }
     }
@@ -889,7 +1098,7 @@ pub fn conv_transpose_f32(
         )));
     }
     let (n, c) = (xs[0], xs[1]);
-    if group == 0 || ws[0] != c || c % group != 0 {
+    if group == 0 || ws[0] != c || c % group != 0 || ws[1].checked_mul(group).is_none() {
         return Err(Error::shape(format!(
             "ConvTranspose with {c} input channels, weights {ws:?}, group {group}"
         )));
@@ -953,7 +1162,9 @@ pub fn conv_transpose(
 ) -> Result<Tensor> {
     let dt = x.dtype();
     if w.dtype() != dt || b.is_some_and(|b| b.dtype() != dt) {
-        return Err(Error::dtype("ConvTranspose inputs must share one float type"));
+        return Err(Error::dtype(
+            "ConvTranspose inputs must share one float type",
+        ));
     }
     let xv = f32_data(x)?;
     let wv = f32_data(w)?;
@@ -961,8 +1172,16 @@ pub fn conv_transpose(
         Some(b) => Some(f32_data(b)?),
         None => None,
     };
-    let (shape, y) =
-        conv_transpose_f32(&xv, x.shape(), &wv, w.shape(), bv.as_deref(), win, ta, group)?;
+    let (shape, y) = conv_transpose_f32(
+        &xv,
+        x.shape(),
+        &wv,
+        w.shape(),
+        bv.as_deref(),
+        win,
+        ta,
+        group,
+    )?;
     from_f32(dt, shape, y)
 }
 
@@ -979,7 +1198,9 @@ pub enum PoolKind {
 
 fn pool_geom(xs: &[usize], win: &Window) -> Result<Geom> {
     if xs.len() < 3 {
-        return Err(Error::shape(format!("pooling input {xs:?} needs rank >= 3")));
+        return Err(Error::shape(format!(
+            "pooling input {xs:?} needs rank >= 3"
+        )));
     }
     let ks = win
         .kernel_shape
@@ -1018,7 +1239,12 @@ fn taps(o: usize, g: &Geom, d: usize) -> (usize, usize, usize) {
 }
 
 /// Average or Lp pooling (f32 values).
-pub fn pool_f32(x: &[f32], xs: &[usize], win: &Window, kind: PoolKind) -> Result<(Vec<usize>, Vec<f32>)> {
+pub fn pool_f32(
+    x: &[f32],
+    xs: &[usize],
+    win: &Window,
+    kind: PoolKind,
+) -> Result<(Vec<usize>, Vec<f32>)> {
     let g = pool_geom(xs, win)?;
     let mut oshape = xs[..2].to_vec();
     oshape.extend_from_slice(g.out_dims());
@@ -1069,7 +1295,11 @@ pub fn pool_f32(x: &[f32], xs: &[usize], win: &Window, kind: PoolKind) -> Result
                     }
                     yp[idx] = match kind {
                         PoolKind::Average { count_include_pad } => {
-                            let div = if count_include_pad { pa * pbn * pc } else { cnt };
+                            let div = if count_include_pad {
+                                pa * pbn * pc
+                            } else {
+                                cnt
+                            };
                             if div == 0 {
                                 0.0
                             } else {
@@ -1208,7 +1438,9 @@ pub fn max_pool(
             };
             Ok((from_f32(x.dtype(), shape, y)?, it))
         }
-        dt => Err(Error::unsupported_dtype(format!("MaxPool does not support {dt}"))),
+        dt => Err(Error::unsupported_dtype(format!(
+            "MaxPool does not support {dt}"
+        ))),
     }
 }
 
@@ -1224,7 +1456,9 @@ pub enum GlobalKind {
 pub fn global_pool(x: &Tensor, kind: GlobalKind) -> Result<Tensor> {
     let xs = x.shape();
     if xs.len() < 2 {
-        return Err(Error::shape(format!("global pooling input {xs:?} needs rank >= 2")));
+        return Err(Error::shape(format!(
+            "global pooling input {xs:?} needs rank >= 2"
+        )));
     }
     let planes = xs[0] * xs[1];
     let sz: usize = xs[2..].iter().product();
@@ -1241,7 +1475,11 @@ pub fn global_pool(x: &Tensor, kind: GlobalKind) -> Result<Tensor> {
                 }
             }
             GlobalKind::Max => s.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-            GlobalKind::Lp(pw) => s.iter().map(|v| v.abs().powf(pw)).sum::<f32>().powf(1.0 / pw),
+            GlobalKind::Lp(pw) => s
+                .iter()
+                .map(|v| v.abs().powf(pw))
+                .sum::<f32>()
+                .powf(1.0 / pw),
         });
     }
     let mut shape = xs.to_vec();
@@ -1258,7 +1496,9 @@ pub fn max_unpool(
 ) -> Result<Tensor> {
     let xs = x.shape();
     if xs.len() < 3 || ind.shape() != xs {
-        return Err(Error::shape("MaxUnpool needs rank >= 3 and indices shaped like X"));
+        return Err(Error::shape(
+            "MaxUnpool needs rank >= 3 and indices shaped like X",
+        ));
     }
     let rank = xs.len() - 2;
     let ks = win
@@ -1272,9 +1512,12 @@ pub fn max_unpool(
     let pads = per_dim(&win.pads, 2 * rank, 0, "pads")?;
     let mut shape = xs[..2].to_vec();
     for d in 0..rank {
-        let full = (xs[2 + d].max(1) - 1) * strides[d] + ks[d];
+        let full = (xs[2 + d].max(1) - 1)
+            .checked_mul(strides[d])
+            .and_then(|x| x.checked_add(ks[d]))
+            .ok_or_else(|| Error::attr("MaxUnpool output size overflows"))?;
         shape.push(
-            full.checked_sub(pads[d] + pads[rank + d])
+            full.checked_sub(pads[d].saturating_add(pads[rank + d]))
                 .ok_or_else(|| Error::shape("MaxUnpool pads exceed the output size"))?,
         );
     }
@@ -1320,7 +1563,9 @@ pub fn max_roi_pool(x: &Tensor, rois: &Tensor, pooled: [usize; 2], scale: f32) -
         let roi = &rv[ri * 5..ri * 5 + 5];
         let b = roi[0];
         if !(b >= 0.0 && (b as usize) < n) {
-            return Err(Error::runtime(format!("MaxRoiPool batch index {b} is out of range")));
+            return Err(Error::runtime(format!(
+                "MaxRoiPool batch index {b} is out of range"
+            )));
         }
         let b = b as usize;
         let [x1, y1, x2, y2] = [roi[1], roi[2], roi[3], roi[4]].map(|v| (v * scale).round() as i64);
@@ -1375,12 +1620,22 @@ pub fn matmul_plan(a: &[usize], b: &[usize]) -> Result<MatMulPlan> {
     if a.is_empty() || b.is_empty() {
         return Err(Error::shape("MatMul of a scalar"));
     }
-    let a2: Vec<usize> = if a.len() == 1 { vec![1, a[0]] } else { a.to_vec() };
-    let b2: Vec<usize> = if b.len() == 1 { vec![b[0], 1] } else { b.to_vec() };
+    let a2: Vec<usize> = if a.len() == 1 {
+        vec![1, a[0]]
+    } else {
+        a.to_vec()
+    };
+    let b2: Vec<usize> = if b.len() == 1 {
+        vec![b[0], 1]
+    } else {
+        b.to_vec()
+    };
     let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
     let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
     if k != k2 {
-        return Err(Error::shape(format!("MatMul of {a:?} and {b:?}: inner dims differ")));
+        return Err(Error::shape(format!(
+            "MatMul of {a:?} and {b:?}: inner dims differ"
+        )));
     }
     let ba = &a2[..a2.len() - 2];
     let bb = &b2[..b2.len() - 2];
@@ -1412,6 +1667,18 @@ pub fn matmul_plan(a: &[usize], b: &[usize]) -> Result<MatMulPlan> {
     }
     if b.len() > 1 {
         out_shape.push(n);
+    }
+    // Budget check before building per-batch offsets (8 bytes per output element is
+    // the most any dtype needs).
+    if numel(&out_shape, DType::F64)? == 0 {
+        return Ok(MatMulPlan {
+            out_shape,
+            m,
+            k,
+            n,
+            offsets: Vec::new(),
+            fold_batch: false,
+        });
     }
     let b_shared = bb.iter().all(|&d| d == 1);
     let a_full = (0..r).all(|i| get(ba, i) == batch[i]);
@@ -1476,7 +1743,19 @@ pub fn matmul_f32(
     let (m, k, n) = (p.m, p.k, p.n);
     if p.fold_batch {
         let rows = total / n.max(1);
-        if n > 0 && !sgemm_ex(rows, k, n, 1.0, Mat::row_major(a, k), Mat::row_major(b, n), 0.0, &mut y, n) {
+        if n > 0
+            && !sgemm_ex(
+                rows,
+                k,
+                n,
+                1.0,
+                Mat::row_major(a, k),
+                Mat::row_major(b, n),
+                0.0,
+                &mut y,
+                n,
+            )
+        {
             return Err(Error::shape("MatMul operands do not fit"));
         }
     } else {
@@ -1499,7 +1778,9 @@ pub fn matmul_f32(
     }
     if let Some(bv) = bias {
         if bv.len() != n {
-            return Err(Error::shape("MatMul bias length differs from the output width"));
+            return Err(Error::shape(
+                "MatMul bias length differs from the output width",
+            ));
         }
         for row in y.chunks_exact_mut(n.max(1)) {
             row.iter_mut().zip(bv).for_each(|(v, b)| *v += b);
@@ -1510,7 +1791,12 @@ pub fn matmul_f32(
 }
 
 /// Generic matmul over wrapping integer/float arithmetic (non-f32 paths).
-fn matmul_generic<T: Num>(a: &[T], ashape: &[usize], b: &[T], bshape: &[usize]) -> Result<(Vec<usize>, Vec<T>)> {
+fn matmul_generic<T: Num>(
+    a: &[T],
+    ashape: &[usize],
+    b: &[T],
+    bshape: &[usize],
+) -> Result<(Vec<usize>, Vec<T>)> {
     let p = matmul_plan(ashape, bshape)?;
     let total = numel(&p.out_shape, T::DTYPE)?;
     let mut y = alloc_vec::<T>(total)?;
@@ -1589,12 +1875,24 @@ pub struct GemmAttrs {
 /// Gemm output dims (M, K, N) from A and B shapes.
 pub fn gemm_dims(a: &[usize], b: &[usize], at: &GemmAttrs) -> Result<(usize, usize, usize)> {
     if a.len() != 2 || b.len() != 2 {
-        return Err(Error::shape(format!("Gemm needs 2-D A and B, got {a:?} and {b:?}")));
+        return Err(Error::shape(format!(
+            "Gemm needs 2-D A and B, got {a:?} and {b:?}"
+        )));
     }
-    let (m, k) = if at.trans_a { (a[1], a[0]) } else { (a[0], a[1]) };
-    let (k2, n) = if at.trans_b { (b[1], b[0]) } else { (b[0], b[1]) };
+    let (m, k) = if at.trans_a {
+        (a[1], a[0])
+    } else {
+        (a[0], a[1])
+    };
+    let (k2, n) = if at.trans_b {
+        (b[1], b[0])
+    } else {
+        (b[0], b[1])
+    };
     if k != k2 {
-        return Err(Error::shape(format!("Gemm of {a:?} and {b:?}: inner dims differ")));
+        return Err(Error::shape(format!(
+            "Gemm of {a:?} and {b:?}: inner dims differ"
+        )));
     }
     Ok((m, k, n))
 }
@@ -1608,7 +1906,9 @@ fn broadcast_c<T: Copy>(c: &[T], cs: &[usize], m: usize, n: usize, out: &mut [T]
         _ => return Err(Error::shape("Gemm C must have rank <= 2")),
     };
     if !(cm == 1 || cm == m) || !(cn == 1 || cn == n) || c.len() < cm * cn {
-        return Err(Error::shape(format!("Gemm C {cs:?} does not broadcast to [{m}, {n}]")));
+        return Err(Error::shape(format!(
+            "Gemm C {cs:?} does not broadcast to [{m}, {n}]"
+        )));
     }
     for i in 0..m {
         let ci = if cm == 1 { 0 } else { i };
@@ -1635,7 +1935,7 @@ pub fn gemm(
     let (m, k, n) = gemm_dims(a.shape(), b.shape(), at)?;
     let total = numel(&[m, n], dt)?;
     match dt {
-        DType::F32 | DType::F16 | DType::BF16 | DType::F64 => {
+        DType::F32 | DType::F16 | DType::BF16 => {
             let av = f32_data(a)?;
             let bv = f32_data(b)?;
             let mut y = alloc_vec::<f32>(total)?;
@@ -1664,9 +1964,9 @@ pub fn gemm(
         }
         _ => {
             if act.is_some() {
-                return Err(Error::unsupported_dtype("fused Gemm on integers"));
+                return Err(Error::unsupported_dtype(format!("fused Gemm on {dt}")));
             }
-            crate::dispatch!(int dt, "Gemm", T => {
+            crate::dispatch!(num dt, "Gemm", T => {
                 let av = a.as_slice::<T>()?;
                 let bv = b.as_slice::<T>()?;
                 let mut y = alloc_vec::<T>(total)?;
@@ -1712,7 +2012,11 @@ fn matmul_integer_acc(
         av.iter_mut().for_each(|v| *v -= azp[0]);
     } else {
         let k = *a.shape().last().unwrap_or(&1);
-        let m = if a.rank() >= 2 { a.shape()[a.rank() - 2] } else { 1 };
+        let m = if a.rank() >= 2 {
+            a.shape()[a.rank() - 2]
+        } else {
+            1
+        };
         if azp.len() != m {
             return Err(Error::shape("a_zero_point must be a scalar or one per row"));
         }
@@ -1726,7 +2030,9 @@ fn matmul_integer_acc(
     } else {
         let n = *b.shape().last().unwrap_or(&1);
         if bzp.len() != n {
-            return Err(Error::shape("b_zero_point must be a scalar or one per column"));
+            return Err(Error::shape(
+                "b_zero_point must be a scalar or one per column",
+            ));
         }
         for (i, v) in bv.iter_mut().enumerate() {
             *v -= bzp[i % n];
@@ -1945,11 +2251,15 @@ fn simplify<T: Num>(mut op: Operand<T>, keep: &dyn Fn(u8) -> bool) -> Result<Ope
         };
     }
     // Sum out unneeded labels (move them last, then reduce).
-    let drop: Vec<usize> = (0..op.labels.len()).filter(|&i| !keep(op.labels[i])).collect();
+    let drop: Vec<usize> = (0..op.labels.len())
+        .filter(|&i| !keep(op.labels[i]))
+        .collect();
     if drop.is_empty() {
         return Ok(op);
     }
-    let kept: Vec<usize> = (0..op.labels.len()).filter(|&i| keep(op.labels[i])).collect();
+    let kept: Vec<usize> = (0..op.labels.len())
+        .filter(|&i| keep(op.labels[i]))
+        .collect();
     let order: Vec<usize> = kept.iter().chain(&drop).copied().collect();
     let p = permute(&op, &order)?;
     let inner: usize = drop.iter().map(|&i| op.shape[i]).product();
@@ -1971,28 +2281,53 @@ fn simplify<T: Num>(mut op: Operand<T>, keep: &dyn Fn(u8) -> bool) -> Result<Ope
     })
 }
 
+/// A batched matmul: (batches, m, k, n, a, b, c), all contiguous row-major.
+type Bmm<'a, T> = &'a dyn Fn(usize, usize, usize, usize, &[T], &[T], &mut [T]);
+
 /// Contracts two operands; `keep` says which labels are needed afterwards.
 fn contract<T: Num>(
     a: Operand<T>,
     b: Operand<T>,
     keep: &dyn Fn(u8) -> bool,
-    bmm: &dyn Fn(usize, usize, usize, usize, &[T], &[T], &mut [T]),
+    bmm: Bmm<T>,
 ) -> Result<Operand<T>> {
     let in_b = |l: u8| b.labels.contains(&l);
     let in_a = |l: u8| a.labels.contains(&l);
-    let batch: Vec<u8> = a.labels.iter().copied().filter(|&l| in_b(l) && keep(l)).collect();
-    let sum: Vec<u8> = a.labels.iter().copied().filter(|&l| in_b(l) && !keep(l)).collect();
+    let batch: Vec<u8> = a
+        .labels
+        .iter()
+        .copied()
+        .filter(|&l| in_b(l) && keep(l))
+        .collect();
+    let sum: Vec<u8> = a
+        .labels
+        .iter()
+        .copied()
+        .filter(|&l| in_b(l) && !keep(l))
+        .collect();
     let a_only: Vec<u8> = a.labels.iter().copied().filter(|&l| !in_b(l)).collect();
     let b_only: Vec<u8> = b.labels.iter().copied().filter(|&l| !in_a(l)).collect();
     let pos = |labels: &[u8], l: u8| labels.iter().position(|&x| x == l).unwrap_or(0);
     let size = |op: &Operand<T>, l: u8| op.shape[pos(&op.labels, l)];
     for &l in batch.iter().chain(&sum) {
         if size(&a, l) != size(&b, l) {
-            return Err(Error::shape("einsum label has different sizes in two inputs"));
+            return Err(Error::shape(
+                "einsum label has different sizes in two inputs",
+            ));
         }
     }
-    let order_a: Vec<usize> = batch.iter().chain(&a_only).chain(&sum).map(|&l| pos(&a.labels, l)).collect();
-    let order_b: Vec<usize> = batch.iter().chain(&sum).chain(&b_only).map(|&l| pos(&b.labels, l)).collect();
+    let order_a: Vec<usize> = batch
+        .iter()
+        .chain(&a_only)
+        .chain(&sum)
+        .map(|&l| pos(&a.labels, l))
+        .collect();
+    let order_b: Vec<usize> = batch
+        .iter()
+        .chain(&sum)
+        .chain(&b_only)
+        .map(|&l| pos(&b.labels, l))
+        .collect();
     let pa = permute(&a, &order_a)?;
     let pb = permute(&b, &order_b)?;
     let nb: usize = batch.iter().map(|&l| size(&a, l)).product();
@@ -2005,7 +2340,12 @@ fn contract<T: Num>(
     let total = numel(&shape, T::DTYPE)?;
     let mut data = alloc_vec::<T>(total)?;
     bmm(nb, m, k, n, &pa.data, &pb.data, &mut data);
-    let labels: Vec<u8> = batch.iter().chain(&a_only).chain(&b_only).copied().collect();
+    let labels: Vec<u8> = batch
+        .iter()
+        .chain(&a_only)
+        .chain(&b_only)
+        .copied()
+        .collect();
     Ok(Operand {
         labels,
         shape,
@@ -2016,7 +2356,7 @@ fn contract<T: Num>(
 fn einsum_t<T: Num>(
     spec: &EinsumSpec,
     inputs: &[(&[usize], Vec<T>)],
-    bmm: &dyn Fn(usize, usize, usize, usize, &[T], &[T], &mut [T]),
+    bmm: Bmm<T>,
 ) -> Result<(Vec<usize>, Vec<T>)> {
     if inputs.len() != spec.inputs.len() {
         return Err(Error::input(format!(
@@ -2088,7 +2428,10 @@ fn einsum_t<T: Num>(
                 }
                 v.extend_from_slice(&t.labels[t.ellipsis.unwrap_or(0)..]);
             }
-            for &l in &v {
+            for (i, &l) in v.iter().enumerate() {
+                if v[..i].contains(&l) {
+                    return Err(Error::shape("einsum output repeats a label"));
+                }
                 if !sizes.contains_key(&l) {
                     return Err(Error::shape(format!(
                         "einsum output label '{}' is not in any input",
@@ -2099,7 +2442,9 @@ fn einsum_t<T: Num>(
             v
         }
         None => {
-            let mut v: Vec<u8> = (0..ell_rank).map(|i| 128 + (ell_rank - 1 - i) as u8).collect();
+            let mut v: Vec<u8> = (0..ell_rank)
+                .map(|i| 128 + (ell_rank - 1 - i) as u8)
+                .collect();
             let mut counts: std::collections::BTreeMap<u8, usize> = Default::default();
             for op in &ops {
                 for &l in &op.labels {
@@ -2165,21 +2510,22 @@ pub fn einsum(spec: &EinsumSpec, inputs: &[&Tensor]) -> Result<Tensor> {
                 .iter()
                 .map(|t| Ok((t.shape(), t.to_f32_vec()?)))
                 .collect::<Result<_>>()?;
-            let bmm = |nb: usize, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]| {
-                for i in 0..nb {
-                    sgemm_ex(
-                        m,
-                        k,
-                        n,
-                        1.0,
-                        Mat::row_major(&a[i * m * k..], k),
-                        Mat::row_major(&b[i * k * n..], n),
-                        0.0,
-                        &mut c[i * m * n..(i + 1) * m * n],
-                        n,
-                    );
-                }
-            };
+            let bmm =
+                |nb: usize, m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]| {
+                    for i in 0..nb {
+                        sgemm_ex(
+                            m,
+                            k,
+                            n,
+                            1.0,
+                            Mat::row_major(&a[i * m * k..], k),
+                            Mat::row_major(&b[i * k * n..], n),
+                            0.0,
+                            &mut c[i * m * n..(i + 1) * m * n],
+                            n,
+                        );
+                    }
+                };
             let (s, y) = einsum_t::<f32>(spec, &ins, &bmm)?;
             from_f32(dt, s, y)
         }
@@ -2199,7 +2545,9 @@ pub fn einsum(spec: &EinsumSpec, inputs: &[&Tensor]) -> Result<Tensor> {
             let (s, y) = einsum_t::<i64>(spec, &ins, &generic_bmm::<i64>)?;
             Tensor::from_vec(s, y)?.cast(dt)
         }
-        _ => Err(Error::unsupported_dtype(format!("Einsum does not support {dt}"))),
+        _ => Err(Error::unsupported_dtype(format!(
+            "Einsum does not support {dt}"
+        ))),
     }
 }
 
@@ -2261,7 +2609,8 @@ mod tests {
                                     if y0 < 0 || x0 < 0 || y0 >= h as i64 || x0 >= wd as i64 {
                                         continue;
                                     }
-                                    let xi = ((b * c + g * cg + ci) * h + y0 as usize) * wd + x0 as usize;
+                                    let xi = ((b * c + g * cg + ci) * h + y0 as usize) * wd
+                                        + x0 as usize;
                                     let wi = ((mm * cg + ci) * kh + a) * kw + e;
                                     acc += x[xi] * w[wi];
                                 }
@@ -2287,6 +2636,10 @@ mod tests {
             (4, 6, 2, 3, 2, 1, 1),
             (8, 8, 8, 3, 1, 1, 1),
             (8, 8, 8, 5, 2, 2, 1),
+            (8, 8, 8, 3, 3, 1, 2),
+            (8, 8, 8, 3, 2, 1, 1),
+            (8, 8, 8, 3, 1, 2, 3),
+            (8, 8, 8, 3, 2, 0, 1),
             (6, 12, 6, 3, 1, 2, 2),
             (5, 7, 1, 1, 1, 0, 1),
             (5, 7, 1, 1, 2, 0, 1),
@@ -2306,7 +2659,10 @@ mod tests {
             let want = naive_conv2d(&x, &xs, &w, &ws, group, s, p, dl);
             assert_eq!(y.len(), want.len(), "{shape:?}");
             for (a, b) in y.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-4, "{a} vs {b} for c={c} m={m} g={group} k={k}");
+                assert!(
+                    (a - b).abs() < 1e-4,
+                    "{a} vs {b} for c={c} m={m} g={group} k={k}"
+                );
             }
         }
     }
@@ -2315,9 +2671,29 @@ mod tests {
     fn conv_errors() {
         let x = vec![0f32; 2 * 3 * 4 * 4];
         let w = vec![0f32; 4 * 2 * 3 * 3];
-        assert!(conv_f32(&x, &[2, 3, 4, 4], &w, &[4, 2, 3, 3], None, &Window::default(), 1, None).is_err());
+        assert!(conv_f32(
+            &x,
+            &[2, 3, 4, 4],
+            &w,
+            &[4, 2, 3, 3],
+            None,
+            &Window::default(),
+            1,
+            None
+        )
+        .is_err());
         let w = vec![0f32; 4 * 3 * 5 * 5];
-        assert!(conv_f32(&x, &[2, 3, 4, 4], &w, &[4, 3, 5, 5], None, &Window::default(), 1, None).is_err());
+        assert!(conv_f32(
+            &x,
+            &[2, 3, 4, 4],
+            &w,
+            &[4, 3, 5, 5],
+            None,
+            &Window::default(),
+            1,
+            None
+        )
+        .is_err());
     }
 
     #[test]
@@ -2347,7 +2723,14 @@ mod tests {
         let (y, i) = max_pool(&t, &w, 0, true).unwrap();
         assert_eq!(y.as_slice::<f32>().unwrap(), &[5., 7., 13., 15.]);
         assert_eq!(i.unwrap().as_slice::<i64>().unwrap(), &[5, 7, 13, 15]);
-        let a = pool(&t, &w, PoolKind::Average { count_include_pad: false }).unwrap();
+        let a = pool(
+            &t,
+            &w,
+            PoolKind::Average {
+                count_include_pad: false,
+            },
+        )
+        .unwrap();
         assert_eq!(a.as_slice::<f32>().unwrap(), &[2.5, 4.5, 10.5, 12.5]);
         let g = global_pool(&t, GlobalKind::Max).unwrap();
         assert_eq!(g.shape(), &[1, 1, 1, 1]);
@@ -2372,13 +2755,38 @@ mod tests {
     }
 
     #[test]
+    fn fused_bias_and_activation() {
+        let a = Tensor::from_vec(vec![2, 2], vec![1f32, -2., 3., 4.]).unwrap();
+        let b = Tensor::from_vec(vec![2, 2], vec![1f32, 0., 0., 1.]).unwrap();
+        let bias = Tensor::from_vec(vec![2], vec![0.5f32, -10.]).unwrap();
+        let y = matmul(&a, &b, Some(&bias), Some(Activation::Relu)).unwrap();
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[1.5, 0., 3.5, 0.]);
+        let at = GemmAttrs {
+            alpha: 2.0,
+            beta: 1.0,
+            trans_a: true,
+            trans_b: false,
+        };
+        let y = gemm(&a, &b, Some(&bias), &at, Some(Activation::Relu)).unwrap();
+        // Aᵀ = [[1,3],[-2,4]] → 2·Aᵀ + bias = [[2.5,-4],[-3.5,-2]] → relu
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[2.5, 0., 0., 0.]);
+        let bad = Tensor::from_vec(vec![3], vec![0f32; 3]).unwrap();
+        assert!(gemm(&a, &b, Some(&bad), &at, None).is_err());
+    }
+
+    #[test]
     fn einsum_cases() {
         let a = Tensor::from_vec(vec![2, 3], seq(6)).unwrap();
         let b = Tensor::from_vec(vec![3, 4], seq(12)).unwrap();
         let y = einsum(&EinsumSpec::parse("ij,jk->ik").unwrap(), &[&a, &b]).unwrap();
         let want = matmul(&a, &b, None, None).unwrap();
         assert_eq!(y.shape(), want.shape());
-        for (p, q) in y.as_slice::<f32>().unwrap().iter().zip(want.as_slice::<f32>().unwrap()) {
+        for (p, q) in y
+            .as_slice::<f32>()
+            .unwrap()
+            .iter()
+            .zip(want.as_slice::<f32>().unwrap())
+        {
             assert!((p - q).abs() < 1e-5);
         }
         let t = einsum(&EinsumSpec::parse("ij").unwrap(), &[&a]).unwrap();
@@ -2391,6 +2799,196 @@ mod tests {
         let s = einsum(&EinsumSpec::parse("ij->").unwrap(), &[&sq]).unwrap();
         assert_eq!(s.as_slice::<f32>().unwrap(), &[36.]);
         assert!(einsum(&EinsumSpec::parse("ijk").unwrap(), &[&a]).is_err());
+        assert!(einsum(&EinsumSpec::parse("ij->ii").unwrap(), &[&a]).is_err());
+        // Ellipsis with broadcasting batch dims, checked against MatMul.
+        let x = Tensor::from_vec(vec![2, 1, 2, 3], seq(12)).unwrap();
+        let w = Tensor::from_vec(vec![3, 3, 4], seq(36)).unwrap();
+        let e = einsum(&EinsumSpec::parse("...ij,...jk->...ik").unwrap(), &[&x, &w]).unwrap();
+        let m = matmul(&x, &w, None, None).unwrap();
+        assert_eq!(e.shape(), m.shape());
+        for (p, q) in e
+            .as_slice::<f32>()
+            .unwrap()
+            .iter()
+            .zip(m.as_slice::<f32>().unwrap())
+        {
+            assert!((p - q).abs() < 1e-5);
+        }
+        // Three operands and an integer dtype.
+        let i1 = Tensor::from_vec(vec![2, 2], vec![1i32, 2, 3, 4]).unwrap();
+        let r = einsum(
+            &EinsumSpec::parse("ij,jk,kl->il").unwrap(),
+            &[&i1, &i1, &i1],
+        )
+        .unwrap();
+        assert_eq!(r.as_slice::<i32>().unwrap(), &[37, 54, 81, 118]);
+        let tr = einsum(&EinsumSpec::parse("ii").unwrap(), &[&i1]).unwrap();
+        assert_eq!(tr.as_slice::<i32>().unwrap(), &[5]);
+    }
+
+    /// `cargo test --lib nn_speed -- --ignored --nocapture` (use opt-level 3 to judge).
+    #[test]
+    #[ignore]
+    fn nn_speed() {
+        let time = |name: &str, flops: f64, f: &mut dyn FnMut()| {
+            f();
+            let reps = 5;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            println!("{name}: {:.2} ms, {:.1} GFLOP/s", s * 1e3, flops / s / 1e9);
+        };
+        // (name, input, weights, group, stride, pad)
+        for &(name, xs, ws, group, s, p) in &[
+            (
+                "conv3x3 s2 3->16 @256x640",
+                [1, 3, 256, 640],
+                [16, 3, 3, 3],
+                1,
+                2,
+                1,
+            ),
+            (
+                "depthwise3x3 96 @48x160",
+                [1, 96, 48, 160],
+                [96, 1, 3, 3],
+                96,
+                1,
+                1,
+            ),
+            (
+                "depthwise3x3 s2 96 @48x160",
+                [1, 96, 48, 160],
+                [96, 1, 3, 3],
+                96,
+                2,
+                1,
+            ),
+            (
+                "pointwise 96->24 @48x160",
+                [1, 96, 48, 160],
+                [24, 96, 1, 1],
+                1,
+                1,
+                0,
+            ),
+            (
+                "conv3x3 64->64 @32x100",
+                [1, 64, 32, 100],
+                [64, 64, 3, 3],
+                1,
+                1,
+                1,
+            ),
+        ] {
+            let x = seq(xs.iter().product());
+            let w = seq(ws.iter().product());
+            let wn = Window {
+                strides: Some(vec![s, s]),
+                pads: Some(vec![p; 4]),
+                ..Window::default()
+            };
+            let (shape, _) = conv_f32(&x, &xs, &w, &ws, None, &wn, group, None).unwrap();
+            let flops =
+                2.0 * shape.iter().product::<usize>() as f64 * (ws[1] * ws[2] * ws[3]) as f64;
+            time(name, flops, &mut || {
+                conv_f32(&x, &xs, &w, &ws, None, &wn, group, Some(Activation::Relu)).unwrap();
+            });
+        }
+        let a = seq(4 * 128 * 384);
+        let b = seq(384 * 384);
+        time(
+            "matmul [4,128,384]x[384,384]",
+            2.0 * 512.0 * 384.0 * 384.0,
+            &mut || {
+                matmul_f32(&a, &[4, 128, 384], &b, &[384, 384], None, None).unwrap();
+            },
+        );
+    }
+
+    /// Degenerate shapes and attributes give results or errors, never panics.
+    #[test]
+    fn degenerate_inputs_do_not_panic() {
+        let mk = |shape: Vec<usize>| {
+            let n = shape.iter().product();
+            Tensor::from_vec(shape, seq(n)).unwrap()
+        };
+        let wins = [
+            Window::default(),
+            Window {
+                auto_pad: AutoPad::SameLower,
+                strides: Some(vec![3, 3]),
+                ..Window::default()
+            },
+            Window {
+                pads: Some(vec![usize::MAX / 2; 4]),
+                ..Window::default()
+            },
+            Window {
+                strides: Some(vec![usize::MAX, 1]),
+                dilations: Some(vec![usize::MAX, 1]),
+                ..Window::default()
+            },
+        ];
+        let xs = [
+            vec![0, 2, 3, 3],
+            vec![1, 2, 0, 3],
+            vec![1, 2, 2, 2],
+            vec![1, 2, 5, 5],
+        ];
+        let ws = [
+            vec![2, 2, 3, 3],
+            vec![0, 2, 1, 1],
+            vec![2, 1, 3, 3],
+            vec![4, 2, 1, 1],
+        ];
+        for w in &wins {
+            for x in &xs {
+                for wt in &ws {
+                    let _ = conv(&mk(x.clone()), &mk(wt.clone()), None, w, 1, None);
+                    let _ = conv(&mk(x.clone()), &mk(wt.clone()), None, w, 2, None);
+                    let _ = conv_transpose(
+                        &mk(x.clone()),
+                        &mk(wt.clone()),
+                        None,
+                        w,
+                        &TransposeAttrs::default(),
+                        1,
+                    );
+                    let mut pw = w.clone();
+                    pw.kernel_shape = Some(wt[2..].to_vec());
+                    let _ = pool(
+                        &mk(x.clone()),
+                        &pw,
+                        PoolKind::Average {
+                            count_include_pad: true,
+                        },
+                    );
+                    let _ = max_pool(&mk(x.clone()), &pw, 1, true);
+                    pw.ceil_mode = true;
+                    let _ = pool(&mk(x.clone()), &pw, PoolKind::Lp { p: 3.0 });
+                }
+                let _ = global_pool(&mk(x.clone()), GlobalKind::Average);
+            }
+        }
+        for (a, b) in [
+            (vec![0, 3], vec![3, 4]),
+            (vec![2, 0], vec![0, 4]),
+            (vec![5, 1, 2, 0], vec![0, 3]),
+            (vec![3], vec![2, 3, 1]),
+            (vec![2, 3], vec![4]),
+        ] {
+            let _ = matmul(&mk(a.clone()), &mk(b.clone()), None, None);
+            let at = GemmAttrs {
+                alpha: 1.0,
+                beta: 1.0,
+                trans_a: true,
+                trans_b: true,
+            };
+            let _ = gemm(&mk(a), &mk(b), None, &at, None);
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub const OPS: &[OpDef] = &[
     def("", "ConvTranspose", parse_conv_transpose),
     def("", "ConvInteger", parse_conv_integer),
     def("", "QLinearConv", parse_qlinear_conv),
+    def("", "DeformConv", parse_deform_conv),
     def("", "MaxPool", parse_max_pool),
     def("", "AveragePool", parse_average_pool),
     def("", "LpPool", parse_lp_pool),
@@ -57,8 +58,9 @@ fn usizes(cx: &NodeCx, name: &str) -> Result<Option<Vec<usize>>> {
         Some(v) => v
             .iter()
             .map(|&x| {
-                usize::try_from(x)
-                    .map_err(|_| Error::attr(format!("attribute '{name}' has a negative value {x}")))
+                usize::try_from(x).map_err(|_| {
+                    Error::attr(format!("attribute '{name}' has a negative value {x}"))
+                })
             })
             .collect::<Result<Vec<_>>>()
             .map(Some),
@@ -141,7 +143,12 @@ fn conv_like_shape(
 }
 
 fn weight_kernel(w: &Fact) -> Option<Vec<usize>> {
-    w.shape.as_ref()?.get(2..)?.iter().map(|d| d.known()).collect()
+    w.shape
+        .as_ref()?
+        .get(2..)?
+        .iter()
+        .map(|d| d.known())
+        .collect()
 }
 
 fn weight_dim(w: &Fact, i: usize) -> Dim {
@@ -347,6 +354,57 @@ impl Op for QLinearConv {
     }
 }
 
+/// `DeformConv`: 2-D convolution with learned tap offsets and an optional mask.
+/// <https://onnx.ai/onnx/operators/onnx__DeformConv.html>
+#[derive(Debug, Clone)]
+pub struct DeformConv {
+    pub window: Window,
+    pub group: usize,
+    pub offset_group: usize,
+}
+
+fn parse_deform_conv(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
+    let window = parse_window(cx, false, true)?;
+    let group = parse_group(cx)?;
+    let og = cx.int_or("offset_group", 1)?;
+    let offset_group = usize::try_from(og)
+        .ok()
+        .filter(|&g| g > 0)
+        .ok_or_else(|| Error::attr(format!("offset_group must be positive, got {og}")))?;
+    Ok(Box::new(DeformConv {
+        window,
+        group,
+        offset_group,
+    }))
+}
+
+impl Op for DeformConv {
+    op_common!("DeformConv");
+    fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
+        let x = cx.input(0)?;
+        let w = cx.input(1)?;
+        let dt = crate::graph::same_dtype(&[x, w], "DeformConv")?;
+        float_check(x, "DeformConv")?;
+        let shape = conv_like_shape(x, weight_dim(w, 0), weight_kernel(w), |s, kk| {
+            self.window.resolve(s, kk)
+        })?;
+        Ok(vec![Fact::new(dt, shape)])
+    }
+    fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
+        Ok(vec![k::deform_conv(
+            args.t(0)?,
+            args.t(1)?,
+            args.t(2)?,
+            args.opt(3)?,
+            args.opt(4)?,
+            &self.window,
+            self.group,
+            self.offset_group,
+        )?
+        .into()])
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Pooling
 // ---------------------------------------------------------------------------------------
@@ -503,10 +561,7 @@ impl Op for GlobalPool {
         float_check(x, self.name())?;
         let shape = match &x.shape {
             Some(s) if s.len() < 2 => {
-                return Err(Error::shape(format!(
-                    "{} needs rank >= 2",
-                    self.name()
-                )))
+                return Err(Error::shape(format!("{} needs rank >= 2", self.name())))
             }
             Some(s) => {
                 let mut v = s[..2].to_vec();
@@ -568,9 +623,13 @@ impl Op for MaxUnpool {
         Ok(vec![Fact::new(x.dtype, shape)])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        Ok(vec![
-            k::max_unpool(args.t(0)?, args.t(1)?, args.opt(2)?, &self.window)?.into(),
-        ])
+        Ok(vec![k::max_unpool(
+            args.t(0)?,
+            args.t(1)?,
+            args.opt(2)?,
+            &self.window,
+        )?
+        .into()])
     }
 }
 
@@ -678,9 +737,7 @@ impl Op for Gemm {
         let kb = dim(b, if self.attrs.trans_b { 1 } else { 0 });
         if let (Dim::Known(x), Dim::Known(y)) = (&ka, &kb) {
             if x != y {
-                return Err(Error::shape(format!(
-                    "Gemm inner dims differ: {x} and {y}"
-                )));
+                return Err(Error::shape(format!("Gemm inner dims differ: {x} and {y}")));
             }
         }
         Ok(vec![Fact::new(dt, Some(vec![m, n]))])
@@ -720,8 +777,16 @@ fn matmul_shape(a: &Fact, b: &Fact) -> Result<Option<Vec<Dim>>> {
             )));
         }
     }
-    let ba = if sa.len() > 2 { &sa[..sa.len() - 2] } else { &[] };
-    let bb = if sb.len() > 2 { &sb[..sb.len() - 2] } else { &[] };
+    let ba = if sa.len() > 2 {
+        &sa[..sa.len() - 2]
+    } else {
+        &[]
+    };
+    let bb = if sb.len() > 2 {
+        &sb[..sb.len() - 2]
+    } else {
+        &[]
+    };
     let mut out = crate::graph::shape::broadcast_dims(ba, bb)?;
     if sa.len() > 1 {
         out.push(sa[sa.len() - 2].clone());
@@ -798,9 +863,7 @@ impl Op for Einsum {
         Ok(vec![Fact::new(dt, shape)])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        let ins: Vec<&Tensor> = (0..args.len())
-            .map(|i| args.t(i))
-            .collect::<Result<_>>()?;
+        let ins: Vec<&Tensor> = (0..args.len()).map(|i| args.t(i)).collect::<Result<_>>()?;
         Ok(vec![k::einsum(&self.spec, &ins)?.into()])
     }
 }
