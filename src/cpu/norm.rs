@@ -220,7 +220,10 @@ pub fn batch_norm_training(
     for bn in 0..n {
         for (ch, acc) in bm.iter_mut().enumerate() {
             let base = (bn * c + ch) * inner;
-            *acc += xs[base..base + inner].iter().map(|&v| v as f64).sum::<f64>();
+            *acc += xs[base..base + inner]
+                .iter()
+                .map(|&v| v as f64)
+                .sum::<f64>();
         }
     }
     bm.iter_mut().for_each(|v| *v /= cnt);
@@ -384,7 +387,11 @@ pub fn layer_norm(
     let mut means = Vec::with_capacity(rows);
     let mut invs = Vec::with_capacity(rows);
     if cols > 0 {
-        for (r, (src, dst)) in xs.chunks_exact(cols).zip(out.chunks_exact_mut(cols)).enumerate() {
+        for (r, (src, dst)) in xs
+            .chunks_exact(cols)
+            .zip(out.chunks_exact_mut(cols))
+            .enumerate()
+        {
             let _ = r;
             let (m, v) = mean_var(src);
             let inv = 1.0 / (v + epsilon).sqrt();
@@ -549,7 +556,11 @@ pub fn lrn(x: &Tensor, size: usize, alpha: f32, beta: f32, bias: f32) -> Result<
                 }
             }
             let o = base + ch * inner;
-            for ((y, &v), &s) in out[o..o + inner].iter_mut().zip(&xs[o..o + inner]).zip(&acc) {
+            for ((y, &v), &s) in out[o..o + inner]
+                .iter_mut()
+                .zip(&xs[o..o + inner])
+                .zip(&acc)
+            {
                 *y = v / (bias + k * s).powf(beta);
             }
         }
@@ -619,9 +630,12 @@ pub fn nll_loss(
             if Some(lbl) == ignore_index {
                 continue;
             }
-            let cls = usize::try_from(lbl).ok().filter(|&v| v < c).ok_or_else(|| {
-                Error::runtime(format!("target value {lbl} is out of range [0, {c})"))
-            })?;
+            let cls = usize::try_from(lbl)
+                .ok()
+                .filter(|&v| v < c)
+                .ok_or_else(|| {
+                    Error::runtime(format!("target value {lbl} is out of range [0, {c})"))
+                })?;
             let wv = w.as_ref().map_or(1.0, |w| w[cls]);
             loss[bn * inner + i] = -logp[(bn * c + cls) * inner + i] * wv;
             wsum += wv as f64;
@@ -664,10 +678,7 @@ pub fn softmax_cross_entropy(
         reduction,
         scores.dtype(),
     )?;
-    Ok((
-        loss,
-        from_f32(scores.shape().to_vec(), lp, scores.dtype())?,
-    ))
+    Ok((loss, from_f32(scores.shape().to_vec(), lp, scores.dtype())?))
 }
 
 #[cfg(test)]
@@ -699,8 +710,7 @@ mod tests {
     fn losses() {
         let x = t(&[2, 3], &[0., 0., 0., 1., 2., 3.]);
         let y = Tensor::from_vec(vec![2], vec![0i64, 9]).unwrap();
-        let (l, _) =
-            softmax_cross_entropy(&x, &y, None, Some(9), LossReduction::Mean).unwrap();
+        let (l, _) = softmax_cross_entropy(&x, &y, None, Some(9), LossReduction::Mean).unwrap();
         let v = l.as_slice::<f32>().unwrap()[0];
         assert!((v - 3f32.ln()).abs() < 1e-6);
         assert!(softmax_cross_entropy(&x, &y, None, None, LossReduction::Sum).is_err());

@@ -205,12 +205,7 @@ fn min_of<T: Num>(a: T, b: T) -> T {
     }
 }
 
-fn reduce_typed<T: Num>(
-    src: &[T],
-    dims: (usize, usize, usize),
-    kind: ReduceKind,
-    out: &mut [T],
-) {
+fn reduce_typed<T: Num>(src: &[T], dims: (usize, usize, usize), kind: ReduceKind, out: &mut [T]) {
     let r = dims.1;
     match kind {
         ReduceKind::Sum | ReduceKind::Mean => {
@@ -233,7 +228,8 @@ fn reduce_typed<T: Num>(
         }
         ReduceKind::LogSum => {
             fold_block(src, dims, T::zero(), |x| x, T::add, out);
-            out.iter_mut().for_each(|v| *v = T::from_f64(v.to_f64().ln()));
+            out.iter_mut()
+                .for_each(|v| *v = T::from_f64(v.to_f64().ln()));
         }
         ReduceKind::LogSumExp => {
             let (outer, r, inner) = dims;
@@ -361,6 +357,20 @@ pub fn arg_extreme(
                 (false, true) => v <= best,
             }
         };
+        if inner == 1 {
+            for (o, d) in out.iter_mut().enumerate() {
+                let row = &src[o * r..(o + 1) * r];
+                let (mut b, mut bi) = (row[0], 0usize);
+                for (j, &v) in row.iter().enumerate().skip(1) {
+                    if better(v, b) {
+                        b = v;
+                        bi = j;
+                    }
+                }
+                *d = bi as i64;
+            }
+            return Tensor::from_vec(oshape, out);
+        }
         let mut best = vec![T::zero(); inner];
         for o in 0..outer {
             let dst = &mut out[o * inner..(o + 1) * inner];
@@ -395,17 +405,16 @@ pub fn fast_exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
-    let xc = x.max(-87.3).min(88.3);
+    let xc = x.clamp(-87.3, 88.3);
     let t = xc * LOG2E;
     // Round to nearest with the 1.5*2^23 trick (vectorizes without SSE4.1).
     let n = (t + 12_582_912.0) - 12_582_912.0;
     let r = xc - n * C1 - n * C2;
     let r2 = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let y = p * r2 + r + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     let v = y * scale;
@@ -494,10 +503,55 @@ pub fn softmax_f32(data: &mut [f32], (outer, n, inner): (usize, usize, usize), k
         }
         return;
     }
-    // Strided: gather each column into a scratch row (cheap, keeps one code path).
+    if n == 0 {
+        return;
+    }
+    let mut m = vec![0f32; inner];
+    let mut s = vec![0f32; inner];
     let mut col = vec![0f32; n];
     for o in 0..outer {
         let blk = &mut data[o * n * inner..(o + 1) * n * inner];
+        if kind != SoftmaxKind::Hardmax {
+            // Column-wise over contiguous rows of `inner` (vectorizes).
+            m.copy_from_slice(&blk[..inner]);
+            for row in blk.chunks_exact(inner).skip(1) {
+                for (a, &v) in m.iter_mut().zip(row) {
+                    *a = a.max(v);
+                }
+            }
+            if m.iter().all(|v| v.is_finite()) {
+                s.iter_mut().for_each(|v| *v = 0.0);
+                let store = kind == SoftmaxKind::Softmax;
+                for row in blk.chunks_exact_mut(inner) {
+                    for ((v, &mv), sv) in row.iter_mut().zip(&m).zip(s.iter_mut()) {
+                        let e = fast_exp(*v - mv);
+                        *sv += e;
+                        if store {
+                            *v = e;
+                        }
+                    }
+                }
+                if store {
+                    s.iter_mut().for_each(|v| *v = 1.0 / *v);
+                    for row in blk.chunks_exact_mut(inner) {
+                        for (v, &iv) in row.iter_mut().zip(&s) {
+                            *v *= iv;
+                        }
+                    }
+                } else {
+                    for (sv, &mv) in s.iter_mut().zip(&m) {
+                        *sv = mv + sv.ln();
+                    }
+                    for row in blk.chunks_exact_mut(inner) {
+                        for (v, &l) in row.iter_mut().zip(&s) {
+                            *v -= l;
+                        }
+                    }
+                }
+                continue;
+            }
+        }
+        // Gather each column into a scratch row (Hardmax, infinities, NaN).
         for i in 0..inner {
             for (j, c) in col.iter_mut().enumerate() {
                 *c = blk[j * inner + i];

@@ -121,8 +121,7 @@ impl Op for BatchNormalization {
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
         let (x, s, b, m, v) = (args.t(0)?, args.t(1)?, args.t(2)?, args.t(3)?, args.t(4)?);
         if self.training_mode {
-            let (y, rm, rv) =
-                k::batch_norm_training(x, s, b, m, v, self.epsilon, self.momentum)?;
+            let (y, rm, rv) = k::batch_norm_training(x, s, b, m, v, self.epsilon, self.momentum)?;
             return Ok(vec![y.into(), rm.into(), rv.into()]);
         }
         if self.spatial && s.len() != x.shape().get(1).copied().unwrap_or(0) {
@@ -133,7 +132,7 @@ impl Op for BatchNormalization {
             )));
         }
         Ok(vec![
-            k::batch_norm_inference(x, s, b, m, v, self.epsilon)?.into(),
+            k::batch_norm_inference(x, s, b, m, v, self.epsilon)?.into()
         ])
     }
 }
@@ -378,9 +377,12 @@ impl Op for MeanVarianceNormalization {
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
         let x = args.t(0)?;
         let axes = crate::cpu::reduce::normalize_axes(&self.axes, x.rank())?;
-        Ok(vec![
-            k::mean_variance_norm(x, &axes, self.normalize_variance)?.into(),
-        ])
+        Ok(vec![k::mean_variance_norm(
+            x,
+            &axes,
+            self.normalize_variance,
+        )?
+        .into()])
     }
 }
 
