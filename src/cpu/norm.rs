@@ -397,15 +397,17 @@ pub fn layer_norm(
             let inv = 1.0 / (v + epsilon).sqrt();
             means.push(m);
             invs.push(inv);
+            let (src, s) = (&src[..cols], &s[..cols]);
             match &b {
                 Some(b) => {
-                    for (((y, &xv), &sv), &bv) in dst.iter_mut().zip(src).zip(&s).zip(b) {
-                        *y = (xv - m) * inv * sv + bv;
+                    let b = &b[..cols];
+                    for j in 0..cols {
+                        dst[j] = (src[j] - m) * inv * s[j] + b[j];
                     }
                 }
                 None => {
-                    for ((y, &xv), &sv) in dst.iter_mut().zip(src).zip(&s) {
-                        *y = (xv - m) * inv * sv;
+                    for j in 0..cols {
+                        dst[j] = (src[j] - m) * inv * s[j];
                     }
                 }
             }

@@ -349,45 +349,54 @@ pub fn arg_extreme(
     crate::dispatch!(num x.dtype(), what, T => {
         let src = x.as_slice::<T>()?;
         let mut out = alloc_vec::<i64>(n)?;
-        let better = |v: T, best: T| -> bool {
-            match (max, select_last) {
-                (true, false) => v > best,
-                (true, true) => v >= best,
-                (false, false) => v < best,
-                (false, true) => v <= best,
-            }
-        };
-        if inner == 1 {
-            for (o, d) in out.iter_mut().enumerate() {
-                let row = &src[o * r..(o + 1) * r];
-                let (mut b, mut bi) = (row[0], 0usize);
-                for (j, &v) in row.iter().enumerate().skip(1) {
-                    if better(v, b) {
-                        b = v;
-                        bi = j;
-                    }
-                }
-                *d = bi as i64;
-            }
-            return Tensor::from_vec(oshape, out);
-        }
-        let mut best = vec![T::zero(); inner];
-        for o in 0..outer {
-            let dst = &mut out[o * inner..(o + 1) * inner];
-            best.copy_from_slice(&src[o * r * inner..o * r * inner + inner]);
-            dst.iter_mut().for_each(|d| *d = 0);
-            for j in 1..r {
-                let row = &src[(o * r + j) * inner..(o * r + j + 1) * inner];
-                for ((b, d), &v) in best.iter_mut().zip(dst.iter_mut()).zip(row) {
-                    if better(v, *b) {
-                        *b = v;
-                        *d = j as i64;
-                    }
-                }
-            }
+        let dims = (outer, r, inner);
+        match (max, select_last) {
+            (true, false) => arg_scan(src, dims, |v: T, b: T| v > b, &mut out),
+            (true, true) => arg_scan(src, dims, |v: T, b: T| v >= b, &mut out),
+            (false, false) => arg_scan(src, dims, |v: T, b: T| v < b, &mut out),
+            (false, true) => arg_scan(src, dims, |v: T, b: T| v <= b, &mut out),
         }
         Tensor::from_vec(oshape, out)
     })
+}
+
+/// Index of the best element along `r` for `(outer, r, inner)` data (r >= 1).
+#[inline(always)]
+fn arg_scan<T: Copy + Default>(
+    src: &[T],
+    (outer, r, inner): (usize, usize, usize),
+    better: impl Fn(T, T) -> bool,
+    out: &mut [i64],
+) {
+    if inner == 1 {
+        for (o, d) in out.iter_mut().enumerate().take(outer) {
+            let row = &src[o * r..(o + 1) * r];
+            let (mut b, mut bi) = (row[0], 0usize);
+            for (j, &v) in row.iter().enumerate().skip(1) {
+                if better(v, b) {
+                    b = v;
+                    bi = j;
+                }
+            }
+            *d = bi as i64;
+        }
+        return;
+    }
+    let mut best = vec![T::default(); inner];
+    for o in 0..outer {
+        let dst = &mut out[o * inner..(o + 1) * inner];
+        best.copy_from_slice(&src[o * r * inner..o * r * inner + inner]);
+        dst.iter_mut().for_each(|d| *d = 0);
+        for j in 1..r {
+            let row = &src[(o * r + j) * inner..(o * r + j + 1) * inner];
+            for ((b, d), &v) in best.iter_mut().zip(dst.iter_mut()).zip(row) {
+                if better(v, *b) {
+                    *b = v;
+                    *d = j as i64;
+                }
+            }
+        }
+    }
 }
 
 /// Which of the softmax family.
@@ -407,8 +416,11 @@ pub fn fast_exp(x: f32) -> f32 {
     const C2: f32 = -2.121_944_4e-4;
     let xc = x.clamp(-87.3, 88.3);
     let t = xc * LOG2E;
-    // Round to nearest with the 1.5*2^23 trick (vectorizes without SSE4.1).
-    let n = (t + 12_582_912.0) - 12_582_912.0;
+    // Round to nearest with the 1.5*2^23 trick; the integer lands in the low mantissa
+    // bits, so no float-to-int conversion is needed (keeps the loop vectorized).
+    let kf = t + 12_582_912.0;
+    let n = kf - 12_582_912.0;
+    let ni = (kf.to_bits() as i32).wrapping_sub(0x4B40_0000);
     let r = xc - n * C1 - n * C2;
     let r2 = r * r;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
@@ -416,14 +428,12 @@ pub fn fast_exp(x: f32) -> f32 {
         * r
         + 0.5;
     let y = p * r2 + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    let v = y * scale;
+    let scale = f32::from_bits((ni.wrapping_add(127) as u32) << 23);
+    // NaN propagates through the arithmetic.
     if x < -87.3 {
         0.0
-    } else if x.is_nan() {
-        x
     } else {
-        v
+        y * scale
     }
 }
 
@@ -434,7 +444,14 @@ fn sum8(row: &[f32]) -> f32 {
 }
 #[inline(always)]
 fn max8(row: &[f32]) -> f32 {
-    fold_row(row, f32::NEG_INFINITY, |x| x, f32::max)
+    // Select form (no NaN bookkeeping) so it compiles to plain maxss/maxps; NaN
+    // inputs still reach the output through exp().
+    fold_row(
+        row,
+        f32::NEG_INFINITY,
+        |x| x,
+        |a, b| if b > a { b } else { a },
+    )
 }
 
 /// Softmax / LogSoftmax / Hardmax of one contiguous row, in place.
@@ -516,7 +533,7 @@ pub fn softmax_f32(data: &mut [f32], (outer, n, inner): (usize, usize, usize), k
             m.copy_from_slice(&blk[..inner]);
             for row in blk.chunks_exact(inner).skip(1) {
                 for (a, &v) in m.iter_mut().zip(row) {
-                    *a = a.max(v);
+                    *a = if v > *a { v } else { *a };
                 }
             }
             if m.iter().all(|v| v.is_finite()) {
