@@ -160,6 +160,9 @@ pub fn batch_norm_inference(
         f32_data(mean)?,
         f32_data(var)?,
     );
+    if xs.is_empty() {
+        return Ok(x.clone());
+    }
     let per_elem = s.len() != c && s.len() == c * inner;
     let plen = if per_elem { c * inner } else { c };
     for (t, w) in [(&s, "scale"), (&b, "B"), (&m, "mean"), (&v, "var")] {
@@ -213,6 +216,11 @@ pub fn batch_norm_training(
     );
     for (t, w) in [(&s, "scale"), (&b, "B"), (&m, "mean"), (&v, "var")] {
         check_len(t, c, w)?;
+    }
+    if xs.is_empty() {
+        return Err(Error::shape(
+            "BatchNormalization training on an empty batch",
+        ));
     }
     let cnt = (n * inner) as f64;
     let mut bm = vec![0f64; c];
@@ -284,6 +292,9 @@ fn grouped_norm(
     check_len(scale, c, "scale")?;
     check_len(bias, c, "bias")?;
     let xs = f32_data(x)?;
+    if xs.is_empty() {
+        return Ok(x.clone());
+    }
     let cpg = c / groups;
     let blk = cpg * inner;
     let mut out = alloc_vec::<f32>(xs.len())?;
@@ -360,6 +371,9 @@ pub struct LayerNormOut {
 
 /// LayerNormalization over the dims from `axis` on. `stats_dtype` is the dtype of the
 /// Mean/InvStdDev outputs.
+// Indexed inner loops: equal-length slices let the compiler drop bounds checks and
+// vectorize, which the four-way zip did not.
+#[allow(clippy::needless_range_loop)]
 pub fn layer_norm(
     x: &Tensor,
     scale: &Tensor,
@@ -384,19 +398,18 @@ pub fn layer_norm(
     };
     let xs = f32_data(x)?;
     let mut out = alloc_vec::<f32>(xs.len())?;
-    let mut means = Vec::with_capacity(rows);
-    let mut invs = Vec::with_capacity(rows);
+    let mut means = alloc_vec::<f32>(rows)?;
+    let mut invs = alloc_vec::<f32>(rows)?;
     if cols > 0 {
         for (r, (src, dst)) in xs
             .chunks_exact(cols)
             .zip(out.chunks_exact_mut(cols))
             .enumerate()
         {
-            let _ = r;
             let (m, v) = mean_var(src);
             let inv = 1.0 / (v + epsilon).sqrt();
-            means.push(m);
-            invs.push(inv);
+            means[r] = m;
+            invs[r] = inv;
             let (src, s) = (&src[..cols], &s[..cols]);
             match &b {
                 Some(b) => {
@@ -413,8 +426,8 @@ pub fn layer_norm(
             }
         }
     } else {
-        means.resize(rows, f32::NAN);
-        invs.resize(rows, f32::NAN);
+        means.iter_mut().for_each(|v| *v = f32::NAN);
+        invs.iter_mut().for_each(|v| *v = f32::NAN);
     }
     let mut sshape = x.shape()[..axis].to_vec();
     sshape.resize(x.rank(), 1);
@@ -460,6 +473,9 @@ pub fn lp_norm(x: &Tensor, axis: usize, p: i64) -> Result<Tensor> {
     }
     let (outer, n, inner) = crate::cpu::common::split_at_axis(x.shape(), axis);
     let xs = f32_data(x)?;
+    if xs.is_empty() {
+        return Ok(x.clone());
+    }
     let mut out = alloc_vec::<f32>(xs.len())?;
     let mut norm = vec![0f32; inner];
     for o in 0..outer {
@@ -540,6 +556,9 @@ pub fn lrn(x: &Tensor, size: usize, alpha: f32, beta: f32, bias: f32) -> Result<
         return Err(Error::attr("LRN size must be positive"));
     }
     let xs = f32_data(x)?;
+    if xs.is_empty() {
+        return Ok(x.clone());
+    }
     let lo = (size - 1) / 2;
     let hi = size - 1 - lo;
     let k = alpha / size as f32;
@@ -601,6 +620,9 @@ pub fn nll_loss(
     out_dtype: DType,
 ) -> Result<Tensor> {
     let (n, c, inner) = channels(shape, "loss")?;
+    if logp.len() != n * c * inner {
+        return Err(Error::shape("loss: input data does not match its shape"));
+    }
     let mut tshape = vec![n];
     tshape.extend_from_slice(&shape[2..]);
     if target.shape() != tshape.as_slice() {
@@ -626,22 +648,20 @@ pub fn nll_loss(
     };
     let mut loss = alloc_vec::<f32>(n * inner)?;
     let mut wsum = 0f64;
-    for bn in 0..n {
-        for i in 0..inner {
-            let lbl = t[bn * inner + i];
-            if Some(lbl) == ignore_index {
-                continue;
-            }
-            let cls = usize::try_from(lbl)
-                .ok()
-                .filter(|&v| v < c)
-                .ok_or_else(|| {
-                    Error::runtime(format!("target value {lbl} is out of range [0, {c})"))
-                })?;
-            let wv = w.as_ref().map_or(1.0, |w| w[cls]);
-            loss[bn * inner + i] = -logp[(bn * c + cls) * inner + i] * wv;
-            wsum += wv as f64;
+    for (idx, &lbl) in t.iter().enumerate() {
+        if Some(lbl) == ignore_index {
+            continue;
         }
+        let (bn, i) = (idx / inner, idx % inner);
+        let cls = usize::try_from(lbl)
+            .ok()
+            .filter(|&v| v < c)
+            .ok_or_else(|| {
+                Error::runtime(format!("target value {lbl} is out of range [0, {c})"))
+            })?;
+        let wv = w.as_ref().map_or(1.0, |w| w[cls]);
+        loss[idx] = -logp[(bn * c + cls) * inner + i] * wv;
+        wsum += wv as f64;
     }
     match reduction {
         LossReduction::None => from_f32(tshape, loss, out_dtype),
@@ -727,5 +747,36 @@ mod tests {
         let z = mean_variance_norm(&x, &[1], true).unwrap();
         let z = z.as_slice::<f32>().unwrap();
         assert!((z[0] + 1.0).abs() < 1e-6 && (z[1] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn empty_inputs_with_huge_dims() {
+        let big = 1usize << 40;
+        let e = Tensor::from_vec(vec![big, 2, 0], Vec::<f32>::new()).unwrap();
+        let p = t(&[2], &[1., 1.]);
+        assert_eq!(instance_norm(&e, &p, &p, 1e-5).unwrap().len(), 0);
+        assert_eq!(lp_norm(&e, 0, 2).unwrap().len(), 0);
+        assert_eq!(lrn(&e, 3, 1e-4, 0.75, 1.0).unwrap().len(), 0);
+        assert_eq!(
+            batch_norm_inference(&e, &p, &p, &p, &p, 1e-5)
+                .unwrap()
+                .len(),
+            0
+        );
+        let l = Tensor::from_vec(vec![big, 0], Vec::<i64>::new()).unwrap();
+        let r = nll_loss(
+            &[],
+            e.shape(),
+            &l,
+            None,
+            None,
+            LossReduction::Sum,
+            DType::F32,
+        );
+        assert_eq!(r.unwrap().as_slice::<f32>().unwrap(), &[0.0]);
+        // Rows with no columns: statistics allocation is budget-checked.
+        let z = Tensor::from_vec(vec![big, 1 << 20, 0], Vec::<f32>::new()).unwrap();
+        let s0 = Tensor::from_vec(vec![0], Vec::<f32>::new()).unwrap();
+        assert!(layer_norm(&z, &s0, None, 2, 1e-5, DType::F32).is_err());
     }
 }

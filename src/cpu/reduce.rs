@@ -207,6 +207,13 @@ fn min_of<T: Num>(a: T, b: T) -> T {
 
 fn reduce_typed<T: Num>(src: &[T], dims: (usize, usize, usize), kind: ReduceKind, out: &mut [T]) {
     let r = dims.1;
+    // Empty input: every output is an empty-set reduction. Walk the output only (the
+    // dims of an empty tensor may be huge).
+    let dims = if src.is_empty() {
+        (out.len(), 0, 1)
+    } else {
+        dims
+    };
     match kind {
         ReduceKind::Sum | ReduceKind::Mean => {
             fold_block(src, dims, T::zero(), |x| x, T::add, out);
@@ -368,6 +375,9 @@ fn arg_scan<T: Copy + Default>(
     better: impl Fn(T, T) -> bool,
     out: &mut [i64],
 ) {
+    if src.is_empty() || out.is_empty() {
+        return;
+    }
     if inner == 1 {
         for (o, d) in out.iter_mut().enumerate().take(outer) {
             let row = &src[o * r..(o + 1) * r];
@@ -511,6 +521,9 @@ fn softmax_row_slow(row: &mut [f32], kind: SoftmaxKind) {
 
 /// Softmax family over `(outer, n, inner)` f32 data, in place.
 pub fn softmax_f32(data: &mut [f32], (outer, n, inner): (usize, usize, usize), kind: SoftmaxKind) {
+    if data.is_empty() {
+        return;
+    }
     if inner == 1 {
         if n == 0 {
             return;
@@ -625,6 +638,9 @@ pub fn cumulative(
     } else {
         x
     };
+    if x.is_empty() {
+        return Ok(x.clone());
+    }
     let out = crate::dispatch!(num src_t.dtype(), what, T => {
         let src = src_t.as_slice::<T>()?;
         let mut out = alloc_vec::<T>(src.len())?;
@@ -671,6 +687,12 @@ pub fn top_k(x: &Tensor, k: usize, axis: usize, largest: bool) -> Result<(Tensor
     let mut oshape = x.shape().to_vec();
     oshape[axis] = k;
     let total = numel(&oshape, DType::I64)?;
+    if total == 0 {
+        return Ok((
+            Tensor::zeros(x.dtype(), oshape.clone())?,
+            Tensor::zeros(DType::I64, oshape)?,
+        ));
+    }
     let half = matches!(x.dtype(), DType::F16 | DType::BF16);
     let xf;
     let src_t = if half {
@@ -776,5 +798,22 @@ mod tests {
         assert_eq!(v.as_slice::<f32>().unwrap(), &[5., 5., 7., 7.]);
         assert_eq!(i.as_slice::<i64>().unwrap(), &[1, 2, 0, 2]);
         assert!(top_k(&x, 4, 1, true).is_err());
+    }
+
+    #[test]
+    fn empty_tensors_with_huge_dims_return_fast() {
+        let big = 1usize << 40;
+        let e = Tensor::from_vec(vec![big, 0, big], Vec::<f32>::new()).unwrap();
+        assert_eq!(reduce(&e, &[0], false, ReduceKind::Sum).unwrap().len(), 0);
+        assert!(reduce(&e, &[1], false, ReduceKind::Sum).is_err()); // over budget
+        assert_eq!(arg_extreme(&e, 0, true, false, true).unwrap().len(), 0);
+        assert_eq!(cumulative(&e, 2, false, false, true).unwrap().len(), 0);
+        assert_eq!(top_k(&e, 0, 1, true).unwrap().0.len(), 0);
+        assert_eq!(
+            softmax(&e, (big, 0, big), SoftmaxKind::Softmax)
+                .unwrap()
+                .len(),
+            0
+        );
     }
 }
