@@ -194,9 +194,19 @@ pub fn batch_norm_inference(
     from_f32(x.shape().to_vec(), out, x.dtype())
 }
 
-/// BatchNormalization in training mode (opset 14+): normalizes with the batch
-/// statistics; returns (Y, running_mean, running_var).
-#[allow(clippy::too_many_arguments)]
+/// Outputs of BatchNormalization in training mode.
+pub struct BatchNormTrainOut {
+    pub y: Tensor,
+    /// `mean * momentum + batch_mean * (1 - momentum)`.
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    /// Statistics of this batch (population variance).
+    pub batch_mean: Tensor,
+    pub batch_var: Tensor,
+}
+
+/// BatchNormalization in training mode: normalizes with the batch statistics and
+/// updates the running ones.
 pub fn batch_norm_training(
     x: &Tensor,
     scale: &Tensor,
@@ -205,7 +215,7 @@ pub fn batch_norm_training(
     var: &Tensor,
     epsilon: f32,
     momentum: f32,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<BatchNormTrainOut> {
     let (n, c, inner) = channels(x.shape(), "BatchNormalization")?;
     let xs = f32_data(x)?;
     let (s, b, m, v) = (
@@ -266,11 +276,15 @@ pub fn batch_norm_training(
     let rv: Vec<f32> = (0..c)
         .map(|i| v[i] * momentum + bv[i] as f32 * (1.0 - momentum))
         .collect();
-    Ok((
-        from_f32(x.shape().to_vec(), out, x.dtype())?,
-        from_f32(mean.shape().to_vec(), rm, mean.dtype())?,
-        from_f32(var.shape().to_vec(), rv, var.dtype())?,
-    ))
+    let bm: Vec<f32> = bm.iter().map(|&v| v as f32).collect();
+    let bv: Vec<f32> = bv.iter().map(|&v| v as f32).collect();
+    Ok(BatchNormTrainOut {
+        y: from_f32(x.shape().to_vec(), out, x.dtype())?,
+        running_mean: from_f32(mean.shape().to_vec(), rm, mean.dtype())?,
+        running_var: from_f32(var.shape().to_vec(), rv, var.dtype())?,
+        batch_mean: from_f32(mean.shape().to_vec(), bm, mean.dtype())?,
+        batch_var: from_f32(var.shape().to_vec(), bv, var.dtype())?,
+    })
 }
 
 /// Normalizes each of `groups` contiguous blocks per sample, then applies a per-channel
@@ -723,6 +737,13 @@ mod tests {
         let zero = t(&[2], &[0., 0.]);
         let y = batch_norm_inference(&x, &one, &zero, &one, &one, 0.0).unwrap();
         assert_eq!(y.as_slice::<f32>().unwrap(), &[0., 2., 1., 5.]);
+        let xb = t(&[2, 1], &[1., 3.]);
+        let (o1, z1) = (t(&[1], &[1.]), t(&[1], &[0.]));
+        let o = batch_norm_training(&xb, &o1, &z1, &z1, &o1, 0.0, 0.9).unwrap();
+        assert_eq!(o.y.as_slice::<f32>().unwrap(), &[-1., 1.]);
+        assert!((o.running_mean.as_slice::<f32>().unwrap()[0] - 0.2).abs() < 1e-6);
+        assert!((o.running_var.as_slice::<f32>().unwrap()[0] - 1.0).abs() < 1e-6);
+        assert_eq!(o.batch_var.as_slice::<f32>().unwrap(), &[1.0]);
         let bad = t(&[3], &[1., 1., 1.]);
         assert!(batch_norm_inference(&x, &bad, &zero, &one, &one, 0.0).is_err());
         assert!(layer_norm(&x, &bad, None, 1, 0.0, DType::F32).is_err());
