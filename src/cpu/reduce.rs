@@ -594,8 +594,44 @@ pub fn softmax_f32(data: &mut [f32], (outer, n, inner): (usize, usize, usize), k
     }
 }
 
-/// Softmax family of a float tensor over `(outer, n, inner)`; non-f32 inputs are
-/// computed in f32.
+/// Softmax family over `(outer, n, inner)` f64 data, in place (exact libm path).
+fn softmax_f64(data: &mut [f64], (outer, n, inner): (usize, usize, usize), kind: SoftmaxKind) {
+    if data.is_empty() || n == 0 {
+        return;
+    }
+    let mut col = vec![0f64; n];
+    for o in 0..outer {
+        let blk = &mut data[o * n * inner..(o + 1) * n * inner];
+        for i in 0..inner {
+            for (j, c) in col.iter_mut().enumerate() {
+                *c = blk[j * inner + i];
+            }
+            let m = col.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            match kind {
+                SoftmaxKind::Hardmax => {
+                    let best = col.iter().position(|&v| v == m).unwrap_or(0);
+                    col.iter_mut().for_each(|v| *v = 0.0);
+                    col[best] = 1.0;
+                }
+                SoftmaxKind::Softmax => {
+                    let s: f64 = col.iter().map(|&v| (v - m).exp()).sum();
+                    col.iter_mut().for_each(|v| *v = (*v - m).exp() / s);
+                }
+                SoftmaxKind::LogSoftmax => {
+                    let s: f64 = col.iter().map(|&v| (v - m).exp()).sum();
+                    let l = m + s.ln();
+                    col.iter_mut().for_each(|v| *v -= l);
+                }
+            }
+            for (j, &c) in col.iter().enumerate() {
+                blk[j * inner + i] = c;
+            }
+        }
+    }
+}
+
+/// Softmax family of a float tensor over `(outer, n, inner)`; f16/bf16 inputs are
+/// computed in f32, f64 in f64.
 pub fn softmax(x: &Tensor, dims: (usize, usize, usize), kind: SoftmaxKind) -> Result<Tensor> {
     let dt = x.dtype();
     if !dt.is_float() {
@@ -603,8 +639,18 @@ pub fn softmax(x: &Tensor, dims: (usize, usize, usize), kind: SoftmaxKind) -> Re
             "{kind:?} does not support {dt}"
         )));
     }
-    if dims.0 * dims.1 * dims.2 != x.len() {
+    if dims
+        .0
+        .checked_mul(dims.1)
+        .and_then(|v| v.checked_mul(dims.2))
+        != Some(x.len())
+    {
         return Err(Error::shape("softmax: dims do not match the input"));
+    }
+    if dt == DType::F64 {
+        let mut v = x.as_slice::<f64>()?.to_vec();
+        softmax_f64(&mut v, dims, kind);
+        return Tensor::from_vec(x.shape().to_vec(), v);
     }
     let mut v = if dt == DType::F32 {
         x.as_slice::<f32>()?.to_vec()
@@ -782,6 +828,12 @@ mod tests {
         assert!((y[0] - 0.119_202_92).abs() < 1e-6 && (y[2] - 0.880_797).abs() < 1e-6);
         let i = Tensor::from_vec(vec![2], vec![1i32, 2]).unwrap();
         assert!(softmax(&i, (1, 2, 1), SoftmaxKind::Softmax).is_err());
+        let d = Tensor::from_vec(vec![2, 2], vec![1f64, 2., 3., 4.]).unwrap();
+        let y = softmax(&d, (1, 2, 2), SoftmaxKind::LogSoftmax).unwrap();
+        let y = y.as_slice::<f64>().unwrap();
+        assert!((y[0] - (0.119_202_922_022_117_57f64).ln()).abs() < 1e-12);
+        let h = softmax(&d, (2, 2, 1), SoftmaxKind::Hardmax).unwrap();
+        assert_eq!(h.as_slice::<f64>().unwrap(), &[0., 1., 0., 1.]);
     }
 
     #[test]
