@@ -160,6 +160,9 @@ pub fn batch_norm_inference(
         f32_data(mean)?,
         f32_data(var)?,
     );
+    if xs.is_empty() {
+        return Ok(x.clone());
+    }
     let per_elem = s.len() != c && s.len() == c * inner;
     let plen = if per_elem { c * inner } else { c };
     for (t, w) in [(&s, "scale"), (&b, "B"), (&m, "mean"), (&v, "var")] {
@@ -191,9 +194,19 @@ pub fn batch_norm_inference(
     from_f32(x.shape().to_vec(), out, x.dtype())
 }
 
-/// BatchNormalization in training mode (opset 14+): normalizes with the batch
-/// statistics; returns (Y, running_mean, running_var).
-#[allow(clippy::too_many_arguments)]
+/// Outputs of BatchNormalization in training mode.
+pub struct BatchNormTrainOut {
+    pub y: Tensor,
+    /// `mean * momentum + batch_mean * (1 - momentum)`.
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    /// Statistics of this batch (population variance).
+    pub batch_mean: Tensor,
+    pub batch_var: Tensor,
+}
+
+/// BatchNormalization in training mode: normalizes with the batch statistics and
+/// updates the running ones.
 pub fn batch_norm_training(
     x: &Tensor,
     scale: &Tensor,
@@ -202,7 +215,7 @@ pub fn batch_norm_training(
     var: &Tensor,
     epsilon: f32,
     momentum: f32,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<BatchNormTrainOut> {
     let (n, c, inner) = channels(x.shape(), "BatchNormalization")?;
     let xs = f32_data(x)?;
     let (s, b, m, v) = (
@@ -214,13 +227,21 @@ pub fn batch_norm_training(
     for (t, w) in [(&s, "scale"), (&b, "B"), (&m, "mean"), (&v, "var")] {
         check_len(t, c, w)?;
     }
+    if xs.is_empty() {
+        return Err(Error::shape(
+            "BatchNormalization training on an empty batch",
+        ));
+    }
     let cnt = (n * inner) as f64;
     let mut bm = vec![0f64; c];
     let mut bv = vec![0f64; c];
     for bn in 0..n {
         for (ch, acc) in bm.iter_mut().enumerate() {
             let base = (bn * c + ch) * inner;
-            *acc += xs[base..base + inner].iter().map(|&v| v as f64).sum::<f64>();
+            *acc += xs[base..base + inner]
+                .iter()
+                .map(|&v| v as f64)
+                .sum::<f64>();
         }
     }
     bm.iter_mut().for_each(|v| *v /= cnt);
@@ -255,11 +276,15 @@ pub fn batch_norm_training(
     let rv: Vec<f32> = (0..c)
         .map(|i| v[i] * momentum + bv[i] as f32 * (1.0 - momentum))
         .collect();
-    Ok((
-        from_f32(x.shape().to_vec(), out, x.dtype())?,
-        from_f32(mean.shape().to_vec(), rm, mean.dtype())?,
-        from_f32(var.shape().to_vec(), rv, var.dtype())?,
-    ))
+    let bm: Vec<f32> = bm.iter().map(|&v| v as f32).collect();
+    let bv: Vec<f32> = bv.iter().map(|&v| v as f32).collect();
+    Ok(BatchNormTrainOut {
+        y: from_f32(x.shape().to_vec(), out, x.dtype())?,
+        running_mean: from_f32(mean.shape().to_vec(), rm, mean.dtype())?,
+        running_var: from_f32(var.shape().to_vec(), rv, var.dtype())?,
+        batch_mean: from_f32(mean.shape().to_vec(), bm, mean.dtype())?,
+        batch_var: from_f32(var.shape().to_vec(), bv, var.dtype())?,
+    })
 }
 
 /// Normalizes each of `groups` contiguous blocks per sample, then applies a per-channel
@@ -281,6 +306,9 @@ fn grouped_norm(
     check_len(scale, c, "scale")?;
     check_len(bias, c, "bias")?;
     let xs = f32_data(x)?;
+    if xs.is_empty() {
+        return Ok(x.clone());
+    }
     let cpg = c / groups;
     let blk = cpg * inner;
     let mut out = alloc_vec::<f32>(xs.len())?;
@@ -357,6 +385,9 @@ pub struct LayerNormOut {
 
 /// LayerNormalization over the dims from `axis` on. `stats_dtype` is the dtype of the
 /// Mean/InvStdDev outputs.
+// Indexed inner loops: equal-length slices let the compiler drop bounds checks and
+// vectorize, which the four-way zip did not.
+#[allow(clippy::needless_range_loop)]
 pub fn layer_norm(
     x: &Tensor,
     scale: &Tensor,
@@ -381,31 +412,36 @@ pub fn layer_norm(
     };
     let xs = f32_data(x)?;
     let mut out = alloc_vec::<f32>(xs.len())?;
-    let mut means = Vec::with_capacity(rows);
-    let mut invs = Vec::with_capacity(rows);
+    let mut means = alloc_vec::<f32>(rows)?;
+    let mut invs = alloc_vec::<f32>(rows)?;
     if cols > 0 {
-        for (r, (src, dst)) in xs.chunks_exact(cols).zip(out.chunks_exact_mut(cols)).enumerate() {
-            let _ = r;
+        for (r, (src, dst)) in xs
+            .chunks_exact(cols)
+            .zip(out.chunks_exact_mut(cols))
+            .enumerate()
+        {
             let (m, v) = mean_var(src);
             let inv = 1.0 / (v + epsilon).sqrt();
-            means.push(m);
-            invs.push(inv);
+            means[r] = m;
+            invs[r] = inv;
+            let (src, s) = (&src[..cols], &s[..cols]);
             match &b {
                 Some(b) => {
-                    for (((y, &xv), &sv), &bv) in dst.iter_mut().zip(src).zip(&s).zip(b) {
-                        *y = (xv - m) * inv * sv + bv;
+                    let b = &b[..cols];
+                    for j in 0..cols {
+                        dst[j] = (src[j] - m) * inv * s[j] + b[j];
                     }
                 }
                 None => {
-                    for ((y, &xv), &sv) in dst.iter_mut().zip(src).zip(&s) {
-                        *y = (xv - m) * inv * sv;
+                    for j in 0..cols {
+                        dst[j] = (src[j] - m) * inv * s[j];
                     }
                 }
             }
         }
     } else {
-        means.resize(rows, f32::NAN);
-        invs.resize(rows, f32::NAN);
+        means.iter_mut().for_each(|v| *v = f32::NAN);
+        invs.iter_mut().for_each(|v| *v = f32::NAN);
     }
     let mut sshape = x.shape()[..axis].to_vec();
     sshape.resize(x.rank(), 1);
@@ -451,6 +487,9 @@ pub fn lp_norm(x: &Tensor, axis: usize, p: i64) -> Result<Tensor> {
     }
     let (outer, n, inner) = crate::cpu::common::split_at_axis(x.shape(), axis);
     let xs = f32_data(x)?;
+    if xs.is_empty() {
+        return Ok(x.clone());
+    }
     let mut out = alloc_vec::<f32>(xs.len())?;
     let mut norm = vec![0f32; inner];
     for o in 0..outer {
@@ -531,6 +570,9 @@ pub fn lrn(x: &Tensor, size: usize, alpha: f32, beta: f32, bias: f32) -> Result<
         return Err(Error::attr("LRN size must be positive"));
     }
     let xs = f32_data(x)?;
+    if xs.is_empty() {
+        return Ok(x.clone());
+    }
     let lo = (size - 1) / 2;
     let hi = size - 1 - lo;
     let k = alpha / size as f32;
@@ -549,7 +591,11 @@ pub fn lrn(x: &Tensor, size: usize, alpha: f32, beta: f32, bias: f32) -> Result<
                 }
             }
             let o = base + ch * inner;
-            for ((y, &v), &s) in out[o..o + inner].iter_mut().zip(&xs[o..o + inner]).zip(&acc) {
+            for ((y, &v), &s) in out[o..o + inner]
+                .iter_mut()
+                .zip(&xs[o..o + inner])
+                .zip(&acc)
+            {
                 *y = v / (bias + k * s).powf(beta);
             }
         }
@@ -588,6 +634,9 @@ pub fn nll_loss(
     out_dtype: DType,
 ) -> Result<Tensor> {
     let (n, c, inner) = channels(shape, "loss")?;
+    if logp.len() != n * c * inner {
+        return Err(Error::shape("loss: input data does not match its shape"));
+    }
     let mut tshape = vec![n];
     tshape.extend_from_slice(&shape[2..]);
     if target.shape() != tshape.as_slice() {
@@ -613,19 +662,20 @@ pub fn nll_loss(
     };
     let mut loss = alloc_vec::<f32>(n * inner)?;
     let mut wsum = 0f64;
-    for bn in 0..n {
-        for i in 0..inner {
-            let lbl = t[bn * inner + i];
-            if Some(lbl) == ignore_index {
-                continue;
-            }
-            let cls = usize::try_from(lbl).ok().filter(|&v| v < c).ok_or_else(|| {
+    for (idx, &lbl) in t.iter().enumerate() {
+        if Some(lbl) == ignore_index {
+            continue;
+        }
+        let (bn, i) = (idx / inner, idx % inner);
+        let cls = usize::try_from(lbl)
+            .ok()
+            .filter(|&v| v < c)
+            .ok_or_else(|| {
                 Error::runtime(format!("target value {lbl} is out of range [0, {c})"))
             })?;
-            let wv = w.as_ref().map_or(1.0, |w| w[cls]);
-            loss[bn * inner + i] = -logp[(bn * c + cls) * inner + i] * wv;
-            wsum += wv as f64;
-        }
+        let wv = w.as_ref().map_or(1.0, |w| w[cls]);
+        loss[idx] = -logp[(bn * c + cls) * inner + i] * wv;
+        wsum += wv as f64;
     }
     match reduction {
         LossReduction::None => from_f32(tshape, loss, out_dtype),
@@ -664,10 +714,7 @@ pub fn softmax_cross_entropy(
         reduction,
         scores.dtype(),
     )?;
-    Ok((
-        loss,
-        from_f32(scores.shape().to_vec(), lp, scores.dtype())?,
-    ))
+    Ok((loss, from_f32(scores.shape().to_vec(), lp, scores.dtype())?))
 }
 
 #[cfg(test)]
@@ -690,6 +737,13 @@ mod tests {
         let zero = t(&[2], &[0., 0.]);
         let y = batch_norm_inference(&x, &one, &zero, &one, &one, 0.0).unwrap();
         assert_eq!(y.as_slice::<f32>().unwrap(), &[0., 2., 1., 5.]);
+        let xb = t(&[2, 1], &[1., 3.]);
+        let (o1, z1) = (t(&[1], &[1.]), t(&[1], &[0.]));
+        let o = batch_norm_training(&xb, &o1, &z1, &z1, &o1, 0.0, 0.9).unwrap();
+        assert_eq!(o.y.as_slice::<f32>().unwrap(), &[-1., 1.]);
+        assert!((o.running_mean.as_slice::<f32>().unwrap()[0] - 0.2).abs() < 1e-6);
+        assert!((o.running_var.as_slice::<f32>().unwrap()[0] - 1.0).abs() < 1e-6);
+        assert_eq!(o.batch_var.as_slice::<f32>().unwrap(), &[1.0]);
         let bad = t(&[3], &[1., 1., 1.]);
         assert!(batch_norm_inference(&x, &bad, &zero, &one, &one, 0.0).is_err());
         assert!(layer_norm(&x, &bad, None, 1, 0.0, DType::F32).is_err());
@@ -699,8 +753,7 @@ mod tests {
     fn losses() {
         let x = t(&[2, 3], &[0., 0., 0., 1., 2., 3.]);
         let y = Tensor::from_vec(vec![2], vec![0i64, 9]).unwrap();
-        let (l, _) =
-            softmax_cross_entropy(&x, &y, None, Some(9), LossReduction::Mean).unwrap();
+        let (l, _) = softmax_cross_entropy(&x, &y, None, Some(9), LossReduction::Mean).unwrap();
         let v = l.as_slice::<f32>().unwrap()[0];
         assert!((v - 3f32.ln()).abs() < 1e-6);
         assert!(softmax_cross_entropy(&x, &y, None, None, LossReduction::Sum).is_err());
@@ -715,5 +768,36 @@ mod tests {
         let z = mean_variance_norm(&x, &[1], true).unwrap();
         let z = z.as_slice::<f32>().unwrap();
         assert!((z[0] + 1.0).abs() < 1e-6 && (z[1] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn empty_inputs_with_huge_dims() {
+        let big = 1usize << 40;
+        let e = Tensor::from_vec(vec![big, 2, 0], Vec::<f32>::new()).unwrap();
+        let p = t(&[2], &[1., 1.]);
+        assert_eq!(instance_norm(&e, &p, &p, 1e-5).unwrap().len(), 0);
+        assert_eq!(lp_norm(&e, 0, 2).unwrap().len(), 0);
+        assert_eq!(lrn(&e, 3, 1e-4, 0.75, 1.0).unwrap().len(), 0);
+        assert_eq!(
+            batch_norm_inference(&e, &p, &p, &p, &p, 1e-5)
+                .unwrap()
+                .len(),
+            0
+        );
+        let l = Tensor::from_vec(vec![big, 0], Vec::<i64>::new()).unwrap();
+        let r = nll_loss(
+            &[],
+            e.shape(),
+            &l,
+            None,
+            None,
+            LossReduction::Sum,
+            DType::F32,
+        );
+        assert_eq!(r.unwrap().as_slice::<f32>().unwrap(), &[0.0]);
+        // Rows with no columns: statistics allocation is budget-checked.
+        let z = Tensor::from_vec(vec![big, 1 << 20, 0], Vec::<f32>::new()).unwrap();
+        let s0 = Tensor::from_vec(vec![0], Vec::<f32>::new()).unwrap();
+        assert!(layer_norm(&z, &s0, None, 2, 1e-5, DType::F32).is_err());
     }
 }

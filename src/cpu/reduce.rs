@@ -205,13 +205,15 @@ fn min_of<T: Num>(a: T, b: T) -> T {
     }
 }
 
-fn reduce_typed<T: Num>(
-    src: &[T],
-    dims: (usize, usize, usize),
-    kind: ReduceKind,
-    out: &mut [T],
-) {
+fn reduce_typed<T: Num>(src: &[T], dims: (usize, usize, usize), kind: ReduceKind, out: &mut [T]) {
     let r = dims.1;
+    // Empty input: every output is an empty-set reduction. Walk the output only (the
+    // dims of an empty tensor may be huge).
+    let dims = if src.is_empty() {
+        (out.len(), 0, 1)
+    } else {
+        dims
+    };
     match kind {
         ReduceKind::Sum | ReduceKind::Mean => {
             fold_block(src, dims, T::zero(), |x| x, T::add, out);
@@ -233,7 +235,8 @@ fn reduce_typed<T: Num>(
         }
         ReduceKind::LogSum => {
             fold_block(src, dims, T::zero(), |x| x, T::add, out);
-            out.iter_mut().for_each(|v| *v = T::from_f64(v.to_f64().ln()));
+            out.iter_mut()
+                .for_each(|v| *v = T::from_f64(v.to_f64().ln()));
         }
         ReduceKind::LogSumExp => {
             let (outer, r, inner) = dims;
@@ -353,31 +356,57 @@ pub fn arg_extreme(
     crate::dispatch!(num x.dtype(), what, T => {
         let src = x.as_slice::<T>()?;
         let mut out = alloc_vec::<i64>(n)?;
-        let better = |v: T, best: T| -> bool {
-            match (max, select_last) {
-                (true, false) => v > best,
-                (true, true) => v >= best,
-                (false, false) => v < best,
-                (false, true) => v <= best,
-            }
-        };
-        let mut best = vec![T::zero(); inner];
-        for o in 0..outer {
-            let dst = &mut out[o * inner..(o + 1) * inner];
-            best.copy_from_slice(&src[o * r * inner..o * r * inner + inner]);
-            dst.iter_mut().for_each(|d| *d = 0);
-            for j in 1..r {
-                let row = &src[(o * r + j) * inner..(o * r + j + 1) * inner];
-                for ((b, d), &v) in best.iter_mut().zip(dst.iter_mut()).zip(row) {
-                    if better(v, *b) {
-                        *b = v;
-                        *d = j as i64;
-                    }
-                }
-            }
+        let dims = (outer, r, inner);
+        match (max, select_last) {
+            (true, false) => arg_scan(src, dims, |v: T, b: T| v > b, &mut out),
+            (true, true) => arg_scan(src, dims, |v: T, b: T| v >= b, &mut out),
+            (false, false) => arg_scan(src, dims, |v: T, b: T| v < b, &mut out),
+            (false, true) => arg_scan(src, dims, |v: T, b: T| v <= b, &mut out),
         }
         Tensor::from_vec(oshape, out)
     })
+}
+
+/// Index of the best element along `r` for `(outer, r, inner)` data (r >= 1).
+#[inline(always)]
+fn arg_scan<T: Copy + Default>(
+    src: &[T],
+    (outer, r, inner): (usize, usize, usize),
+    better: impl Fn(T, T) -> bool,
+    out: &mut [i64],
+) {
+    if src.is_empty() || out.is_empty() {
+        return;
+    }
+    if inner == 1 {
+        for (o, d) in out.iter_mut().enumerate().take(outer) {
+            let row = &src[o * r..(o + 1) * r];
+            let (mut b, mut bi) = (row[0], 0usize);
+            for (j, &v) in row.iter().enumerate().skip(1) {
+                if better(v, b) {
+                    b = v;
+                    bi = j;
+                }
+            }
+            *d = bi as i64;
+        }
+        return;
+    }
+    let mut best = vec![T::default(); inner];
+    for o in 0..outer {
+        let dst = &mut out[o * inner..(o + 1) * inner];
+        best.copy_from_slice(&src[o * r * inner..o * r * inner + inner]);
+        dst.iter_mut().for_each(|d| *d = 0);
+        for j in 1..r {
+            let row = &src[(o * r + j) * inner..(o * r + j + 1) * inner];
+            for ((b, d), &v) in best.iter_mut().zip(dst.iter_mut()).zip(row) {
+                if better(v, *b) {
+                    *b = v;
+                    *d = j as i64;
+                }
+            }
+        }
+    }
 }
 
 /// Which of the softmax family.
@@ -395,26 +424,26 @@ pub fn fast_exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
-    let xc = x.max(-87.3).min(88.3);
+    let xc = x.clamp(-87.3, 88.3);
     let t = xc * LOG2E;
-    // Round to nearest with the 1.5*2^23 trick (vectorizes without SSE4.1).
-    let n = (t + 12_582_912.0) - 12_582_912.0;
+    // Round to nearest with the 1.5*2^23 trick; the integer lands in the low mantissa
+    // bits, so no float-to-int conversion is needed (keeps the loop vectorized).
+    let kf = t + 12_582_912.0;
+    let n = kf - 12_582_912.0;
+    let ni = (kf.to_bits() as i32).wrapping_sub(0x4B40_0000);
     let r = xc - n * C1 - n * C2;
     let r2 = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let y = p * r2 + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    let v = y * scale;
+    let scale = f32::from_bits((ni.wrapping_add(127) as u32) << 23);
+    // NaN propagates through the arithmetic.
     if x < -87.3 {
         0.0
-    } else if x.is_nan() {
-        x
     } else {
-        v
+        y * scale
     }
 }
 
@@ -425,7 +454,14 @@ fn sum8(row: &[f32]) -> f32 {
 }
 #[inline(always)]
 fn max8(row: &[f32]) -> f32 {
-    fold_row(row, f32::NEG_INFINITY, |x| x, f32::max)
+    // Select form (no NaN bookkeeping) so it compiles to plain maxss/maxps; NaN
+    // inputs still reach the output through exp().
+    fold_row(
+        row,
+        f32::NEG_INFINITY,
+        |x| x,
+        |a, b| if b > a { b } else { a },
+    )
 }
 
 /// Softmax / LogSoftmax / Hardmax of one contiguous row, in place.
@@ -485,6 +521,9 @@ fn softmax_row_slow(row: &mut [f32], kind: SoftmaxKind) {
 
 /// Softmax family over `(outer, n, inner)` f32 data, in place.
 pub fn softmax_f32(data: &mut [f32], (outer, n, inner): (usize, usize, usize), kind: SoftmaxKind) {
+    if data.is_empty() {
+        return;
+    }
     if inner == 1 {
         if n == 0 {
             return;
@@ -494,10 +533,55 @@ pub fn softmax_f32(data: &mut [f32], (outer, n, inner): (usize, usize, usize), k
         }
         return;
     }
-    // Strided: gather each column into a scratch row (cheap, keeps one code path).
+    if n == 0 {
+        return;
+    }
+    let mut m = vec![0f32; inner];
+    let mut s = vec![0f32; inner];
     let mut col = vec![0f32; n];
     for o in 0..outer {
         let blk = &mut data[o * n * inner..(o + 1) * n * inner];
+        if kind != SoftmaxKind::Hardmax {
+            // Column-wise over contiguous rows of `inner` (vectorizes).
+            m.copy_from_slice(&blk[..inner]);
+            for row in blk.chunks_exact(inner).skip(1) {
+                for (a, &v) in m.iter_mut().zip(row) {
+                    *a = if v > *a { v } else { *a };
+                }
+            }
+            if m.iter().all(|v| v.is_finite()) {
+                s.iter_mut().for_each(|v| *v = 0.0);
+                let store = kind == SoftmaxKind::Softmax;
+                for row in blk.chunks_exact_mut(inner) {
+                    for ((v, &mv), sv) in row.iter_mut().zip(&m).zip(s.iter_mut()) {
+                        let e = fast_exp(*v - mv);
+                        *sv += e;
+                        if store {
+                            *v = e;
+                        }
+                    }
+                }
+                if store {
+                    s.iter_mut().for_each(|v| *v = 1.0 / *v);
+                    for row in blk.chunks_exact_mut(inner) {
+                        for (v, &iv) in row.iter_mut().zip(&s) {
+                            *v *= iv;
+                        }
+                    }
+                } else {
+                    for (sv, &mv) in s.iter_mut().zip(&m) {
+                        *sv = mv + sv.ln();
+                    }
+                    for row in blk.chunks_exact_mut(inner) {
+                        for (v, &l) in row.iter_mut().zip(&s) {
+                            *v -= l;
+                        }
+                    }
+                }
+                continue;
+            }
+        }
+        // Gather each column into a scratch row (Hardmax, infinities, NaN).
         for i in 0..inner {
             for (j, c) in col.iter_mut().enumerate() {
                 *c = blk[j * inner + i];
@@ -510,8 +594,44 @@ pub fn softmax_f32(data: &mut [f32], (outer, n, inner): (usize, usize, usize), k
     }
 }
 
-/// Softmax family of a float tensor over `(outer, n, inner)`; non-f32 inputs are
-/// computed in f32.
+/// Softmax family over `(outer, n, inner)` f64 data, in place (exact libm path).
+fn softmax_f64(data: &mut [f64], (outer, n, inner): (usize, usize, usize), kind: SoftmaxKind) {
+    if data.is_empty() || n == 0 {
+        return;
+    }
+    let mut col = vec![0f64; n];
+    for o in 0..outer {
+        let blk = &mut data[o * n * inner..(o + 1) * n * inner];
+        for i in 0..inner {
+            for (j, c) in col.iter_mut().enumerate() {
+                *c = blk[j * inner + i];
+            }
+            let m = col.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            match kind {
+                SoftmaxKind::Hardmax => {
+                    let best = col.iter().position(|&v| v == m).unwrap_or(0);
+                    col.iter_mut().for_each(|v| *v = 0.0);
+                    col[best] = 1.0;
+                }
+                SoftmaxKind::Softmax => {
+                    let s: f64 = col.iter().map(|&v| (v - m).exp()).sum();
+                    col.iter_mut().for_each(|v| *v = (*v - m).exp() / s);
+                }
+                SoftmaxKind::LogSoftmax => {
+                    let s: f64 = col.iter().map(|&v| (v - m).exp()).sum();
+                    let l = m + s.ln();
+                    col.iter_mut().for_each(|v| *v -= l);
+                }
+            }
+            for (j, &c) in col.iter().enumerate() {
+                blk[j * inner + i] = c;
+            }
+        }
+    }
+}
+
+/// Softmax family of a float tensor over `(outer, n, inner)`; f16/bf16 inputs are
+/// computed in f32, f64 in f64.
 pub fn softmax(x: &Tensor, dims: (usize, usize, usize), kind: SoftmaxKind) -> Result<Tensor> {
     let dt = x.dtype();
     if !dt.is_float() {
@@ -519,8 +639,18 @@ pub fn softmax(x: &Tensor, dims: (usize, usize, usize), kind: SoftmaxKind) -> Re
             "{kind:?} does not support {dt}"
         )));
     }
-    if dims.0 * dims.1 * dims.2 != x.len() {
+    if dims
+        .0
+        .checked_mul(dims.1)
+        .and_then(|v| v.checked_mul(dims.2))
+        != Some(x.len())
+    {
         return Err(Error::shape("softmax: dims do not match the input"));
+    }
+    if dt == DType::F64 {
+        let mut v = x.as_slice::<f64>()?.to_vec();
+        softmax_f64(&mut v, dims, kind);
+        return Tensor::from_vec(x.shape().to_vec(), v);
     }
     let mut v = if dt == DType::F32 {
         x.as_slice::<f32>()?.to_vec()
@@ -554,6 +684,9 @@ pub fn cumulative(
     } else {
         x
     };
+    if x.is_empty() {
+        return Ok(x.clone());
+    }
     let out = crate::dispatch!(num src_t.dtype(), what, T => {
         let src = src_t.as_slice::<T>()?;
         let mut out = alloc_vec::<T>(src.len())?;
@@ -600,6 +733,12 @@ pub fn top_k(x: &Tensor, k: usize, axis: usize, largest: bool) -> Result<(Tensor
     let mut oshape = x.shape().to_vec();
     oshape[axis] = k;
     let total = numel(&oshape, DType::I64)?;
+    if total == 0 {
+        return Ok((
+            Tensor::zeros(x.dtype(), oshape.clone())?,
+            Tensor::zeros(DType::I64, oshape)?,
+        ));
+    }
     let half = matches!(x.dtype(), DType::F16 | DType::BF16);
     let xf;
     let src_t = if half {
@@ -689,6 +828,12 @@ mod tests {
         assert!((y[0] - 0.119_202_92).abs() < 1e-6 && (y[2] - 0.880_797).abs() < 1e-6);
         let i = Tensor::from_vec(vec![2], vec![1i32, 2]).unwrap();
         assert!(softmax(&i, (1, 2, 1), SoftmaxKind::Softmax).is_err());
+        let d = Tensor::from_vec(vec![2, 2], vec![1f64, 2., 3., 4.]).unwrap();
+        let y = softmax(&d, (1, 2, 2), SoftmaxKind::LogSoftmax).unwrap();
+        let y = y.as_slice::<f64>().unwrap();
+        assert!((y[0] - (0.119_202_922_022_117_57f64).ln()).abs() < 1e-12);
+        let h = softmax(&d, (2, 2, 1), SoftmaxKind::Hardmax).unwrap();
+        assert_eq!(h.as_slice::<f64>().unwrap(), &[0., 1., 0., 1.]);
     }
 
     #[test]
@@ -705,5 +850,22 @@ mod tests {
         assert_eq!(v.as_slice::<f32>().unwrap(), &[5., 5., 7., 7.]);
         assert_eq!(i.as_slice::<i64>().unwrap(), &[1, 2, 0, 2]);
         assert!(top_k(&x, 4, 1, true).is_err());
+    }
+
+    #[test]
+    fn empty_tensors_with_huge_dims_return_fast() {
+        let big = 1usize << 40;
+        let e = Tensor::from_vec(vec![big, 0, big], Vec::<f32>::new()).unwrap();
+        assert_eq!(reduce(&e, &[0], false, ReduceKind::Sum).unwrap().len(), 0);
+        assert!(reduce(&e, &[1], false, ReduceKind::Sum).is_err()); // over budget
+        assert_eq!(arg_extreme(&e, 0, true, false, true).unwrap().len(), 0);
+        assert_eq!(cumulative(&e, 2, false, false, true).unwrap().len(), 0);
+        assert_eq!(top_k(&e, 0, 1, true).unwrap().0.len(), 0);
+        assert_eq!(
+            softmax(&e, (big, 0, big), SoftmaxKind::Softmax)
+                .unwrap()
+                .len(),
+            0
+        );
     }
 }

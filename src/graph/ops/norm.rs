@@ -67,7 +67,9 @@ fn stash_dtype(cx: &NodeCx) -> Result<DType> {
 pub struct BatchNormalization {
     pub epsilon: f32,
     pub momentum: f32,
-    /// Training mode (opset 14+ `training_mode = 1`): outputs running mean/var too.
+    /// Training mode (opset 14+ `training_mode = 1`; before 14, extra outputs requested):
+    /// normalizes with batch statistics and outputs running mean/var (and, before opset
+    /// 14, the batch mean/var as saved_mean/saved_var).
     pub training_mode: bool,
     /// Opset < 9 `spatial` (0: scale/bias/mean/var hold one value per element of a sample).
     pub spatial: bool,
@@ -91,11 +93,6 @@ fn parse_batch_norm(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
     } else {
         cx.int_or("training_mode", 0)? != 0
     };
-    if training && cx.opset < 14 {
-        return Err(Error::unsupported_op(
-            "BatchNormalization in training mode before opset 14 (mean/var/saved outputs)",
-        ));
-    }
     Ok(Box::new(BatchNormalization {
         epsilon,
         momentum,
@@ -111,7 +108,7 @@ impl Op for BatchNormalization {
         min_rank(cx.input(0)?, 2, "BatchNormalization")?;
         let mut out = vec![y];
         if self.training_mode {
-            for i in [3, 4] {
+            for i in [3, 4, 3, 4] {
                 let f = cx.input(i)?;
                 out.push(Fact::new(f.dtype, f.shape.clone()));
             }
@@ -121,9 +118,14 @@ impl Op for BatchNormalization {
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
         let (x, s, b, m, v) = (args.t(0)?, args.t(1)?, args.t(2)?, args.t(3)?, args.t(4)?);
         if self.training_mode {
-            let (y, rm, rv) =
-                k::batch_norm_training(x, s, b, m, v, self.epsilon, self.momentum)?;
-            return Ok(vec![y.into(), rm.into(), rv.into()]);
+            let o = k::batch_norm_training(x, s, b, m, v, self.epsilon, self.momentum)?;
+            return Ok(vec![
+                o.y.into(),
+                o.running_mean.into(),
+                o.running_var.into(),
+                o.batch_mean.into(),
+                o.batch_var.into(),
+            ]);
         }
         if self.spatial && s.len() != x.shape().get(1).copied().unwrap_or(0) {
             return Err(Error::shape(format!(
@@ -133,7 +135,7 @@ impl Op for BatchNormalization {
             )));
         }
         Ok(vec![
-            k::batch_norm_inference(x, s, b, m, v, self.epsilon)?.into(),
+            k::batch_norm_inference(x, s, b, m, v, self.epsilon)?.into()
         ])
     }
 }
@@ -378,9 +380,12 @@ impl Op for MeanVarianceNormalization {
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
         let x = args.t(0)?;
         let axes = crate::cpu::reduce::normalize_axes(&self.axes, x.rank())?;
-        Ok(vec![
-            k::mean_variance_norm(x, &axes, self.normalize_variance)?.into(),
-        ])
+        Ok(vec![k::mean_variance_norm(
+            x,
+            &axes,
+            self.normalize_variance,
+        )?
+        .into()])
     }
 }
 

@@ -18,7 +18,9 @@ pub const OPS: &[OpDef] = &[
     def("", "ReduceProd", |cx| parse_reduce(cx, ReduceKind::Prod)),
     def("", "ReduceL1", |cx| parse_reduce(cx, ReduceKind::L1)),
     def("", "ReduceL2", |cx| parse_reduce(cx, ReduceKind::L2)),
-    def("", "ReduceLogSum", |cx| parse_reduce(cx, ReduceKind::LogSum)),
+    def("", "ReduceLogSum", |cx| {
+        parse_reduce(cx, ReduceKind::LogSum)
+    }),
     def("", "ReduceLogSumExp", |cx| {
         parse_reduce(cx, ReduceKind::LogSumExp)
     }),
@@ -249,12 +251,9 @@ impl Softmax {
             } else {
                 self.axis
             };
-            let a = usize::try_from(a)
-                .ok()
-                .filter(|&a| a <= r)
-                .ok_or_else(|| {
-                    Error::shape(format!("axis {} out of range for rank {r}", self.axis))
-                })?;
+            let a = usize::try_from(a).ok().filter(|&a| a <= r).ok_or_else(|| {
+                Error::shape(format!("axis {} out of range for rank {r}", self.axis))
+            })?;
             Ok((shape[..a].iter().product(), shape[a..].iter().product(), 1))
         } else {
             let a = norm_axis(self.axis, shape.len())?;
@@ -366,10 +365,7 @@ fn parse_topk(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
         None
     };
     let (largest, sorted) = if cx.opset >= 11 {
-        (
-            cx.int_or("largest", 1)? != 0,
-            cx.int_or("sorted", 1)? != 0,
-        )
+        (cx.int_or("largest", 1)? != 0, cx.int_or("sorted", 1)? != 0)
     } else {
         (true, true)
     };
