@@ -34,12 +34,14 @@ impl PostTransform {
             _ => return Err(Error::attr(format!("unknown post_transform '{s}'"))),
         })
     }
-    /// From the integer attribute of TreeEnsemble (opset 5).
+    /// From the integer attribute of TreeEnsemble (opset 5). The spec lists SOFTMAX=1,
+    /// LOGISTIC=2, but onnxruntime 1.32 reads the code through its own enum order
+    /// (1 = LOGISTIC, 2 = SOFTMAX); we follow onnxruntime, which models are tested on.
     pub fn from_code(v: i64) -> Result<PostTransform> {
         Ok(match v {
             0 => PostTransform::None,
-            1 => PostTransform::Softmax,
-            2 => PostTransform::Logistic,
+            1 => PostTransform::Logistic,
+            2 => PostTransform::Softmax,
             3 => PostTransform::SoftmaxZero,
             4 => PostTransform::Probit,
             _ => return Err(Error::attr(format!("unknown post_transform {v}"))),
@@ -167,18 +169,23 @@ fn rows_cols(shape: &[usize]) -> (usize, usize) {
 /// Selects elements of the last axis of `x` by the indices in `y`.
 pub fn array_feature_extractor(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     if x.rank() == 0 {
-        return Err(Error::shape("ArrayFeatureExtractor input must have rank >= 1"));
+        return Err(Error::shape(
+            "ArrayFeatureExtractor input must have rank >= 1",
+        ));
     }
     let stride = x.shape()[x.rank() - 1];
     let idx = y
         .to_i64_vec()?
         .into_iter()
         .map(|i| {
-            usize::try_from(i).ok().filter(|&i| i < stride).ok_or_else(|| {
-                Error::runtime(format!(
-                    "ArrayFeatureExtractor index {i} is out of range [0, {stride})"
-                ))
-            })
+            usize::try_from(i)
+                .ok()
+                .filter(|&i| i < stride)
+                .ok_or_else(|| {
+                    Error::runtime(format!(
+                        "ArrayFeatureExtractor index {i} is out of range [0, {stride})"
+                    ))
+                })
         })
         .collect::<Result<Vec<usize>>>()?;
     let mut shape = if x.rank() == 1 {
@@ -273,11 +280,9 @@ impl Keys {
                 .iter()
                 .map(|s| m.get(s).copied())
                 .collect(),
-            (Keys::Int(m), d) if d.is_int() => x
-                .to_i64_vec()?
-                .iter()
-                .map(|v| m.get(v).copied())
-                .collect(),
+            (Keys::Int(m), d) if d.is_int() => {
+                x.to_i64_vec()?.iter().map(|v| m.get(v).copied()).collect()
+            }
             (Keys::Float(m), d) if d.is_float() => x
                 .to_f64_vec()?
                 .into_iter()
@@ -500,7 +505,14 @@ pub fn feature_vectorizer(inputs: &[&Tensor], dims: &[usize]) -> Result<Tensor> 
 // ---------------------------------------------------------------------------------------
 
 /// X·Cᵀ + b for X `[n, f]`, C `[targets, f]`.
-fn linear_scores(x: &[f32], n: usize, f: usize, coef: &[f32], icpt: &[f32], t: usize) -> Result<Vec<f32>> {
+fn linear_scores(
+    x: &[f32],
+    n: usize,
+    f: usize,
+    coef: &[f32],
+    icpt: &[f32],
+    t: usize,
+) -> Result<Vec<f32>> {
     if coef.len() != t * f {
         return Err(Error::shape(format!(
             "{} coefficients do not fit {t} targets of {f} features",
@@ -591,7 +603,12 @@ pub fn linear_classifier(
         match labels {
             Labels::Ints(v) => {
                 let (neg, pos) = if v.len() == 2 { (v[0], v[1]) } else { (0, 1) };
-                Tensor::vector(scores.iter().map(|&s| if s > 0.0 { pos } else { neg }).collect())
+                Tensor::vector(
+                    scores
+                        .iter()
+                        .map(|&s| if s > 0.0 { pos } else { neg })
+                        .collect(),
+                )
             }
             Labels::Strings(v) => {
                 let (neg, pos) = if v.len() == 2 {
@@ -635,7 +652,14 @@ pub fn linear_classifier(
             if post == PostTransform::Probit {
                 row[0] = probit(s);
             } else if add_second {
-                row.copy_from_slice(&second_class(s, post, 1));
+                // onnxruntime applies LOGISTIC before expanding to [1 - p, p]; the other
+                // transforms leave a single binary score as is.
+                let p = if post == PostTransform::Logistic {
+                    logistic(s)
+                } else {
+                    s
+                };
+                row.copy_from_slice(&[1.0 - p, p]);
             } else {
                 row[0] = s;
             }
@@ -775,11 +799,15 @@ impl Ensemble {
         .iter()
         .any(|&l| l != n)
         {
-            return Err(Error::attr("tree ensemble nodes_* attributes differ in length"));
+            return Err(Error::attr(
+                "tree ensemble nodes_* attributes differ in length",
+            ));
         }
         let m = a.t_ids.len();
         if a.t_nodeids.len() != m || a.t_treeids.len() != m || a.t_weights.len() != m {
-            return Err(Error::attr("tree ensemble target/class attributes differ in length"));
+            return Err(Error::attr(
+                "tree ensemble target/class attributes differ in length",
+            ));
         }
         let mut pos: HashMap<(i64, i64), usize> = HashMap::with_capacity(n);
         let mut kind = Vec::with_capacity(n);

@@ -16,7 +16,9 @@ use crate::tensor::{DType, Tensor};
 const ML: &str = "ai.onnx.ml";
 
 pub const OPS: &[OpDef] = &[
-    def(ML, "ArrayFeatureExtractor", |_| Ok(Box::new(ArrayFeatureExtractor))),
+    def(ML, "ArrayFeatureExtractor", |_| {
+        Ok(Box::new(ArrayFeatureExtractor))
+    }),
     def(ML, "Binarizer", parse_binarizer),
     def(ML, "CastMap", parse_map_op),
     def(ML, "CategoryMapper", parse_category_mapper),
@@ -113,7 +115,9 @@ impl Op for ArrayFeatureExtractor {
         Ok(vec![Fact::new(x.dtype, shape)])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        Ok(vec![k::array_feature_extractor(args.t(0)?, args.t(1)?)?.into()])
+        Ok(vec![
+            k::array_feature_extractor(args.t(0)?, args.t(1)?)?.into()
+        ])
     }
 }
 
@@ -155,7 +159,12 @@ pub struct LabelEncoder {
 }
 
 /// A string ↔ int64 pair of tables (LabelEncoder-1 and CategoryMapper).
-fn two_way(keys_s: Vec<String>, keys_i: Vec<i64>, def_i: i64, def_s: String) -> Result<(LabelMap, LabelMap)> {
+fn two_way(
+    keys_s: Vec<String>,
+    keys_i: Vec<i64>,
+    def_i: i64,
+    def_s: String,
+) -> Result<(LabelMap, LabelMap)> {
     let to_int = LabelMap {
         keys: Keys::from_tensor(&Tensor::vector(keys_s.clone()))?,
         values: Tensor::vector(keys_i.clone()),
@@ -223,9 +232,9 @@ fn parse_label_encoder(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
     }
     let (kt, vt) = (keys.remove(0), values.remove(0));
     let kn = kt.len();
-    let vt = vt.reshape(vec![kn]).map_err(|_| {
-        Error::attr("LabelEncoder keys and values have different lengths")
-    })?;
+    let vt = vt
+        .reshape(vec![kn])
+        .map_err(|_| Error::attr("LabelEncoder keys and values have different lengths"))?;
     let default = match def_t {
         Some(t) => {
             if t.dtype() != vt.dtype() || t.is_empty() {
@@ -269,12 +278,14 @@ impl LabelEncoder {
                 .as_ref()
                 .map(Some)
                 .ok_or_else(|| Error::dtype("LabelEncoder keys are not strings")),
-            Some(d) if d.is_int() || d.is_float() => self
-                .from_num
-                .as_ref()
-                .map(Some)
-                .ok_or_else(|| Error::dtype(format!("LabelEncoder keys do not match {d} input"))),
-            Some(d) => Err(Error::dtype(format!("LabelEncoder does not support {d} input"))),
+            Some(d) if d.is_int() || d.is_float() => {
+                self.from_num.as_ref().map(Some).ok_or_else(|| {
+                    Error::dtype(format!("LabelEncoder keys do not match {d} input"))
+                })
+            }
+            Some(d) => Err(Error::dtype(format!(
+                "LabelEncoder does not support {d} input"
+            ))),
         }
     }
 }
@@ -375,7 +386,9 @@ impl Op for Scaler {
         Ok(vec![Fact::new(Some(DType::F32), x.shape.clone())])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        Ok(vec![k::scaler(args.t(0)?, &self.offset, &self.scale)?.into()])
+        Ok(vec![
+            k::scaler(args.t(0)?, &self.offset, &self.scale)?.into()
+        ])
     }
 }
 
@@ -445,12 +458,16 @@ impl Op for Imputer {
         let x = args.t(0)?;
         let y = if x.dtype().is_float() {
             if self.floats.is_empty() {
-                return Err(Error::attr("Imputer on float input needs imputed_value_floats"));
+                return Err(Error::attr(
+                    "Imputer on float input needs imputed_value_floats",
+                ));
             }
             k::imputer_f(x, &self.floats, self.replaced_float)?
         } else {
             if self.ints.is_empty() {
-                return Err(Error::attr("Imputer on integer input needs imputed_value_int64s"));
+                return Err(Error::attr(
+                    "Imputer on integer input needs imputed_value_int64s",
+                ));
             }
             k::imputer_i(x, &self.ints, self.replaced_int)?
         };
@@ -499,9 +516,13 @@ impl Op for OneHotEncoder {
         Ok(vec![Fact::new(Some(DType::F32), shape)])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        Ok(vec![
-            k::one_hot_encoder(args.t(0)?, &self.cats, self.n_cats, self.zeros)?.into(),
-        ])
+        Ok(vec![k::one_hot_encoder(
+            args.t(0)?,
+            &self.cats,
+            self.n_cats,
+            self.zeros,
+        )?
+        .into()])
     }
 }
 
@@ -608,7 +629,11 @@ impl Op for LinearClassifier {
         check_numeric(x, "LinearClassifier")?;
         let n = batch_dim(x);
         let t = self.intercepts.len();
-        let cols = if t == 1 && self.labels.len() == 2 { 2 } else { t };
+        let cols = if t == 1 && self.labels.len() == 2 {
+            2
+        } else {
+            t
+        };
         Ok(vec![
             Fact::new(Some(self.labels.dtype()), Some(vec![n.clone()])),
             Fact::new(Some(DType::F32), Some(vec![n, Dim::Known(cols)])),
@@ -836,7 +861,9 @@ fn parse_tree_ensemble(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
     let splits_t = req_tensor("nodes_splits")?;
     let modes = req_tensor("nodes_modes")?.to_i64_vec()?;
     let leaf_w = req_tensor("leaf_weights")?;
-    let missing = cx.ints("nodes_missing_value_tracks_true")?.unwrap_or_default();
+    let missing = cx
+        .ints("nodes_missing_value_tracks_true")?
+        .unwrap_or_default();
     cx.tensor("nodes_hitrates")?; // not used for inference
     let members = match cx.tensor("membership_values")? {
         Some(t) => t.to_f64_vec()?,
@@ -855,15 +882,26 @@ fn parse_tree_ensemble(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
     let splits = splits_t.to_f64_vec()?;
     let weights = leaf_w.to_f64_vec()?;
     let n = featureids.len();
-    if [truenodeids.len(), falsenodeids.len(), trueleafs.len(), falseleafs.len(), splits.len(), modes.len()]
-        .iter()
-        .any(|&l| l != n)
+    if [
+        truenodeids.len(),
+        falsenodeids.len(),
+        trueleafs.len(),
+        falseleafs.len(),
+        splits.len(),
+        modes.len(),
+    ]
+    .iter()
+    .any(|&l| l != n)
         || (!missing.is_empty() && missing.len() != n)
     {
-        return Err(Error::attr("TreeEnsemble nodes_* attributes differ in length"));
+        return Err(Error::attr(
+            "TreeEnsemble nodes_* attributes differ in length",
+        ));
     }
     if leaf_targetids.len() != weights.len() {
-        return Err(Error::attr("TreeEnsemble leaf_* attributes differ in length"));
+        return Err(Error::attr(
+            "TreeEnsemble leaf_* attributes differ in length",
+        ));
     }
     let n_leaves = weights.len();
     let next = |id: i64, leaf: i64| -> Result<Next> {
@@ -923,9 +961,7 @@ fn parse_tree_ensemble(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
     }
     let targets = leaf_targetids
         .iter()
-        .map(|&t| {
-            usize::try_from(t).map_err(|_| Error::attr("TreeEnsemble target id is negative"))
-        })
+        .map(|&t| usize::try_from(t).map_err(|_| Error::attr("TreeEnsemble target id is negative")))
         .collect::<Result<Vec<usize>>>()?;
     let n_targets = match n_targets_attr {
         Some(v) => usize::try_from(v)
@@ -963,7 +999,9 @@ impl Op for TreeEnsemble {
         let x = cx.input(0)?;
         if let Some(d) = x.dtype {
             if !d.is_float() {
-                return Err(Error::dtype(format!("TreeEnsemble takes float input, got {d}")));
+                return Err(Error::dtype(format!(
+                    "TreeEnsemble takes float input, got {d}"
+                )));
             }
         }
         let n = tree_rows(x)?;
