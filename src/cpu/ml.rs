@@ -167,6 +167,7 @@ fn rows_cols(shape: &[usize]) -> (usize, usize) {
 // ---------------------------------------------------------------------------------------
 
 /// Selects elements of the last axis of `x` by the indices in `y`.
+#[allow(clippy::clone_on_copy)] // generic over every dtype, strings included
 pub fn array_feature_extractor(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     if x.rank() == 0 {
         return Err(Error::shape(
@@ -313,6 +314,7 @@ impl LabelMap {
     }
 
     /// Maps every element of `x`; the output has x's shape and the values' type.
+    #[allow(clippy::clone_on_copy)] // generic over every dtype, strings included
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let idx = self.keys.lookup(x)?;
         crate::dispatch!(all self.values.dtype(), "LabelEncoder", T => {
