@@ -158,7 +158,11 @@ fn rows_cols(shape: &[usize]) -> (usize, usize) {
     match shape.len() {
         0 => (1, 1),
         1 => (1, shape[0]),
-        _ => (shape[0], shape[1..].iter().product()),
+        // Saturating: an empty batch may carry dims whose product overflows.
+        _ => (
+            shape[0],
+            shape[1..].iter().fold(1usize, |a, &d| a.saturating_mul(d)),
+        ),
     }
 }
 
@@ -355,6 +359,9 @@ fn per_feature(v: &[f32], c: usize, what: &str, default: f32) -> Result<Vec<f32>
 
 /// Y = (X - offset) * scale, per feature of the last axis; float output.
 pub fn scaler(x: &Tensor, offset: &[f32], scale: &[f32]) -> Result<Tensor> {
+    if x.is_empty() {
+        return Tensor::zeros(DType::F32, x.shape().to_vec());
+    }
     let xv = to_f32(x, "Scaler")?;
     let c = x.shape().last().copied().unwrap_or(1);
     let off = per_feature(offset, c, "Scaler offset", 0.0)?;
@@ -399,6 +406,9 @@ pub fn normalizer(x: &Tensor, norm: Norm) -> Result<Tensor> {
 
 /// Imputer: replaces `replaced` (NaN matches NaN) by per-feature values.
 pub fn imputer_f(x: &Tensor, imputed: &[f32], replaced: f32) -> Result<Tensor> {
+    if x.is_empty() {
+        return Ok(x.clone());
+    }
     let c = x.shape().last().copied().unwrap_or(1);
     let imp = per_feature(imputed, c, "Imputer imputed_value_floats", 0.0)?;
     crate::dispatch!(float x.dtype(), "Imputer", T => {
@@ -419,6 +429,9 @@ pub fn imputer_f(x: &Tensor, imputed: &[f32], replaced: f32) -> Result<Tensor> {
 
 /// Imputer on integer inputs.
 pub fn imputer_i(x: &Tensor, imputed: &[i64], replaced: i64) -> Result<Tensor> {
+    if x.is_empty() {
+        return Ok(x.clone());
+    }
     let c = x.shape().last().copied().unwrap_or(1);
     let imp: Vec<i64> = match imputed.len() {
         1 => vec![imputed[0]; c],
@@ -482,7 +495,10 @@ pub fn feature_vectorizer(inputs: &[&Tensor], dims: &[usize]) -> Result<Tensor> 
         )));
     }
     let n = inputs.first().map_or(1, |t| rows_cols(t.shape()).0);
-    let total: usize = dims.iter().sum();
+    let total = dims
+        .iter()
+        .try_fold(0usize, |a, &d| a.checked_add(d))
+        .ok_or_else(|| Error::attr("FeatureVectorizer dimensions overflow"))?;
     let mut out = alloc_vec::<f32>(numel(&[n, total], DType::F32)?)?;
     let mut col = 0;
     for (t, &d) in inputs.iter().zip(dims) {
@@ -515,7 +531,7 @@ fn linear_scores(
     icpt: &[f32],
     t: usize,
 ) -> Result<Vec<f32>> {
-    if coef.len() != t * f {
+    if t.checked_mul(f) != Some(coef.len()) {
         return Err(Error::shape(format!(
             "{} coefficients do not fit {t} targets of {f} features",
             coef.len()
@@ -1303,5 +1319,42 @@ mod tests {
         assert_eq!(y.as_slice::<i64>().unwrap(), &[4, 3]);
         assert_eq!(z.shape(), &[2, 2]);
         assert_eq!(z.as_slice::<f32>().unwrap(), &[-1.0, 2.0, 3.0, -2.0]);
+    }
+
+    #[test]
+    fn tree_classifier_strings_and_membership() {
+        // Stump on x0 <= 0: left leaf votes class 0, right leaf class 2.
+        let a = LegacyTrees {
+            treeids: vec![0, 0, 0],
+            nodeids: vec![0, 1, 2],
+            featureids: vec![0, 0, 0],
+            modes: vec!["BRANCH_LEQ".into(), "LEAF".into(), "LEAF".into()],
+            values: vec![0.0, 0., 0.],
+            truenodeids: vec![1, 0, 0],
+            falsenodeids: vec![2, 0, 0],
+            missing_true: vec![1, 0, 0],
+            t_ids: vec![0, 2],
+            t_nodeids: vec![1, 2],
+            t_treeids: vec![0, 0],
+            t_weights: vec![1.0, 1.0],
+        };
+        let e = Ensemble::from_legacy(&a, 3, Aggregate::Sum, PostTransform::None, vec![], false)
+            .unwrap();
+        let labels = Labels::Strings(vec!["a".into(), "b".into(), "c".into()]);
+        let x = Tensor::from_vec(vec![3, 1], vec![-1f32, 1.0, f32::NAN]).unwrap();
+        let (y, z) = e.classify(&x, &labels).unwrap();
+        assert_eq!(y.as_slice::<String>().unwrap(), &["a", "c", "a"]);
+        assert_eq!(z.as_slice::<f32>().unwrap()[..3], [1.0, 0.0, 0.0]);
+        // Too few features is an error, not a panic.
+        let x0 = Tensor::from_vec(vec![1, 0], Vec::<f32>::new()).unwrap();
+        assert!(e.classify(&x0, &labels).is_err());
+        // Set membership.
+        let mut m = e.clone();
+        m.nodes[0].mode = NodeMode::Member;
+        m.members = vec![3.0, 5.0];
+        m.nodes[0].set = (0, 2);
+        let x = Tensor::from_vec(vec![2, 1], vec![5f32, 4.0]).unwrap();
+        let (y, _) = m.classify(&x, &labels).unwrap();
+        assert_eq!(y.as_slice::<String>().unwrap(), &["a", "c"]);
     }
 }

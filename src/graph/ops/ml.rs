@@ -557,7 +557,7 @@ impl Op for FeatureVectorizer {
     op_common!("FeatureVectorizer");
     fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
         let x = cx.input(0)?;
-        let total = self.dims.iter().sum();
+        let total = self.dims.iter().fold(0usize, |a, &d| a.saturating_add(d));
         Ok(vec![Fact::new(
             Some(DType::F32),
             Some(vec![batch_dim(x), Dim::Known(total)]),
