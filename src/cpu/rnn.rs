@@ -277,14 +277,15 @@ pub fn prepare_weights(
     let input_size = w.shape()[2];
     check_shape(w, &[nd, gh, input_size], &format!("{name} W"))?;
     check_shape(r, &[nd, gh, hidden], &format!("{name} R"))?;
+    // R matched [nd, gh, hidden], so these products fit in memory-sized numbers.
     if let Some(b) = b {
-        check_shape(b, &[nd, 2 * gh], &format!("{name} B"))?;
+        check_shape(b, &[nd, gh.saturating_mul(2)], &format!("{name} B"))?;
     }
     if let Some(pp) = peep {
         if p.kind != CellKind::Lstm {
             return Err(Error::input(format!("{name} has no peephole input")));
         }
-        check_shape(pp, &[nd, 3 * hidden], "LSTM P")?;
+        check_shape(pp, &[nd, hidden.saturating_mul(3)], "LSTM P")?;
     }
     let wd = f32_data(w, "W")?;
     let rd = f32_data(r, "R")?;
@@ -498,13 +499,14 @@ pub fn run_rnn(
 
     let rows = numel(&[seq, batch], DType::F32)?;
     let mut xw = alloc_vec::<f32>(numel(&[rows, gh], DType::F32)?)?;
-    let mut h = alloc_vec::<f32>(batch * hidden)?;
-    let mut c = alloc_vec::<f32>(if is_lstm { batch * hidden } else { 0 })?;
-    let mut gates = alloc_vec::<f32>(batch * gh)?;
+    let bh = numel(&[batch, hidden], DType::F32)?;
+    let mut h = alloc_vec::<f32>(bh)?;
+    let mut c = alloc_vec::<f32>(if is_lstm { bh } else { 0 })?;
+    let mut gates = alloc_vec::<f32>(numel(&[batch, gh], DType::F32)?)?;
     // GRU scratch: h-gate input part and (r ⊙ h) or (h·Rh^T).
     let gru = matches!(p.kind, CellKind::Gru { .. });
-    let mut gh_buf = alloc_vec::<f32>(if gru { batch * hidden } else { 0 })?;
-    let mut tmp = alloc_vec::<f32>(if gru { batch * hidden } else { 0 })?;
+    let mut gh_buf = alloc_vec::<f32>(if gru { bh } else { 0 })?;
+    let mut tmp = alloc_vec::<f32>(if gru { bh } else { 0 })?;
 
     for d in 0..nd {
         let dw = &wts.dirs[d];

@@ -20,10 +20,13 @@ pub const OPS: &[OpDef] = &[
     def("", "RNN", parse_rnn),
 ];
 
+/// The W/R/B/P inputs a preparation came from (None where omitted).
+type CacheKey = Vec<Option<Arc<Tensor>>>;
+
 /// Prepared weights of the last call, with the W/R/B/P values they came from.
 #[derive(Default)]
 pub struct WeightCache {
-    slot: Mutex<Option<(Vec<Option<Arc<Tensor>>>, Arc<PreparedWeights>)>>,
+    slot: Mutex<Option<(CacheKey, Arc<PreparedWeights>)>>,
 }
 
 impl fmt::Debug for WeightCache {
@@ -56,8 +59,7 @@ impl WeightCache {
             Some(i) => args.opt(i)?,
             None => None,
         };
-        let mut key: Vec<Option<Arc<Tensor>>> =
-            vec![arc_input(args, 1), arc_input(args, 2), arc_input(args, 3)];
+        let mut key: CacheKey = vec![arc_input(args, 1), arc_input(args, 2), arc_input(args, 3)];
         if let Some(i) = peep_idx {
             key.push(arc_input(args, i));
         }
