@@ -1534,18 +1534,73 @@ pub fn mel_weight_matrix(
 
 type C64 = (f64, f64);
 
-/// A transform of one length: radix-2 for powers of two, O(n^2) with a twiddle table
-/// otherwise. Unnormalized; `inverse` flips the sign of the exponent.
+/// A transform of one length: radix-2 for powers of two, a direct O(n^2) sum with a
+/// twiddle table for small other lengths, Bluestein's chirp-z (through a radix-2 transform)
+/// for large other lengths. Unnormalized; `inverse` flips the sign of the exponent.
 struct Fft {
     n: usize,
-    /// exp(-2 pi i k / n) for k < n.
+    /// exp(-2 pi i k / n) for k < n (empty for Bluestein).
     tw: Vec<C64>,
     scratch: Vec<C64>,
+    blue: Option<Box<Bluestein>>,
+}
+
+struct Bluestein {
+    m: usize,
+    sub: Fft,
+    /// exp(-pi i j^2 / n) for j < n.
+    chirp: Vec<C64>,
+    /// Transform of the conjugated chirp, wrapped to length m.
+    bfft: Vec<C64>,
+    work: Vec<C64>,
+}
+
+/// Lengths up to this use the direct sum when they are not powers of two.
+const DIRECT_MAX: usize = 64;
+
+fn cmul(a: C64, b: C64) -> C64 {
+    (a.0 * b.0 - a.1 * b.1, a.0 * b.1 + a.1 * b.0)
 }
 
 impl Fft {
     fn new(n: usize) -> Result<Fft> {
         numel(&[n, 4], DType::F64)?;
+        if n > DIRECT_MAX && !n.is_power_of_two() {
+            let m = (2 * n - 1)
+                .checked_next_power_of_two()
+                .ok_or_else(|| Error::memory("DFT length too large"))?;
+            numel(&[m, 8], DType::F64)?;
+            let sub = Fft::new(m)?;
+            let two_n = 2 * n as u128;
+            let chirp: Vec<C64> = (0..n)
+                .map(|j| {
+                    let q = ((j as u128 * j as u128) % two_n) as f64;
+                    let a = -std::f64::consts::PI * q / n as f64;
+                    (a.cos(), a.sin())
+                })
+                .collect();
+            let mut bfft = vec![(0.0, 0.0); m];
+            for (j, &(re, im)) in chirp.iter().enumerate() {
+                bfft[j] = (re, -im);
+                if j > 0 {
+                    bfft[m - j] = (re, -im);
+                }
+            }
+            let mut sub = sub;
+            sub.run(&mut bfft, false);
+            return Ok(Fft {
+                n,
+                tw: Vec::new(),
+                scratch: Vec::new(),
+                blue: Some(Box::new(Bluestein {
+                    m,
+                    sub,
+                    chirp,
+                    bfft,
+                    work: vec![(0.0, 0.0); m],
+                })),
+            });
+        }
         let tw = (0..n)
             .map(|k| {
                 let a = -2.0 * std::f64::consts::PI * k as f64 / n as f64;
@@ -1556,11 +1611,36 @@ impl Fft {
             n,
             tw,
             scratch: vec![(0.0, 0.0); n],
+            blue: None,
         })
     }
 
     fn run(&mut self, buf: &mut [C64], inverse: bool) {
         let n = self.n;
+        if let Some(b) = self.blue.as_deref_mut() {
+            // The inverse is the conjugate of the forward transform of the conjugate.
+            if inverse {
+                buf.iter_mut().for_each(|v| v.1 = -v.1);
+            }
+            b.work.iter_mut().for_each(|v| *v = (0.0, 0.0));
+            for ((w, &x), &c) in b.work.iter_mut().zip(buf.iter()).zip(&b.chirp) {
+                *w = cmul(x, c);
+            }
+            b.sub.run(&mut b.work, false);
+            for (w, &f) in b.work.iter_mut().zip(&b.bfft) {
+                *w = cmul(*w, f);
+            }
+            b.sub.run(&mut b.work, true);
+            let scale = 1.0 / b.m as f64;
+            for ((x, &w), &c) in buf.iter_mut().zip(&b.work).zip(&b.chirp) {
+                let v = cmul(w, c);
+                *x = (v.0 * scale, v.1 * scale);
+            }
+            if inverse {
+                buf.iter_mut().for_each(|v| v.1 = -v.1);
+            }
+            return;
+        }
         let sign = if inverse { -1.0 } else { 1.0 };
         if n.is_power_of_two() {
             // Bit-reversal permutation.
@@ -1911,7 +1991,10 @@ mod tests {
             v.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32);
             std::hint::black_box(&v);
         }
-        println!("baseline fill of the output size: {:?} per call", t.elapsed() / 5);
+        println!(
+            "baseline fill of the output size: {:?} per call",
+            t.elapsed() / 5
+        );
     }
 
     #[test]
@@ -1929,6 +2012,27 @@ mod tests {
         }
         let x = Tensor::from_vec(vec![1, 4, 3], vec![0f32; 12]).unwrap();
         assert!(dft(&x, 1, None, false, false).is_err());
+        // Bluestein (n = 100) against the direct sum.
+        let n = 100usize;
+        let sig: Vec<C64> = (0..n)
+            .map(|i| ((i as f64 * 0.37).sin(), (i as f64 * 0.11).cos()))
+            .collect();
+        for inverse in [false, true] {
+            let mut a = sig.clone();
+            Fft::new(n).unwrap().run(&mut a, inverse);
+            let sign = if inverse { 1.0 } else { -1.0 };
+            for (k, got) in a.iter().enumerate() {
+                let mut want = (0.0, 0.0);
+                for (j, &x) in sig.iter().enumerate() {
+                    let ang = sign * 2.0 * std::f64::consts::PI * ((j * k) % n) as f64 / n as f64;
+                    want = (
+                        want.0 + cmul(x, (ang.cos(), ang.sin())).0,
+                        want.1 + cmul(x, (ang.cos(), ang.sin())).1,
+                    );
+                }
+                assert!((got.0 - want.0).abs() < 1e-9 && (got.1 - want.1).abs() < 1e-9);
+            }
+        }
     }
 
     #[test]
