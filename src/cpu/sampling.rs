@@ -250,11 +250,10 @@ pub fn resize_axes(
     Ok(specs)
 }
 
-fn is_identity(cfg: &ResizeCfg, a: &AxisSpec) -> bool {
-    a.in_len == a.out_len
-        && a.scale == 1.0
-        && cfg.coord != CoordMode::TfHalfPixelForNn
-        && (cfg.coord != CoordMode::TfCropAndResize || a.roi == (0.0, 1.0))
+/// Axes with a scale of exactly 1 are copied unchanged, whatever the coordinate mode or
+/// roi (onnxruntime does the same; the ONNX reference would crop or shift them).
+fn is_identity(_cfg: &ResizeCfg, a: &AxisSpec) -> bool {
+    a.in_len == a.out_len && a.scale == 1.0
 }
 
 /// Source coordinate of output position `o` (ONNX Resize coordinate transformations).
@@ -276,11 +275,13 @@ fn original_coord(cfg: &ResizeCfg, a: &AxisSpec, o: usize) -> f32 {
                 0.0
             }
         }
+        // The integer output length, as onnxruntime and PyTorch use (the ONNX reference
+        // uses scale * length, which differs when that is not a whole number).
         CoordMode::AlignCorners => {
-            if a.out_len_f == 1.0 || a.out_len <= 1 {
+            if a.out_len <= 1 {
                 0.0
             } else {
-                x * (inl - 1.0) / (a.out_len_f - 1.0)
+                x * (inl - 1.0) / (a.out_len as f32 - 1.0)
             }
         }
         CoordMode::Asymmetric => x / s,
@@ -696,20 +697,24 @@ pub fn resize(x: &Tensor, cfg: &ResizeCfg, specs: &[AxisSpec]) -> Result<Tensor>
             let out = interp_all(x.as_slice::<f64>()?, cfg, specs)?;
             Tensor::from_vec(out_shape, out)
         }
-        DType::F16 | DType::BF16 | DType::I8 | DType::U8 | DType::I16 | DType::U16 => {
+        DType::F16
+        | DType::BF16
+        | DType::I8
+        | DType::U8
+        | DType::I16
+        | DType::U16
+        | DType::I32
+        | DType::U32 => {
             let src = x.to_f32_vec()?;
             let out = interp_all(&src, cfg, specs)?;
-            let t = Tensor::from_vec(out_shape, out)?;
-            if dt.is_int() {
-                round_cast(t, dt)
-            } else {
-                t.cast(dt)
-            }
+            let out = if dt.is_int() { snap_ints(out) } else { out };
+            // Integers truncate (saturating), like onnxruntime.
+            Tensor::from_vec(out_shape, out)?.cast(dt)
         }
-        DType::I32 | DType::U32 | DType::I64 | DType::U64 => {
+        DType::I64 | DType::U64 => {
             let src = x.to_f64_vec()?;
-            let out = interp_all(&src, cfg, specs)?;
-            round_cast(Tensor::from_vec(out_shape, out)?, dt)
+            let out = snap_ints(interp_all(&src, cfg, specs)?);
+            Tensor::from_vec(out_shape, out)?.cast(dt)
         }
         other => Err(Error::unsupported_dtype(format!(
             "Resize in linear/cubic mode does not support {other}"
@@ -717,15 +722,17 @@ pub fn resize(x: &Tensor, cfg: &ResizeCfg, specs: &[AxisSpec]) -> Result<Tensor>
     }
 }
 
-/// Rounds half to even, then casts (saturating) to an integer dtype.
-fn round_cast(t: Tensor, dt: DType) -> Result<Tensor> {
-    let shape = t.shape().to_vec();
-    let v: Vec<f64> = t
-        .to_f64_vec()?
-        .into_iter()
-        .map(f64::round_ties_even)
-        .collect();
-    Tensor::from_vec(shape, v)?.cast(dt)
+/// Snaps values within rounding error of a whole number onto it, so that the truncating
+/// cast to an integer dtype does not turn an exact 123 computed as 122.99999 into 122.
+fn snap_ints<A: Num>(mut v: Vec<A>) -> Vec<A> {
+    for x in v.iter_mut() {
+        let f = x.to_f64();
+        let r = f.round();
+        if (f - r).abs() <= 1e-3 {
+            *x = A::from_f64(r);
+        }
+    }
+    v
 }
 
 // ------------------------------------------------------------------------------------
@@ -800,7 +807,9 @@ fn grid_taps(
     if mode == GridMode::Nearest {
         x = x.round_ties_even();
     }
-    if x < lo || x > hi {
+    // Cubic taps are bounded one by one (like PyTorch and onnxruntime); the other modes
+    // first bring the coordinate inside.
+    if mode != GridMode::Cubic && (x < lo || x > hi) {
         match pad {
             GridPad::Border => x = x.max(0.0).min(lf - 1.0),
             GridPad::Reflection => x = reflect(x, lo, hi),
