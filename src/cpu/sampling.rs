@@ -312,11 +312,12 @@ fn clamp_index(i: i64, len: usize) -> usize {
 }
 
 /// Nearest source index per output position; None where tf_crop_and_resize extrapolates.
-fn nearest_map(cfg: &ResizeCfg, a: &AxisSpec) -> Vec<Option<usize>> {
+fn nearest_map(cfg: &ResizeCfg, a: &AxisSpec) -> Result<Vec<Option<usize>>> {
+    numel(&[a.out_len, 2], DType::U64)?;
     if is_identity(cfg, a) {
-        return (0..a.out_len).map(Some).collect();
+        return Ok((0..a.out_len).map(Some).collect());
     }
-    (0..a.out_len)
+    Ok((0..a.out_len)
         .map(|o| {
             let x = original_coord(cfg, a, o);
             if out_of_crop(cfg, a, x) {
@@ -343,7 +344,7 @@ fn nearest_map(cfg: &ResizeCfg, a: &AxisSpec) -> Vec<Option<usize>> {
             };
             Some(clamp_index(r as i64, a.in_len))
         })
-        .collect()
+        .collect())
 }
 
 /// Interpolation taps of one axis: `taps` (index, weight) pairs per output position.
@@ -677,10 +678,15 @@ pub fn resize(x: &Tensor, cfg: &ResizeCfg, specs: &[AxisSpec]) -> Result<Tensor>
         )));
     }
     let out_shape: Vec<usize> = specs.iter().map(|s| s.out_len).collect();
-    numel(&out_shape, x.dtype())?;
     let dt = x.dtype();
+    if numel(&out_shape, dt)? == 0 {
+        return Tensor::zeros(dt, out_shape);
+    }
     if cfg.mode == InterpMode::Nearest {
-        let maps: Vec<Vec<Option<usize>>> = specs.iter().map(|a| nearest_map(cfg, a)).collect();
+        let maps: Vec<Vec<Option<usize>>> = specs
+            .iter()
+            .map(|a| nearest_map(cfg, a))
+            .collect::<Result<_>>()?;
         let fill_t = Tensor::scalar(cfg.extrapolation).cast(dt)?;
         return crate::dispatch!(all dt, "Resize", T => {
             let fill: T = fill_t.as_slice::<T>()?.first().cloned().unwrap_or_default();
@@ -972,6 +978,9 @@ pub fn affine_grid(theta: &Tensor, size: &[i64], align: bool) -> Result<Tensor> 
     out_shape.extend_from_slice(sp);
     out_shape.push(r);
     let total = numel(&out_shape, theta.dtype())?;
+    if total == 0 {
+        return Tensor::zeros(theta.dtype(), out_shape);
+    }
     let th = theta.to_f64_vec()?;
     // Base coordinates per spatial dim; the homogeneous vector is (x=last, y, [z=first], 1).
     let coords: Vec<Vec<f64>> = sp.iter().map(|&d| base_coords(d, align)).collect();
@@ -2004,6 +2013,132 @@ mod tests {
             "baseline fill of the output size: {:?} per call",
             t.elapsed() / 5
         );
+    }
+
+    #[test]
+    fn no_panics_on_hostile_inputs() {
+        let x = Tensor::from_vec(vec![1, 1, 3, 3], (0..9).map(|v| v as f32).collect()).unwrap();
+        let all = [0usize, 1, 2, 3];
+        for mode in [InterpMode::Nearest, InterpMode::Linear, InterpMode::Cubic] {
+            for coord in [
+                CoordMode::HalfPixel,
+                CoordMode::HalfPixelSymmetric,
+                CoordMode::PytorchHalfPixel,
+                CoordMode::AlignCorners,
+                CoordMode::Asymmetric,
+                CoordMode::TfHalfPixelForNn,
+                CoordMode::TfCropAndResize,
+            ] {
+                for aa in [false, true] {
+                    let mut c = cfg(mode, coord);
+                    c.antialias = aa;
+                    c.exclude_outside = aa;
+                    for sc in [1e-9f32, 0.01, 0.34, 1.0, 2.5, f32::NAN, 1e9] {
+                        let roi = [0.0, 0.0, f32::NAN, -5.0, 1.0, 1.0, 1e30, 0.5];
+                        if let Ok(specs) = resize_axes(
+                            x.shape(),
+                            Some(&[1., 1., sc, 1. / sc]),
+                            None,
+                            &all,
+                            Some(&roi),
+                            KeepAspect::Stretch,
+                        ) {
+                            let _ = resize(&x, &c, &specs);
+                        }
+                    }
+                    for sz in [
+                        [1i64, 1, 0, 5],
+                        [1, 1, 1, 1],
+                        [1, 1, -1, 2],
+                        [1, 1, 1 << 40, 1],
+                    ] {
+                        for pol in [
+                            KeepAspect::Stretch,
+                            KeepAspect::NotLarger,
+                            KeepAspect::NotSmaller,
+                        ] {
+                            if let Ok(specs) =
+                                resize_axes(x.shape(), None, Some(&sz), &all, None, pol)
+                            {
+                                let _ = resize(&x, &c, &specs);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let g = Tensor::from_vec(
+            vec![1, 2, 2, 2],
+            vec![
+                f32::NAN,
+                f32::INFINITY,
+                -1e30,
+                1e30,
+                0.5,
+                -7.0,
+                3.0,
+                f32::NEG_INFINITY,
+            ],
+        )
+        .unwrap();
+        for mode in [GridMode::Nearest, GridMode::Linear, GridMode::Cubic] {
+            for pad in [GridPad::Zeros, GridPad::Border, GridPad::Reflection] {
+                for align in [false, true] {
+                    assert!(grid_sample(&x, &g, mode, pad, align).is_ok());
+                }
+            }
+        }
+        let rois = Tensor::from_vec(
+            vec![2, 4],
+            vec![f32::NAN, 0., 1e30, 2., -5., -5., 100., 100.],
+        )
+        .unwrap();
+        let cfg_r = RoiAlignCfg {
+            max_mode: true,
+            output_height: 2,
+            output_width: 2,
+            sampling_ratio: 0,
+            spatial_scale: 1.0,
+            half_pixel: true,
+        };
+        let _ = roi_align(&x, &rois, &Tensor::vector(vec![0i64, 0]), &cfg_r);
+        assert!(roi_align(&x, &rois, &Tensor::vector(vec![0i64, 5]), &cfg_r).is_err());
+        let boxes = Tensor::from_vec(
+            vec![1, 2, 4],
+            vec![f32::NAN, 0., 1., 1., 0., 0., f32::INFINITY, 1.],
+        )
+        .unwrap();
+        let scores = Tensor::from_vec(vec![1, 1, 2], vec![f32::NAN, 0.5]).unwrap();
+        assert!(non_max_suppression(&boxes, &scores, i64::MAX, 0.5, Some(0.1), false).is_ok());
+        assert!(non_max_suppression(&boxes, &scores, -3, 0.5, None, true).is_ok());
+        let c = Tensor::from_vec(vec![1, 4, 1], vec![1f32; 4]).unwrap();
+        assert!(col2im(&c, &[1, 1], &[2, 2], &[i64::MAX, 1], &[0, 0, 0, 0], &[1, 1]).is_err());
+        assert!(col2im(&c, &[2, 2], &[2, 2], &[1, 1], &[0, 0, 0, 0], &[i64::MAX, 1]).is_ok());
+        let s = Tensor::from_vec(vec![1, 8, 1], vec![1f32; 8]).unwrap();
+        assert!(stft(&s, i64::MAX, None, Some(4), true).is_ok());
+        assert!(stft(&s, 0, None, Some(4), true).is_err());
+        assert!(dft(&s, 1, Some(1), true, true).is_ok());
+        assert!(dft(&s, 1, Some(usize::MAX / 2), false, false).is_err());
+        assert!(mel_weight_matrix(8, 16, 8192, 0.0, 1e9, DType::F32).is_err());
+        assert!(affine_grid(
+            &Tensor::zeros(DType::F32, vec![1, 2, 3]).unwrap(),
+            &[1, 1, i64::MAX, 2],
+            false
+        )
+        .is_err());
+        let empty = Tensor::zeros(DType::F32, vec![0, 2, 3]).unwrap();
+        assert!(affine_grid(&empty, &[0, 1, 1 << 40, 2], false).is_ok());
+        let z = Tensor::zeros(DType::F32, vec![0, 1, 3, 3]).unwrap();
+        let specs = resize_axes(
+            z.shape(),
+            Some(&[1., 1., 1e9, 1e9]),
+            None,
+            &all,
+            None,
+            KeepAspect::Stretch,
+        )
+        .unwrap();
+        assert!(resize(&z, &cfg(InterpMode::Nearest, CoordMode::HalfPixel), &specs).is_ok());
     }
 
     #[test]
