@@ -621,6 +621,16 @@ where
                     dst.fill(fill);
                     continue;
                 }
+                if n == 2 {
+                    let (i0, i1) = (t.idx[o * 2], t.idx[o * 2 + 1]);
+                    let (w0, w1) = (w[o * 2], w[o * 2 + 1]);
+                    let s0 = &iblk[i0 * inner..(i0 + 1) * inner];
+                    let s1 = &iblk[i1 * inner..(i1 + 1) * inner];
+                    for ((d, &a), &b) in dst.iter_mut().zip(s0).zip(s1) {
+                        *d = w0 * a + w1 * b;
+                    }
+                    continue;
+                }
                 for k in 0..n {
                     let i = t.idx[o * n + k];
                     let wk = w[o * n + k];
