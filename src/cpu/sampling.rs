@@ -1110,7 +1110,7 @@ pub fn roi_align(x: &Tensor, rois: &Tensor, batch: &Tensor, cfg: &RoiAlignCfg) -
             };
             let gh = grid(rh, ph)?;
             let gw = grid(rw, pw)?;
-            let count = (gh * gw).max(1) as f64;
+            let count = gh.saturating_mul(gw).max(1) as f64;
             let ns = gh
                 .checked_mul(gw)
                 .and_then(|v| v.checked_mul(ph))
