@@ -250,11 +250,10 @@ pub fn resize_axes(
     Ok(specs)
 }
 
-fn is_identity(cfg: &ResizeCfg, a: &AxisSpec) -> bool {
-    a.in_len == a.out_len
-        && a.scale == 1.0
-        && cfg.coord != CoordMode::TfHalfPixelForNn
-        && (cfg.coord != CoordMode::TfCropAndResize || a.roi == (0.0, 1.0))
+/// Axes with a scale of exactly 1 are copied unchanged, whatever the coordinate mode or
+/// roi (onnxruntime does the same; the ONNX reference would crop or shift them).
+fn is_identity(_cfg: &ResizeCfg, a: &AxisSpec) -> bool {
+    a.in_len == a.out_len && a.scale == 1.0
 }
 
 /// Source coordinate of output position `o` (ONNX Resize coordinate transformations).
@@ -276,11 +275,13 @@ fn original_coord(cfg: &ResizeCfg, a: &AxisSpec, o: usize) -> f32 {
                 0.0
             }
         }
+        // The integer output length, as onnxruntime and PyTorch use (the ONNX reference
+        // uses scale * length, which differs when that is not a whole number).
         CoordMode::AlignCorners => {
-            if a.out_len_f == 1.0 || a.out_len <= 1 {
+            if a.out_len <= 1 {
                 0.0
             } else {
-                x * (inl - 1.0) / (a.out_len_f - 1.0)
+                x * (inl - 1.0) / (a.out_len as f32 - 1.0)
             }
         }
         CoordMode::Asymmetric => x / s,
@@ -311,11 +312,12 @@ fn clamp_index(i: i64, len: usize) -> usize {
 }
 
 /// Nearest source index per output position; None where tf_crop_and_resize extrapolates.
-fn nearest_map(cfg: &ResizeCfg, a: &AxisSpec) -> Vec<Option<usize>> {
+fn nearest_map(cfg: &ResizeCfg, a: &AxisSpec) -> Result<Vec<Option<usize>>> {
+    numel(&[a.out_len, 2], DType::U64)?;
     if is_identity(cfg, a) {
-        return (0..a.out_len).map(Some).collect();
+        return Ok((0..a.out_len).map(Some).collect());
     }
-    (0..a.out_len)
+    Ok((0..a.out_len)
         .map(|o| {
             let x = original_coord(cfg, a, o);
             if out_of_crop(cfg, a, x) {
@@ -342,7 +344,7 @@ fn nearest_map(cfg: &ResizeCfg, a: &AxisSpec) -> Vec<Option<usize>> {
             };
             Some(clamp_index(r as i64, a.in_len))
         })
-        .collect()
+        .collect())
 }
 
 /// Interpolation taps of one axis: `taps` (index, weight) pairs per output position.
@@ -385,7 +387,7 @@ fn interp_table(cfg: &ResizeCfg, a: &AxisSpec) -> Result<Table> {
         (InterpMode::Cubic, true) => {
             let start = (-2.0 / f64::from(s)).floor() + 1.0;
             let n = 2.0 - 2.0 * start;
-            if !(n.is_finite() && n >= 1.0 && n < MAX_DIM) {
+            if !(1.0..MAX_DIM).contains(&n) {
                 return Err(Error::memory("Resize: antialias filter too large"));
             }
             n as usize
@@ -394,7 +396,7 @@ fn interp_table(cfg: &ResizeCfg, a: &AxisSpec) -> Result<Table> {
         (_, true) => {
             let start = (-1.0 / f64::from(s)).floor() + 1.0;
             let n = 2.0 - 2.0 * start;
-            if !(n.is_finite() && n >= 1.0 && n < MAX_DIM) {
+            if !(1.0..MAX_DIM).contains(&n) {
                 return Err(Error::memory("Resize: antialias filter too large"));
             }
             n as usize
@@ -486,7 +488,7 @@ fn gather_nearest<T: Elem>(
     if rank == 0 {
         return Ok(src.to_vec());
     }
-    let mut out: Vec<T> = Vec::with_capacity(n);
+    let mut out: Vec<T> = alloc_vec::<T>(n)?;
     if n == 0 {
         return Ok(out);
     }
@@ -494,10 +496,24 @@ fn gather_nearest<T: Elem>(
     let last = rank - 1;
     let out_w = out_shape[last];
     let in_w = in_shape[last];
-    let rows: usize = out_shape[..last].iter().product();
+    // Integer upsampling factor of the last axis (each source repeated `rep` times).
+    let rep = if in_w > 0 && out_w % in_w == 0 {
+        let k = out_w / in_w;
+        let ok = maps[last]
+            .iter()
+            .enumerate()
+            .all(|(o, m)| *m == Some(o / k));
+        if ok {
+            k
+        } else {
+            0
+        }
+    } else {
+        0
+    };
     let mut counter = vec![0usize; last];
     let mut prev: Option<Option<usize>> = None;
-    for _ in 0..rows {
+    for (r, dst_start) in (0..n).step_by(out_w).enumerate() {
         let mut off = Some(0usize);
         for d in 0..last {
             off = match (off, maps[d][counter[d]]) {
@@ -505,20 +521,31 @@ fn gather_nearest<T: Elem>(
                 _ => None,
             };
         }
-        if prev == Some(off) {
-            let start = out.len() - out_w;
-            out.extend_from_within(start..);
+        let (before, after) = out.split_at_mut(dst_start);
+        let dst = &mut after[..out_w];
+        if prev == Some(off) && r > 0 {
+            dst.clone_from_slice(&before[dst_start - out_w..]);
         } else {
             match off {
-                None => out.extend(std::iter::repeat_n(fill.clone(), out_w)),
+                None => dst.fill(fill.clone()),
                 Some(o) => {
                     let row = src
                         .get(o..o + in_w)
                         .ok_or_else(|| Error::runtime("Resize: source row out of range"))?;
-                    out.extend(maps[last].iter().map(|m| match m {
-                        Some(i) => row[*i].clone(),
-                        None => fill.clone(),
-                    }));
+                    if rep == 1 {
+                        dst.clone_from_slice(row);
+                    } else if rep > 1 {
+                        for (d, v) in dst.chunks_exact_mut(rep).zip(row) {
+                            d.fill(v.clone());
+                        }
+                    } else {
+                        for (d, m) in dst.iter_mut().zip(&maps[last]) {
+                            *d = match m {
+                                Some(i) => row[*i].clone(),
+                                None => fill.clone(),
+                            };
+                        }
+                    }
                 }
             }
         }
@@ -553,7 +580,22 @@ where
     }
     let n = t.taps;
     let w: Vec<A> = t.w.iter().map(|&v| A::from_f32(v)).collect();
-    if inner == 1 {
+    if inner == 1 && n == 2 {
+        for (orow, irow) in out.chunks_exact_mut(out_len).zip(src.chunks_exact(in_len)) {
+            for (((dst, ix), wx), &ex) in orow
+                .iter_mut()
+                .zip(t.idx.chunks_exact(2))
+                .zip(w.chunks_exact(2))
+                .zip(&t.extrap)
+            {
+                *dst = if ex {
+                    fill
+                } else {
+                    wx[0] * irow[ix[0]] + wx[1] * irow[ix[1]]
+                };
+            }
+        }
+    } else if inner == 1 {
         for (orow, irow) in out.chunks_exact_mut(out_len).zip(src.chunks_exact(in_len)) {
             for (o, dst) in orow.iter_mut().enumerate() {
                 if t.extrap[o] {
@@ -577,6 +619,16 @@ where
             for (o, dst) in oblk.chunks_exact_mut(inner).enumerate() {
                 if t.extrap[o] {
                     dst.fill(fill);
+                    continue;
+                }
+                if n == 2 {
+                    let (i0, i1) = (t.idx[o * 2], t.idx[o * 2 + 1]);
+                    let (w0, w1) = (w[o * 2], w[o * 2 + 1]);
+                    let s0 = &iblk[i0 * inner..(i0 + 1) * inner];
+                    let s1 = &iblk[i1 * inner..(i1 + 1) * inner];
+                    for ((d, &a), &b) in dst.iter_mut().zip(s0).zip(s1) {
+                        *d = w0 * a + w1 * b;
+                    }
                     continue;
                 }
                 for k in 0..n {
@@ -606,10 +658,18 @@ where
     let fill = A::from_f32(cfg.extrapolation);
     let mut shape: Vec<usize> = specs.iter().map(|s| s.in_len).collect();
     let mut cur: Option<Vec<A>> = None;
-    for (axis, spec) in specs.iter().enumerate() {
-        if is_identity(cfg, spec) {
-            continue;
-        }
+    // Shrinking axes first, growing axes last; among equals the innermost first, so the
+    // strided (vectorized) passes produce the largest intermediates.
+    let mut order: Vec<usize> = (0..specs.len())
+        .filter(|&a| !is_identity(cfg, &specs[a]))
+        .collect();
+    order.sort_by(|&a, &b| {
+        let ra = specs[a].out_len as f64 / specs[a].in_len.max(1) as f64;
+        let rb = specs[b].out_len as f64 / specs[b].in_len.max(1) as f64;
+        ra.total_cmp(&rb).then(b.cmp(&a))
+    });
+    for axis in order {
+        let spec = &specs[axis];
         let table = interp_table(cfg, spec)?;
         let next = interp_pass(cur.as_deref().unwrap_or(src), &shape, axis, &table, fill)?;
         shape[axis] = spec.out_len;
@@ -628,10 +688,15 @@ pub fn resize(x: &Tensor, cfg: &ResizeCfg, specs: &[AxisSpec]) -> Result<Tensor>
         )));
     }
     let out_shape: Vec<usize> = specs.iter().map(|s| s.out_len).collect();
-    numel(&out_shape, x.dtype())?;
     let dt = x.dtype();
+    if numel(&out_shape, dt)? == 0 {
+        return Tensor::zeros(dt, out_shape);
+    }
     if cfg.mode == InterpMode::Nearest {
-        let maps: Vec<Vec<Option<usize>>> = specs.iter().map(|a| nearest_map(cfg, a)).collect();
+        let maps: Vec<Vec<Option<usize>>> = specs
+            .iter()
+            .map(|a| nearest_map(cfg, a))
+            .collect::<Result<_>>()?;
         let fill_t = Tensor::scalar(cfg.extrapolation).cast(dt)?;
         return crate::dispatch!(all dt, "Resize", T => {
             let fill: T = fill_t.as_slice::<T>()?.first().cloned().unwrap_or_default();
@@ -648,20 +713,24 @@ pub fn resize(x: &Tensor, cfg: &ResizeCfg, specs: &[AxisSpec]) -> Result<Tensor>
             let out = interp_all(x.as_slice::<f64>()?, cfg, specs)?;
             Tensor::from_vec(out_shape, out)
         }
-        DType::F16 | DType::BF16 | DType::I8 | DType::U8 | DType::I16 | DType::U16 => {
+        DType::F16
+        | DType::BF16
+        | DType::I8
+        | DType::U8
+        | DType::I16
+        | DType::U16
+        | DType::I32
+        | DType::U32 => {
             let src = x.to_f32_vec()?;
             let out = interp_all(&src, cfg, specs)?;
-            let t = Tensor::from_vec(out_shape, out)?;
-            if dt.is_int() {
-                round_cast(t, dt)
-            } else {
-                t.cast(dt)
-            }
+            let out = if dt.is_int() { snap_ints(out) } else { out };
+            // Integers truncate (saturating), like onnxruntime.
+            Tensor::from_vec(out_shape, out)?.cast(dt)
         }
-        DType::I32 | DType::U32 | DType::I64 | DType::U64 => {
+        DType::I64 | DType::U64 => {
             let src = x.to_f64_vec()?;
-            let out = interp_all(&src, cfg, specs)?;
-            round_cast(Tensor::from_vec(out_shape, out)?, dt)
+            let out = snap_ints(interp_all(&src, cfg, specs)?);
+            Tensor::from_vec(out_shape, out)?.cast(dt)
         }
         other => Err(Error::unsupported_dtype(format!(
             "Resize in linear/cubic mode does not support {other}"
@@ -669,15 +738,17 @@ pub fn resize(x: &Tensor, cfg: &ResizeCfg, specs: &[AxisSpec]) -> Result<Tensor>
     }
 }
 
-/// Rounds half to even, then casts (saturating) to an integer dtype.
-fn round_cast(t: Tensor, dt: DType) -> Result<Tensor> {
-    let shape = t.shape().to_vec();
-    let v: Vec<f64> = t
-        .to_f64_vec()?
-        .into_iter()
-        .map(f64::round_ties_even)
-        .collect();
-    Tensor::from_vec(shape, v)?.cast(dt)
+/// Snaps values within rounding error of a whole number onto it, so that the truncating
+/// cast to an integer dtype does not turn an exact 123 computed as 122.99999 into 122.
+fn snap_ints<A: Num>(mut v: Vec<A>) -> Vec<A> {
+    for x in v.iter_mut() {
+        let f = x.to_f64();
+        let r = f.round();
+        if (f - r).abs() <= 1e-3 {
+            *x = A::from_f64(r);
+        }
+    }
+    v
 }
 
 // ------------------------------------------------------------------------------------
@@ -752,7 +823,9 @@ fn grid_taps(
     if mode == GridMode::Nearest {
         x = x.round_ties_even();
     }
-    if x < lo || x > hi {
+    // Cubic taps are bounded one by one (like PyTorch and onnxruntime); the other modes
+    // first bring the coordinate inside.
+    if mode != GridMode::Cubic && (x < lo || x > hi) {
         match pad {
             GridPad::Border => x = x.max(0.0).min(lf - 1.0),
             GridPad::Reflection => x = reflect(x, lo, hi),
@@ -915,6 +988,9 @@ pub fn affine_grid(theta: &Tensor, size: &[i64], align: bool) -> Result<Tensor> 
     out_shape.extend_from_slice(sp);
     out_shape.push(r);
     let total = numel(&out_shape, theta.dtype())?;
+    if total == 0 {
+        return Tensor::zeros(theta.dtype(), out_shape);
+    }
     let th = theta.to_f64_vec()?;
     // Base coordinates per spatial dim; the homogeneous vector is (x=last, y, [z=first], 1).
     let coords: Vec<Vec<f64>> = sp.iter().map(|&d| base_coords(d, align)).collect();
@@ -1034,7 +1110,7 @@ pub fn roi_align(x: &Tensor, rois: &Tensor, batch: &Tensor, cfg: &RoiAlignCfg) -
             };
             let gh = grid(rh, ph)?;
             let gw = grid(rw, pw)?;
-            let count = (gh * gw).max(1) as f64;
+            let count = gh.saturating_mul(gw).max(1) as f64;
             let ns = gh
                 .checked_mul(gw)
                 .and_then(|v| v.checked_mul(ph))
@@ -1486,18 +1562,73 @@ pub fn mel_weight_matrix(
 
 type C64 = (f64, f64);
 
-/// A transform of one length: radix-2 for powers of two, O(n^2) with a twiddle table
-/// otherwise. Unnormalized; `inverse` flips the sign of the exponent.
+/// A transform of one length: radix-2 for powers of two, a direct O(n^2) sum with a
+/// twiddle table for small other lengths, Bluestein's chirp-z (through a radix-2 transform)
+/// for large other lengths. Unnormalized; `inverse` flips the sign of the exponent.
 struct Fft {
     n: usize,
-    /// exp(-2 pi i k / n) for k < n.
+    /// exp(-2 pi i k / n) for k < n (empty for Bluestein).
     tw: Vec<C64>,
     scratch: Vec<C64>,
+    blue: Option<Box<Bluestein>>,
+}
+
+struct Bluestein {
+    m: usize,
+    sub: Fft,
+    /// exp(-pi i j^2 / n) for j < n.
+    chirp: Vec<C64>,
+    /// Transform of the conjugated chirp, wrapped to length m.
+    bfft: Vec<C64>,
+    work: Vec<C64>,
+}
+
+/// Lengths up to this use the direct sum when they are not powers of two.
+const DIRECT_MAX: usize = 64;
+
+fn cmul(a: C64, b: C64) -> C64 {
+    (a.0 * b.0 - a.1 * b.1, a.0 * b.1 + a.1 * b.0)
 }
 
 impl Fft {
     fn new(n: usize) -> Result<Fft> {
         numel(&[n, 4], DType::F64)?;
+        if n > DIRECT_MAX && !n.is_power_of_two() {
+            let m = (2 * n - 1)
+                .checked_next_power_of_two()
+                .ok_or_else(|| Error::memory("DFT length too large"))?;
+            numel(&[m, 8], DType::F64)?;
+            let sub = Fft::new(m)?;
+            let two_n = 2 * n as u128;
+            let chirp: Vec<C64> = (0..n)
+                .map(|j| {
+                    let q = ((j as u128 * j as u128) % two_n) as f64;
+                    let a = -std::f64::consts::PI * q / n as f64;
+                    (a.cos(), a.sin())
+                })
+                .collect();
+            let mut bfft = vec![(0.0, 0.0); m];
+            for (j, &(re, im)) in chirp.iter().enumerate() {
+                bfft[j] = (re, -im);
+                if j > 0 {
+                    bfft[m - j] = (re, -im);
+                }
+            }
+            let mut sub = sub;
+            sub.run(&mut bfft, false);
+            return Ok(Fft {
+                n,
+                tw: Vec::new(),
+                scratch: Vec::new(),
+                blue: Some(Box::new(Bluestein {
+                    m,
+                    sub,
+                    chirp,
+                    bfft,
+                    work: vec![(0.0, 0.0); m],
+                })),
+            });
+        }
         let tw = (0..n)
             .map(|k| {
                 let a = -2.0 * std::f64::consts::PI * k as f64 / n as f64;
@@ -1508,11 +1639,36 @@ impl Fft {
             n,
             tw,
             scratch: vec![(0.0, 0.0); n],
+            blue: None,
         })
     }
 
     fn run(&mut self, buf: &mut [C64], inverse: bool) {
         let n = self.n;
+        if let Some(b) = self.blue.as_deref_mut() {
+            // The inverse is the conjugate of the forward transform of the conjugate.
+            if inverse {
+                buf.iter_mut().for_each(|v| v.1 = -v.1);
+            }
+            b.work.iter_mut().for_each(|v| *v = (0.0, 0.0));
+            for ((w, &x), &c) in b.work.iter_mut().zip(buf.iter()).zip(&b.chirp) {
+                *w = cmul(x, c);
+            }
+            b.sub.run(&mut b.work, false);
+            for (w, &f) in b.work.iter_mut().zip(&b.bfft) {
+                *w = cmul(*w, f);
+            }
+            b.sub.run(&mut b.work, true);
+            let scale = 1.0 / b.m as f64;
+            for ((x, &w), &c) in buf.iter_mut().zip(&b.work).zip(&b.chirp) {
+                let v = cmul(w, c);
+                *x = (v.0 * scale, v.1 * scale);
+            }
+            if inverse {
+                buf.iter_mut().for_each(|v| v.1 = -v.1);
+            }
+            return;
+        }
         let sign = if inverse { -1.0 } else { 1.0 };
         if n.is_power_of_two() {
             // Bit-reversal permutation.
@@ -1830,6 +1986,171 @@ mod tests {
         .is_err());
     }
 
+    /// Timing of the PP-OCR style 2x upsampling paths (run with --ignored --nocapture).
+    #[test]
+    #[ignore]
+    fn bench_resize_2x() {
+        let shape = vec![1usize, 96, 160, 160];
+        let x = Tensor::zeros(DType::F32, shape.clone()).unwrap();
+        let specs = resize_axes(
+            &shape,
+            Some(&[1., 1., 2., 2.]),
+            None,
+            &[0, 1, 2, 3],
+            None,
+            KeepAspect::Stretch,
+        )
+        .unwrap();
+        for (mode, coord) in [
+            (InterpMode::Nearest, CoordMode::Asymmetric),
+            (InterpMode::Linear, CoordMode::HalfPixel),
+            (InterpMode::Linear, CoordMode::AlignCorners),
+        ] {
+            let c = cfg(mode, coord);
+            let t = std::time::Instant::now();
+            for _ in 0..5 {
+                resize(&x, &c, &specs).unwrap();
+            }
+            println!("{mode:?} {coord:?}: {:?} per call", t.elapsed() / 5);
+        }
+        let t = std::time::Instant::now();
+        for _ in 0..5 {
+            let mut v = vec![0f32; 4 * 96 * 160 * 160];
+            v.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32);
+            std::hint::black_box(&v);
+        }
+        println!(
+            "baseline fill of the output size: {:?} per call",
+            t.elapsed() / 5
+        );
+    }
+
+    #[test]
+    fn no_panics_on_hostile_inputs() {
+        let x = Tensor::from_vec(vec![1, 1, 3, 3], (0..9).map(|v| v as f32).collect()).unwrap();
+        let all = [0usize, 1, 2, 3];
+        for mode in [InterpMode::Nearest, InterpMode::Linear, InterpMode::Cubic] {
+            for coord in [
+                CoordMode::HalfPixel,
+                CoordMode::HalfPixelSymmetric,
+                CoordMode::PytorchHalfPixel,
+                CoordMode::AlignCorners,
+                CoordMode::Asymmetric,
+                CoordMode::TfHalfPixelForNn,
+                CoordMode::TfCropAndResize,
+            ] {
+                for aa in [false, true] {
+                    let mut c = cfg(mode, coord);
+                    c.antialias = aa;
+                    c.exclude_outside = aa;
+                    for sc in [1e-9f32, 0.01, 0.34, 1.0, 2.5, f32::NAN, 1e9] {
+                        let roi = [0.0, 0.0, f32::NAN, -5.0, 1.0, 1.0, 1e30, 0.5];
+                        if let Ok(specs) = resize_axes(
+                            x.shape(),
+                            Some(&[1., 1., sc, 1. / sc]),
+                            None,
+                            &all,
+                            Some(&roi),
+                            KeepAspect::Stretch,
+                        ) {
+                            let _ = resize(&x, &c, &specs);
+                        }
+                    }
+                    for sz in [
+                        [1i64, 1, 0, 5],
+                        [1, 1, 1, 1],
+                        [1, 1, -1, 2],
+                        [1, 1, 1 << 40, 1],
+                    ] {
+                        for pol in [
+                            KeepAspect::Stretch,
+                            KeepAspect::NotLarger,
+                            KeepAspect::NotSmaller,
+                        ] {
+                            if let Ok(specs) =
+                                resize_axes(x.shape(), None, Some(&sz), &all, None, pol)
+                            {
+                                let _ = resize(&x, &c, &specs);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let g = Tensor::from_vec(
+            vec![1, 2, 2, 2],
+            vec![
+                f32::NAN,
+                f32::INFINITY,
+                -1e30,
+                1e30,
+                0.5,
+                -7.0,
+                3.0,
+                f32::NEG_INFINITY,
+            ],
+        )
+        .unwrap();
+        for mode in [GridMode::Nearest, GridMode::Linear, GridMode::Cubic] {
+            for pad in [GridPad::Zeros, GridPad::Border, GridPad::Reflection] {
+                for align in [false, true] {
+                    assert!(grid_sample(&x, &g, mode, pad, align).is_ok());
+                }
+            }
+        }
+        let rois = Tensor::from_vec(
+            vec![2, 4],
+            vec![f32::NAN, 0., 1e30, 2., -5., -5., 100., 100.],
+        )
+        .unwrap();
+        let cfg_r = RoiAlignCfg {
+            max_mode: true,
+            output_height: 2,
+            output_width: 2,
+            sampling_ratio: 0,
+            spatial_scale: 1.0,
+            half_pixel: true,
+        };
+        let _ = roi_align(&x, &rois, &Tensor::vector(vec![0i64, 0]), &cfg_r);
+        assert!(roi_align(&x, &rois, &Tensor::vector(vec![0i64, 5]), &cfg_r).is_err());
+        let boxes = Tensor::from_vec(
+            vec![1, 2, 4],
+            vec![f32::NAN, 0., 1., 1., 0., 0., f32::INFINITY, 1.],
+        )
+        .unwrap();
+        let scores = Tensor::from_vec(vec![1, 1, 2], vec![f32::NAN, 0.5]).unwrap();
+        assert!(non_max_suppression(&boxes, &scores, i64::MAX, 0.5, Some(0.1), false).is_ok());
+        assert!(non_max_suppression(&boxes, &scores, -3, 0.5, None, true).is_ok());
+        let c = Tensor::from_vec(vec![1, 4, 1], vec![1f32; 4]).unwrap();
+        assert!(col2im(&c, &[1, 1], &[2, 2], &[i64::MAX, 1], &[0, 0, 0, 0], &[1, 1]).is_err());
+        assert!(col2im(&c, &[2, 2], &[2, 2], &[1, 1], &[0, 0, 0, 0], &[i64::MAX, 1]).is_ok());
+        let s = Tensor::from_vec(vec![1, 8, 1], vec![1f32; 8]).unwrap();
+        assert!(stft(&s, i64::MAX, None, Some(4), true).is_ok());
+        assert!(stft(&s, 0, None, Some(4), true).is_err());
+        assert!(dft(&s, 1, Some(1), true, true).is_ok());
+        assert!(dft(&s, 1, Some(usize::MAX / 2), false, false).is_err());
+        assert!(mel_weight_matrix(8, 16, 8192, 0.0, 1e9, DType::F32).is_err());
+        assert!(affine_grid(
+            &Tensor::zeros(DType::F32, vec![1, 2, 3]).unwrap(),
+            &[1, 1, i64::MAX, 2],
+            false
+        )
+        .is_err());
+        let empty = Tensor::zeros(DType::F32, vec![0, 2, 3]).unwrap();
+        assert!(affine_grid(&empty, &[0, 1, 1 << 40, 2], false).is_ok());
+        let z = Tensor::zeros(DType::F32, vec![0, 1, 3, 3]).unwrap();
+        let specs = resize_axes(
+            z.shape(),
+            Some(&[1., 1., 1e9, 1e9]),
+            None,
+            &all,
+            None,
+            KeepAspect::Stretch,
+        )
+        .unwrap();
+        assert!(resize(&z, &cfg(InterpMode::Nearest, CoordMode::HalfPixel), &specs).is_ok());
+    }
+
     #[test]
     fn dft_roundtrip() {
         for n in [4usize, 6] {
@@ -1845,6 +2166,27 @@ mod tests {
         }
         let x = Tensor::from_vec(vec![1, 4, 3], vec![0f32; 12]).unwrap();
         assert!(dft(&x, 1, None, false, false).is_err());
+        // Bluestein (n = 100) against the direct sum.
+        let n = 100usize;
+        let sig: Vec<C64> = (0..n)
+            .map(|i| ((i as f64 * 0.37).sin(), (i as f64 * 0.11).cos()))
+            .collect();
+        for inverse in [false, true] {
+            let mut a = sig.clone();
+            Fft::new(n).unwrap().run(&mut a, inverse);
+            let sign = if inverse { 1.0 } else { -1.0 };
+            for (k, got) in a.iter().enumerate() {
+                let mut want = (0.0, 0.0);
+                for (j, &x) in sig.iter().enumerate() {
+                    let ang = sign * 2.0 * std::f64::consts::PI * ((j * k) % n) as f64 / n as f64;
+                    want = (
+                        want.0 + cmul(x, (ang.cos(), ang.sin())).0,
+                        want.1 + cmul(x, (ang.cos(), ang.sin())).1,
+                    );
+                }
+                assert!((got.0 - want.0).abs() < 1e-9 && (got.1 - want.1).abs() < 1e-9);
+            }
+        }
     }
 
     #[test]

@@ -232,22 +232,55 @@ impl Op for Resize {
         let x = cx.input(0)?;
         let (roi_i, sc_i, sz_i) = self.slots();
         let mut shape = x.rank().map(|r| vec![Dim::Unknown; r]);
-        if let Some(in_shape) = x.concrete_shape() {
-            let roi = roi_i.map_or(Some(None), |i| fact_f32(cx.opt(i)));
-            let scales = fact_f32(cx.opt(sc_i));
-            let sizes = match sz_i.and_then(|i| cx.opt(i)) {
-                None => Some(None),
-                Some(f) => f.value.as_ref().and_then(|t| {
-                    if t.is_empty() {
-                        Some(None)
-                    } else {
-                        t.to_i64_vec().ok().map(Some)
+        let roi = roi_i.map_or(Some(None), |i| fact_f32(cx.opt(i)));
+        let scales = fact_f32(cx.opt(sc_i));
+        let sizes = match sz_i.and_then(|i| cx.opt(i)) {
+            None => Some(None),
+            Some(f) => f.value.as_ref().and_then(|t| {
+                if t.is_empty() {
+                    Some(None)
+                } else {
+                    t.to_i64_vec().ok().map(Some)
+                }
+            }),
+        };
+        if let (Some(in_shape), Some(roi), Some(scales), Some(sizes)) =
+            (x.concrete_shape(), roi, scales.clone(), sizes.clone())
+        {
+            let specs = self.geometry(&in_shape, roi, scales, sizes)?;
+            shape = Some(specs.iter().map(|s| Dim::Known(s.out_len)).collect());
+        } else if let Some(xs) = &x.shape {
+            // Symbolic input dims: keep what constant scales or sizes still tell.
+            let axes = self.axes(xs.len())?;
+            let mut d = xs.clone();
+            match (scales.flatten(), sizes.flatten()) {
+                (Some(sc), None) if sc.len() == axes.len() => {
+                    for (&a, &s) in axes.iter().zip(&sc) {
+                        d[a] = match &xs[a] {
+                            _ if s == 1.0 => xs[a].clone(),
+                            Dim::Known(n) if s.is_finite() && s > 0.0 => {
+                                let p = s * *n as f32;
+                                if p < 1e15 {
+                                    Dim::Known(p.floor() as usize)
+                                } else {
+                                    Dim::Unknown
+                                }
+                            }
+                            _ => Dim::Unknown,
+                        };
                     }
-                }),
-            };
-            if let (Some(roi), Some(scales), Some(sizes)) = (roi, scales, sizes) {
-                let specs = self.geometry(&in_shape, roi, scales, sizes)?;
-                shape = Some(specs.iter().map(|s| Dim::Known(s.out_len)).collect());
+                    shape = Some(d);
+                }
+                (None, Some(sz)) if sz.len() == axes.len() => {
+                    for (&a, &v) in axes.iter().zip(&sz) {
+                        d[a] = match usize::try_from(v) {
+                            Ok(n) if self.keep_aspect == KeepAspect::Stretch => Dim::Known(n),
+                            _ => Dim::Unknown,
+                        };
+                    }
+                    shape = Some(d);
+                }
+                _ => {}
             }
         }
         Ok(vec![Fact::new(x.dtype, shape)])
