@@ -61,7 +61,9 @@ fn read_value(path: &Path, kind: ValueKind) -> Result<Value, String> {
             ValueProto::Sequence(proto::decode_sequence(&bytes, 0).map_err(|e| e.to_string())?)
         }
         ValueKind::Optional => proto::decode_optional(&bytes, 0).map_err(|e| e.to_string())?,
-        _ => ValueProto::Tensor(Box::new(proto::decode_tensor_file(&bytes).map_err(|e| e.to_string())?)),
+        _ => ValueProto::Tensor(Box::new(
+            proto::decode_tensor_file(&bytes).map_err(|e| e.to_string())?,
+        )),
     };
     value_from_proto(vp)
 }
@@ -203,7 +205,7 @@ fn run_light_case(model_path: &Path) -> Result<(), String> {
     let bytes = std::fs::read(model_path).map_err(|e| e.to_string())?;
     let model = Model::load(&bytes).map_err(|e| format!("load: {e}"))?;
     let mut inputs = Vec::new();
-    for info in model.inputs() {
+    for info in model.inputs().iter().filter(|i| !i.optional) {
         let shape: Vec<usize> = info
             .fact
             .shape
@@ -212,7 +214,10 @@ fn run_light_case(model_path: &Path) -> Result<(), String> {
             .unwrap_or_default();
         let n: usize = shape.iter().product();
         let data: Vec<f32> = (0..n).map(|i| (i as f64 / n as f64) as f32).collect();
-        inputs.push((info.name.as_str(), Value::from(Tensor::from_vec(shape, data).map_err(|e| e.to_string())?)));
+        inputs.push((
+            info.name.as_str(),
+            Value::from(Tensor::from_vec(shape, data).map_err(|e| e.to_string())?),
+        ));
     }
     let outs = model.run_values(inputs).map_err(|e| format!("run: {e}"))?;
     let stem = model_path.with_extension("");
@@ -226,7 +231,12 @@ fn run_light_case(model_path: &Path) -> Result<(), String> {
 
 /// The op a case exercises: the single node's type, or "(multi-node)".
 fn case_op(dir: &Path) -> String {
-    let Ok(bytes) = std::fs::read(dir.join("model.onnx")) else {
+    let file = if dir.is_dir() {
+        dir.join("model.onnx")
+    } else {
+        dir.to_path_buf()
+    };
+    let Ok(bytes) = std::fs::read(file) else {
         return "?".into();
     };
     match proto::decode_model(&bytes) {
@@ -250,19 +260,28 @@ fn onnx_backend_suite() {
     let verbose = std::env::var_os("CONFORMANCE_VERBOSE").is_some();
     let mut cases = Vec::new();
     for s in SUITES {
+        let light = *s == "light";
         let mut v: Vec<PathBuf> = std::fs::read_dir(data.join(s))
             .map(|rd| {
                 rd.filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.is_dir())
+                    .filter(|p| {
+                        if light {
+                            p.extension().is_some_and(|e| e == "onnx")
+                        } else {
+                            p.is_dir()
+                        }
+                    })
                     .collect()
             })
             .unwrap_or_default();
         v.sort();
         cases.extend(v.into_iter().map(|p| {
-            (
-                format!("{s}/{}", p.file_name().unwrap().to_string_lossy()),
-                p,
-            )
+            let stem = p
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            (format!("{s}/{stem}"), p)
         }));
     }
     if let Some(f) = &filter {
@@ -276,7 +295,13 @@ fn onnx_backend_suite() {
     let mut per_suite: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     let mut failures = Vec::new();
     for (name, dir) in &cases {
-        let r = std::panic::catch_unwind(|| if dir.is_dir() { run_case(dir) } else { run_light_case(dir) });
+        let r = std::panic::catch_unwind(|| {
+            if dir.is_dir() {
+                run_case(dir)
+            } else {
+                run_light_case(dir)
+            }
+        });
         let op = case_op(dir);
         let suite = SUITES
             .iter()

@@ -28,7 +28,13 @@ fn bindings_run_and_report_typed_errors() {
     assert_eq!(m.input_names(), vec!["X".to_string()]);
     let x = read_npy(X).unwrap();
     let mut feeds = Feeds::new();
-    feeds.f32("X".into(), x.to_f32_vec().unwrap()[..64].to_vec(), vec![1, 64]).unwrap();
+    feeds
+        .f32(
+            "X".into(),
+            x.to_f32_vec().unwrap()[..64].to_vec(),
+            vec![1, 64],
+        )
+        .unwrap();
     let out = m.run(&feeds).unwrap();
     assert_eq!(out.shape(1).unwrap(), vec![1, 10]);
     let p: f32 = out.f32(1).unwrap().iter().sum();

@@ -37,6 +37,8 @@ impl Default for LoadOptions {
 pub struct IoInfo {
     pub name: String,
     pub fact: Fact,
+    /// True for an input that has an initializer default and may be left out.
+    pub optional: bool,
 }
 
 /// Model-level facts for `info`.
@@ -111,10 +113,10 @@ impl Model {
                 .map(|&id| IoInfo {
                     name: graph.values[id].name.clone(),
                     fact: graph.values[id].fact.clone(),
+                    optional: graph.consts[id].is_some(),
                 })
                 .collect()
         };
-        // Inputs with an initializer default are optional; list the required ones first.
         let inputs = io(&graph.inputs);
         let outputs = io(&graph.outputs);
         let mut ops: Vec<_> = opsets.0.iter().map(|(k, v)| (k.clone(), *v)).collect();
@@ -234,7 +236,9 @@ fn guard_panics<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
                     .cloned()
                     .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_default();
-                Err(Error::runtime(format!("internal error (please report): {msg}")))
+                Err(Error::runtime(format!(
+                    "internal error (please report): {msg}"
+                )))
             }
         }
     }

@@ -79,7 +79,13 @@ impl Feeds {
         self.push(name, Tensor::from_vec(shape_of(&shape), data))
     }
     pub fn bool(&mut self, name: String, data: Vec<u8>, shape: Vec<u32>) -> Result<(), EdgeError> {
-        self.push(name, Tensor::from_vec(shape_of(&shape), data.into_iter().map(|b| b != 0).collect::<Vec<_>>()))
+        self.push(
+            name,
+            Tensor::from_vec(
+                shape_of(&shape),
+                data.into_iter().map(|b| b != 0).collect::<Vec<_>>(),
+            ),
+        )
     }
 }
 
@@ -138,7 +144,9 @@ impl EdgeModel {
     /// Decodes, validates and plans a model from its bytes.
     #[wasm_bindgen(constructor)]
     pub fn new(bytes: &[u8]) -> Result<EdgeModel, EdgeError> {
-        Ok(EdgeModel { model: Model::load(bytes)? })
+        Ok(EdgeModel {
+            model: Model::load(bytes)?,
+        })
     }
     #[wasm_bindgen(js_name = inputNames)]
     pub fn input_names(&self) -> Vec<String> {
@@ -146,7 +154,11 @@ impl EdgeModel {
     }
     #[wasm_bindgen(js_name = outputNames)]
     pub fn output_names(&self) -> Vec<String> {
-        self.model.outputs().iter().map(|i| i.name.clone()).collect()
+        self.model
+            .outputs()
+            .iter()
+            .map(|i| i.name.clone())
+            .collect()
     }
     /// Declared input type, e.g. "float32[N,3,48,?]".
     #[wasm_bindgen(js_name = inputType)]
@@ -154,7 +166,13 @@ impl EdgeModel {
         self.model.inputs().get(i).map(|x| x.fact.to_string())
     }
     pub fn run(&self, feeds: &Feeds) -> Result<Outputs, EdgeError> {
-        let refs: Vec<(&str, Tensor)> = feeds.inner.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-        Ok(Outputs { inner: self.model.run(&refs)? })
+        let refs: Vec<(&str, Tensor)> = feeds
+            .inner
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.clone()))
+            .collect();
+        Ok(Outputs {
+            inner: self.model.run(&refs)?,
+        })
     }
 }

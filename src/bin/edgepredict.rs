@@ -283,7 +283,9 @@ fn demo(show: usize) -> Result<(), String> {
     let model = Model::load(DEMO_MODEL).map_err(|e| e.to_string())?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let x = read_npy(DEMO_X).map_err(|e| e.to_string())?;
-    let y = read_npy(DEMO_Y).and_then(|t| t.to_i64_vec()).map_err(|e| e.to_string())?;
+    let y = read_npy(DEMO_Y)
+        .and_then(|t| t.to_i64_vec())
+        .map_err(|e| e.to_string())?;
     let n = x.shape()[0];
     let t1 = Instant::now();
     let outs = model.run(&[("X", x.clone())]).map_err(|e| e.to_string())?;
@@ -292,9 +294,17 @@ fn demo(show: usize) -> Result<(), String> {
     let probs = outs[1].1.to_f32_vec().map_err(|e| e.to_string())?;
     let pixels = x.to_f32_vec().map_err(|e| e.to_string())?;
     for i in 0..show.min(n) {
-        println!("sample {i}: predicted {} (p={:.3}), true {}", labels[i], probs[i * 10 + labels[i] as usize], y[i]);
+        println!(
+            "sample {i}: predicted {} (p={:.3}), true {}",
+            labels[i],
+            probs[i * 10 + labels[i] as usize],
+            y[i]
+        );
         for row in pixels[i * 64..(i + 1) * 64].chunks(8) {
-            let line: String = row.iter().map(|&v| [' ', '.', ':', 'o', '#'][((v / 16.0 * 4.0).round() as usize).min(4)]).collect();
+            let line: String = row
+                .iter()
+                .map(|&v| [' ', '.', ':', 'o', '#'][((v / 16.0 * 4.0).round() as usize).min(4)])
+                .collect();
             println!("    |{line}|");
         }
     }

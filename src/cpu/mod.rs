@@ -2,6 +2,7 @@
 //! attributes and input tensors and return new tensors; they check what they index with
 //! and return errors, never panic.
 
+pub mod attention;
 pub mod common;
 pub mod elementwise;
 pub mod gemm;
@@ -12,3 +13,4 @@ pub mod norm;
 pub mod reduce;
 pub mod rnn;
 pub mod sampling;
+pub mod text;

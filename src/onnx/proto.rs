@@ -469,7 +469,10 @@ pub fn decode_sequence(buf: &[u8], depth: u32) -> Result<Vec<ValueProto>> {
     let mut r = Reader::new(buf);
     while let Some((n, v)) = r.field()? {
         match n {
-            3 => items.push(ValueProto::Tensor(Box::new(decode_tensor(v.as_bytes()?, depth)?))),
+            3 => items.push(ValueProto::Tensor(Box::new(decode_tensor(
+                v.as_bytes()?,
+                depth,
+            )?))),
             5 => items.push(ValueProto::Sequence(decode_sequence(v.as_bytes()?, depth)?)),
             7 => items.push(decode_optional(v.as_bytes()?, depth)?),
             _ => {}
@@ -486,10 +489,10 @@ pub fn decode_optional(buf: &[u8], depth: u32) -> Result<ValueProto> {
     while let Some((n, v)) = r.field()? {
         match n {
             3 => {
-                inner = Some(Box::new(ValueProto::Tensor(decode_tensor(
+                inner = Some(Box::new(ValueProto::Tensor(Box::new(decode_tensor(
                     v.as_bytes()?,
                     depth,
-                )?)))
+                )?))))
             }
             5 => {
                 inner = Some(Box::new(ValueProto::Sequence(decode_sequence(

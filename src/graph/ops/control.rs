@@ -100,7 +100,10 @@ pub struct Body {
 
 impl Body {
     pub fn new(graph: Graph) -> Body {
-        Body { graph, plan: OnceLock::new() }
+        Body {
+            graph,
+            plan: OnceLock::new(),
+        }
     }
     pub fn run(
         &self,

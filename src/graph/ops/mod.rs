@@ -8,6 +8,7 @@ use crate::error::Result;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+pub mod attention;
 pub mod control;
 pub mod elementwise;
 pub mod layout;
@@ -17,6 +18,7 @@ pub mod norm;
 pub mod reduce;
 pub mod rnn;
 pub mod sampling;
+pub mod text;
 
 /// Parses a node's attributes into an op.
 pub type ParseFn = fn(&mut NodeCx) -> Result<Box<dyn Op>>;
@@ -38,8 +40,9 @@ pub const fn def(domain: &'static str, name: &'static str, parse: ParseFn) -> Op
     }
 }
 
-fn families() -> [&'static [OpDef]; 9] {
+fn families() -> [&'static [OpDef]; 11] {
     [
+        attention::OPS,
         control::OPS,
         elementwise::OPS,
         layout::OPS,
@@ -49,6 +52,7 @@ fn families() -> [&'static [OpDef]; 9] {
         reduce::OPS,
         rnn::OPS,
         sampling::OPS,
+        text::OPS,
     ]
 }
 

@@ -13,7 +13,12 @@ use crate::error::Result;
 pub fn optimize(g: &mut Graph) -> Result<()> {
     const_fold::run(g)?;
     dce::run(g);
-    let Graph { nodes, values, consts, .. } = g;
+    let Graph {
+        nodes,
+        values,
+        consts,
+        ..
+    } = g;
     for node in nodes.iter_mut() {
         for sub in node.op.subgraphs_mut() {
             for (cid, name) in sub.captures.clone() {

@@ -1,0 +1,1 @@
+//! CPU kernels for the attention family (ops in `crate::graph::ops::attention`).

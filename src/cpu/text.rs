@@ -1,0 +1,1 @@
+//! CPU kernels for the text family (ops in `crate::graph::ops::text`).
