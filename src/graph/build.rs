@@ -57,7 +57,9 @@ pub fn fact_from_type(t: &Option<TypeProto>) -> Fact {
                         // a declared 0 is treated as unknown, never enforced.
                         DimProto::Value(0) => Dim::Unknown,
                         DimProto::Value(v) => usize::try_from(*v).map_or(Dim::Unknown, Dim::Known),
-                        DimProto::Param(p) if !p.is_empty() => Dim::Sym(p.clone()),
+                        // "?" marks an unnamed dim (paddle2onnx): two "?" are not the
+                        // same symbol.
+                        DimProto::Param(p) if !p.is_empty() && p != "?" => Dim::Sym(p.clone()),
                         _ => Dim::Unknown,
                     })
                     .collect()
