@@ -3,6 +3,7 @@
 
 pub mod const_fold;
 pub mod dce;
+pub mod fuse;
 pub mod inline_functions;
 
 use super::Graph;
@@ -12,6 +13,7 @@ use crate::error::Result;
 /// constants are seeded as constants inside so that folding reaches into If/Loop bodies.
 pub fn optimize(g: &mut Graph) -> Result<()> {
     const_fold::run(g)?;
+    fuse::run(g);
     dce::run(g);
     let Graph {
         nodes,

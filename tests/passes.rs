@@ -1,0 +1,226 @@
+//! Each graph pass, before and after: the optimised model gives the same outputs as the
+//! unoptimised one, and the rewritten graph has the expected nodes.
+
+mod support;
+
+use edgepredict::{LoadOptions, Model, Tensor};
+use support::*;
+
+fn rand(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        })
+        .collect()
+}
+
+fn attr_ints(name: &str, v: &[i64]) -> Vec<u8> {
+    let mut a = Vec::new();
+    field_str(1, name, &mut a);
+    field_varint(20, 7, &mut a);
+    for &x in v {
+        field_varint(8, x, &mut a);
+    }
+    a
+}
+
+/// Loads twice (optimised and not), runs both on `x`, checks equal outputs; returns the
+/// op types left in the optimised graph.
+fn before_after(bytes: &[u8], x: Tensor) -> Vec<String> {
+    let plain = Model::load_with(
+        bytes,
+        &LoadOptions {
+            optimize: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let opt = Model::load(bytes).unwrap();
+    let a = plain.run(&[("x", x.clone())]).unwrap();
+    let b = opt.run(&[("x", x)]).unwrap();
+    let (a, b) = (a[0].1.to_f32_vec().unwrap(), b[0].1.to_f32_vec().unwrap());
+    assert_eq!(a.len(), b.len());
+    for (p, q) in a.iter().zip(&b) {
+        assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "{p} vs {q}");
+    }
+    opt.graph()
+        .nodes
+        .iter()
+        .map(|n| n.op.name().to_string())
+        .collect()
+}
+
+#[test]
+fn conv_batchnorm_relu_becomes_one_conv() {
+    let (c, m) = (3, 4);
+    let w = tensor_f32("w", &[m, c, 3, 3], &rand((m * c * 9) as usize, 1));
+    let b = tensor_f32("b", &[m], &rand(m as usize, 2));
+    let scale = tensor_f32("scale", &[m], &rand(m as usize, 3));
+    let shift = tensor_f32("shift", &[m], &rand(m as usize, 4));
+    let mean = tensor_f32("mean", &[m], &rand(m as usize, 5));
+    let var: Vec<f32> = rand(m as usize, 6).iter().map(|v| v.abs() + 0.5).collect();
+    let var = tensor_f32("var", &[m], &var);
+    let nodes = [
+        node(&NodeSpec {
+            op: "Conv",
+            inputs: &["x", "w", "b"],
+            outputs: &["y"],
+            attrs: vec![attr_ints("pads", &[1, 1, 1, 1])],
+        }),
+        node(&NodeSpec {
+            op: "BatchNormalization",
+            inputs: &["y", "scale", "shift", "mean", "var"],
+            outputs: &["z"],
+            attrs: vec![],
+        }),
+        node(&NodeSpec {
+            op: "Relu",
+            inputs: &["z"],
+            outputs: &["out"],
+            attrs: vec![],
+        }),
+    ];
+    let m = model(&graph(
+        &nodes,
+        &[w, b, scale, shift, mean, var],
+        &[value_info("x", 1, &[1, c, 5, 5])],
+        &[value_info("out", 1, &[1, m, 5, 5])],
+    ));
+    let x = Tensor::from_vec(vec![1, 3, 5, 5], rand(75, 7)).unwrap();
+    assert_eq!(before_after(&m, x), vec!["Conv"]);
+}
+
+#[test]
+fn matmul_add_relu_becomes_one_matmul() {
+    let w = tensor_f32("w", &[8, 6], &rand(48, 1));
+    let b = tensor_f32("b", &[6], &rand(6, 2));
+    let nodes = [
+        node(&NodeSpec {
+            op: "MatMul",
+            inputs: &["x", "w"],
+            outputs: &["y"],
+            attrs: vec![],
+        }),
+        node(&NodeSpec {
+            op: "Add",
+            inputs: &["y", "b"],
+            outputs: &["z"],
+            attrs: vec![],
+        }),
+        node(&NodeSpec {
+            op: "Relu",
+            inputs: &["z"],
+            outputs: &["out"],
+            attrs: vec![],
+        }),
+    ];
+    let m = model(&graph(
+        &nodes,
+        &[w, b],
+        &[value_info("x", 1, &[-1, 8])],
+        &[value_info("out", 1, &[-1, 6])],
+    ));
+    let x = Tensor::from_vec(vec![5, 8], rand(40, 3)).unwrap();
+    assert_eq!(before_after(&m, x), vec!["MatMul"]);
+}
+
+#[test]
+fn conv_sigmoid_mul_becomes_silu_conv() {
+    let w = tensor_f32("w", &[2, 2, 1, 1], &rand(4, 1));
+    let nodes = [
+        node(&NodeSpec {
+            op: "Conv",
+            inputs: &["x", "w"],
+            outputs: &["y"],
+            attrs: vec![],
+        }),
+        node(&NodeSpec {
+            op: "Sigmoid",
+            inputs: &["y"],
+            outputs: &["s"],
+            attrs: vec![],
+        }),
+        node(&NodeSpec {
+            op: "Mul",
+            inputs: &["y", "s"],
+            outputs: &["out"],
+            attrs: vec![],
+        }),
+    ];
+    let m = model(&graph(
+        &nodes,
+        &[w],
+        &[value_info("x", 1, &[1, 2, 3, 3])],
+        &[value_info("out", 1, &[1, 2, 3, 3])],
+    ));
+    let x = Tensor::from_vec(vec![1, 2, 3, 3], rand(18, 4)).unwrap();
+    assert_eq!(before_after(&m, x), vec!["Conv"]);
+}
+
+#[test]
+fn shared_intermediate_is_not_fused() {
+    // y feeds both Relu and the output: fusing would change y.
+    let w = tensor_f32("w", &[4, 4], &rand(16, 1));
+    let nodes = [
+        node(&NodeSpec {
+            op: "MatMul",
+            inputs: &["x", "w"],
+            outputs: &["y"],
+            attrs: vec![],
+        }),
+        node(&NodeSpec {
+            op: "Relu",
+            inputs: &["y"],
+            outputs: &["out"],
+            attrs: vec![],
+        }),
+    ];
+    let g = graph(
+        &nodes,
+        &[w],
+        &[value_info("x", 1, &[2, 4])],
+        &[value_info("out", 1, &[2, 4]), value_info("y", 1, &[2, 4])],
+    );
+    let m = Model::load(&model(&g)).unwrap();
+    assert_eq!(m.graph().nodes.len(), 2);
+}
+
+#[test]
+fn constant_chains_fold_and_dead_nodes_go() {
+    // Shape(w) -> Reshape(x, shape) folds the Shape; an unused Relu disappears.
+    let w = tensor_f32("w", &[2, 3], &rand(6, 1));
+    let nodes = [
+        node(&NodeSpec {
+            op: "Shape",
+            inputs: &["w"],
+            outputs: &["s"],
+            attrs: vec![],
+        }),
+        node(&NodeSpec {
+            op: "Reshape",
+            inputs: &["x", "s"],
+            outputs: &["out"],
+            attrs: vec![],
+        }),
+        node(&NodeSpec {
+            op: "Relu",
+            inputs: &["x"],
+            outputs: &["unused"],
+            attrs: vec![],
+        }),
+    ];
+    let m = model(&graph(
+        &nodes,
+        &[w],
+        &[value_info("x", 1, &[6])],
+        &[value_info("out", 1, &[2, 3])],
+    ));
+    let x = Tensor::from_vec(vec![6], rand(6, 2)).unwrap();
+    assert_eq!(before_after(&m, x), vec!["Reshape"]);
+}
