@@ -1606,6 +1606,102 @@ mod tests {
     }
 
     #[test]
+    fn float8_tables() {
+        use small::*;
+        let sat = CastOptions::default();
+        let nosat = CastOptions {
+            saturate: false,
+            ..sat
+        };
+        let b = |v: f64, o| Float8E4M3FN::from_f64(v, o).to_bits();
+        assert_eq!(b(0.5, sat), 0x30);
+        assert_eq!(b(448.0, sat), 0x7E);
+        assert_eq!(b(464.0, nosat), 0x7E); // tie rounds to even (448)
+        assert_eq!(b(1e6, sat), 0x7E);
+        assert_eq!(b(1e6, nosat), 0x7F);
+        assert_eq!(b(f64::NEG_INFINITY, sat), 0xFE);
+        assert_eq!(b(f64::NEG_INFINITY, nosat), 0xFF);
+        assert_eq!(b(f64::NAN, sat), 0x7F);
+        assert_eq!(b(-0.0, sat), 0x80);
+        assert_eq!(b(-1e-7, sat), 0x80);
+        assert!(Float8E4M3FN::from_bits(0x7F).to_f32().is_nan());
+        assert_eq!(Float8E4M3FN::from_bits(0x01).to_f32(), 2f32.powi(-9));
+        assert_eq!(Float8E4M3FN::from_bits(0xB8).to_f32(), -1.0);
+
+        let u = |v: f64, o| Float8E4M3FNUZ::from_f64(v, o).to_bits();
+        assert_eq!(u(-0.0, sat), 0x00);
+        assert_eq!(u(f64::NAN, sat), 0x80);
+        assert_eq!(u(240.0, sat), 0x7F);
+        assert_eq!(u(1e6, nosat), 0x80);
+        assert!(Float8E4M3FNUZ::from_bits(0x80).to_f32().is_nan());
+
+        let e = |v: f64, o| Float8E5M2::from_f64(v, o).to_bits();
+        assert_eq!(e(57344.0, sat), 0x7B);
+        assert_eq!(e(1e6, sat), 0x7B);
+        assert_eq!(e(1e6, nosat), 0x7C);
+        assert_eq!(e(f64::NAN, sat), 0x7E);
+        assert_eq!(Float8E5M2::from_bits(0xFC).to_f32(), f32::NEG_INFINITY);
+        assert_eq!(Float8E5M2FNUZ::from_f64(f64::INFINITY, sat).to_bits(), 0x7F);
+        assert_eq!(Float8E5M2FNUZ::from_f64(f64::INFINITY, nosat).to_bits(), 0x80);
+        assert_eq!(Float8E5M2FNUZ::from_bits(0x7F).to_f32(), 57344.0);
+    }
+
+    #[test]
+    fn float4_e8m0_int_tables() {
+        use small::*;
+        let o = CastOptions::default();
+        let f = |v: f64| Float4E2M1::from_f64(v, o).to_bits();
+        assert_eq!(f(0.25), 0x0); // tie to even
+        assert_eq!(f(0.75), 0x2); // tie to even (1.0)
+        assert_eq!(f(9.0), 0x7);
+        assert_eq!(f(-3.5), 0xE);
+        assert_eq!(f(f64::NAN), 0x8);
+        assert_eq!(Float4E2M1::from_bits(0xF).to_f32(), -6.0);
+
+        let m = |v: f32, mode| e8m0_from_f32(v, true, mode);
+        assert_eq!(m(0.124, RoundMode::Up), 0x7C);
+        assert_eq!(m(1.1, RoundMode::Up), 0x80);
+        assert_eq!(m(1.1, RoundMode::Down), 0x7F);
+        assert_eq!(m(1.5, RoundMode::Nearest), 0x80);
+        assert_eq!(m(1.4, RoundMode::Nearest), 0x7F);
+        assert_eq!(m(f32::MAX, RoundMode::Up), 0xFE);
+        assert_eq!(e8m0_from_f32(f32::MAX, false, RoundMode::Up), 0xFF);
+        assert_eq!(Float8E8M0::from_bits(0x7F).to_f32(), 1.0);
+        assert!(Float8E8M0::from_bits(0xFF).to_f32().is_nan());
+
+        assert_eq!(Int4::from_f64(-9.0, o).get(), 7);
+        assert_eq!(Int4::saturate(-9).get(), -8);
+        assert_eq!(Int4::from_bits(0xF).get(), -1);
+        assert_eq!(UInt4::from_i64(-1, o).get(), 15);
+        assert_eq!(Int2::from_i64(2, o).get(), -2);
+        assert_eq!(UInt2::saturate(9).get(), 3);
+    }
+
+    #[test]
+    fn packed_roundtrip_and_cast() {
+        use small::*;
+        let d = from_packed(DType::I4, &[0x87, 0x0F], 3).unwrap();
+        let t = Tensor::new(vec![3], d.clone()).unwrap();
+        assert_eq!(t.to_i64_vec().unwrap(), vec![7, -8, -1]);
+        assert_eq!(to_packed(&d).unwrap(), vec![0x87, 0x0F]);
+        assert!(from_packed(DType::I4, &[0x87], 3).is_err());
+        let d2 = from_packed(DType::U2, &[0b11_10_01_00, 0b01], 5).unwrap();
+        assert_eq!(to_packed(&d2).unwrap(), vec![0b11_10_01_00, 0b01]);
+        // Through Cast: f32 -> float8 -> f32, int4 -> string.
+        let x = Tensor::vector(vec![0.47f32, -1e9, f32::NAN]);
+        let y = x.cast(DType::F8E4M3FN).unwrap().cast(DType::F32).unwrap();
+        let y = y.into_vec::<f32>().unwrap();
+        assert_eq!(&y[..2], &[0.46875, -448.0]);
+        assert!(y[2].is_nan());
+        let s = t.cast(DType::Str).unwrap().into_vec::<String>().unwrap();
+        assert_eq!(s, vec!["7", "-8", "-1"]);
+        assert_eq!(
+            Tensor::vector(vec!["3".to_string()]).cast(DType::U4).unwrap().dtype(),
+            DType::U4
+        );
+    }
+
+    #[test]
     fn num_semantics() {
         assert_eq!(Num::div(7i32, 0), 0);
         assert_eq!((-7i32).rem_floor(3), 2);

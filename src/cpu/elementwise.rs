@@ -1394,6 +1394,35 @@ mod tests {
     }
 
     #[test]
+    fn narrow_quantization() {
+        let x = t32(&[4], &[-20., -3., 2.6, 40.]);
+        let s = Tensor::scalar(2f32);
+        let q = quantize_linear(&x, &s, None, 1, 0, DType::I4).unwrap();
+        assert_eq!(q.to_i64_vec().unwrap(), vec![-8, -2, 1, 7]);
+        let y = dequantize_linear(&q, &s, None, 1, 0, DType::F32).unwrap();
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[-16., -4., 2., 14.]);
+        let f = quantize_linear_sat(&x, &s, None, 1, 0, DType::F8E4M3FN, true).unwrap();
+        let back = dequantize_linear(&f, &s, None, 1, 0, DType::F32).unwrap();
+        assert_eq!(back.as_slice::<f32>().unwrap(), &[-20., -3., 2.5, 40.]);
+        let big = t32(&[1], &[1e6]);
+        let n = quantize_linear_sat(&big, &s, None, 1, 0, DType::F8E5M2, false).unwrap();
+        let n = n.to_f32_vec().unwrap();
+        assert!(n[0].is_infinite());
+        // A zero point of another type is refused.
+        let zp = Tensor::scalar(0u8);
+        assert!(quantize_linear(&x, &s, Some(&zp), 1, 0, DType::I4).is_err());
+        assert!(dequantize_linear(&q, &s, None, 1, 0, DType::I8).is_err());
+    }
+
+    #[test]
+    fn narrow_bitcast() {
+        let x = Tensor::vector(vec![0x38u8, 0xC0]);
+        let f = bitcast(&x, DType::F8E4M3FN).unwrap();
+        assert_eq!(f.to_f32_vec().unwrap(), vec![1.0, -2.0]);
+        assert!(bitcast(&x, DType::I4).is_err());
+    }
+
+    #[test]
     fn broadcast_paths() {
         // Trailing-dim broadcast.
         let a = t32(&[2, 3], &[1., 2., 3., 4., 5., 6.]);
