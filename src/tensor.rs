@@ -834,7 +834,7 @@ pub mod small {
     //! the largest finite value, and without it out-of-range values become NaN (or
     //! infinity for E5M2). The FNUZ types have no negative zero and their NaN is 0x80.
 
-    use super::{Data, DType, Elem};
+    use super::{DType, Data, Elem};
     use crate::error::{Error, Result};
     use std::fmt;
 
@@ -1556,7 +1556,6 @@ pub mod cast {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1642,7 +1641,10 @@ mod tests {
         assert_eq!(e(f64::NAN, sat), 0x7E);
         assert_eq!(Float8E5M2::from_bits(0xFC).to_f32(), f32::NEG_INFINITY);
         assert_eq!(Float8E5M2FNUZ::from_f64(f64::INFINITY, sat).to_bits(), 0x7F);
-        assert_eq!(Float8E5M2FNUZ::from_f64(f64::INFINITY, nosat).to_bits(), 0x80);
+        assert_eq!(
+            Float8E5M2FNUZ::from_f64(f64::INFINITY, nosat).to_bits(),
+            0x80
+        );
         assert_eq!(Float8E5M2FNUZ::from_bits(0x7F).to_f32(), 57344.0);
     }
 
@@ -1696,7 +1698,10 @@ mod tests {
         let s = t.cast(DType::Str).unwrap().into_vec::<String>().unwrap();
         assert_eq!(s, vec!["7", "-8", "-1"]);
         assert_eq!(
-            Tensor::vector(vec!["3".to_string()]).cast(DType::U4).unwrap().dtype(),
+            Tensor::vector(vec!["3".to_string()])
+                .cast(DType::U4)
+                .unwrap()
+                .dtype(),
             DType::U4
         );
     }

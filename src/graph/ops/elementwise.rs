@@ -871,7 +871,12 @@ impl Op for CastLike {
         )])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        Ok(vec![k::cast_with(args.t(0)?, args.t(1)?.dtype(), self.opts)?.into()])
+        Ok(vec![k::cast_with(
+            args.t(0)?,
+            args.t(1)?.dtype(),
+            self.opts,
+        )?
+        .into()])
     }
 }
 
