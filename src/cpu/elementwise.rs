@@ -10,6 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::graph::ops::elementwise::{BinOp, UnaryOp, VarOp};
+use crate::tensor::small::{CastOptions, SmallElem};
 use crate::tensor::{numel, DType, Data, Elem, Num, Tensor};
 use half::{bf16, f16};
 use std::ops::{Add, Div, Mul, Neg, Sub};
@@ -887,11 +888,18 @@ pub fn cast(x: &Tensor, to: DType) -> Result<Tensor> {
     x.cast(to)
 }
 
+/// `Cast` to `to` with `saturate` / `round_mode` (narrow float targets).
+pub fn cast_with(x: &Tensor, to: DType, opts: CastOptions) -> Result<Tensor> {
+    numel(x.shape(), to)?;
+    x.cast_with(to, opts)
+}
+
 /// `BitCast`: the same little-endian bytes read as `to` (same width; bool is one byte,
-/// nonzero reads as true).
+/// nonzero reads as true; the narrow types reinterpret their bits, float8 with 8-bit
+/// types and 4-bit/2-bit ones with the same width).
 pub fn bitcast(x: &Tensor, to: DType) -> Result<Tensor> {
     let from = x.dtype();
-    if from == DType::Str || to == DType::Str || from.size() != to.size() {
+    if from == DType::Str || to == DType::Str || from.bit_width() != to.bit_width() {
         return Err(Error::dtype(format!(
             "BitCast from {from} to {to}: the widths differ"
         )));
@@ -922,6 +930,14 @@ pub fn bitcast(x: &Tensor, to: DType) -> Result<Tensor> {
         Data::U64(v) => put!(v),
         Data::Bool(v) => bytes.extend(v.iter().map(|&b| u8::from(b))),
         Data::Str(_) => return Err(Error::dtype("BitCast of strings")),
+        d => {
+            // One code per element, in the low bits of a byte.
+            crate::dispatch!(small from, "BitCast", T => {
+                let v = T::slice(d).ok_or_else(internal)?;
+                bytes.extend(v.iter().map(|e| e.to_bits()));
+                Ok::<(), Error>(())
+            })?
+        }
     }
     let shape = x.shape().to_vec();
     macro_rules! get {
@@ -953,6 +969,9 @@ pub fn bitcast(x: &Tensor, to: DType) -> Result<Tensor> {
         DType::U64 => get!(u64),
         DType::Bool => Tensor::from_vec(shape, bytes.iter().map(|&b| b != 0).collect::<Vec<_>>()),
         DType::Str => Err(Error::dtype("BitCast to strings")),
+        small_dt => crate::dispatch!(small small_dt, "BitCast", T => {
+            Tensor::from_vec(shape, bytes.iter().map(|&b| T::from_bits(b)).collect::<Vec<T>>())
+        }),
     }
 }
 
@@ -1088,12 +1107,53 @@ fn check_zp(scale: &Tensor, zp: Option<&Tensor>) -> Result<Option<Vec<i64>>> {
     }
 }
 
+/// Zero point values as f32 (any integer or narrow type), shape-checked against scale.
+fn check_zp_f32(scale: &Tensor, zp: Option<&Tensor>) -> Result<Option<Vec<f32>>> {
+    match zp {
+        None => Ok(None),
+        Some(z) => {
+            if z.shape() != scale.shape() && !(z.len() == 1 && scale.len() == 1) {
+                return Err(Error::shape(format!(
+                    "zero point shape {:?} differs from scale shape {:?}",
+                    z.shape(),
+                    scale.shape()
+                )));
+            }
+            Ok(Some(z.to_f32_vec()?))
+        }
+    }
+}
+
+/// Whether QuantizeLinear can produce `dt`.
+pub fn is_quant_type(dt: DType) -> bool {
+    matches!(
+        dt,
+        DType::U8
+            | DType::I8
+            | DType::U16
+            | DType::I16
+            | DType::U4
+            | DType::I4
+            | DType::U2
+            | DType::I2
+            | DType::F8E4M3FN
+            | DType::F8E4M3FNUZ
+            | DType::F8E5M2
+            | DType::F8E5M2FNUZ
+            | DType::F4E2M1
+    )
+}
+
 fn qrange(dt: DType) -> Result<(f32, f32)> {
     Ok(match dt {
         DType::U8 => (0.0, 255.0),
         DType::I8 => (-128.0, 127.0),
         DType::U16 => (0.0, 65535.0),
         DType::I16 => (-32768.0, 32767.0),
+        DType::U4 => (0.0, 15.0),
+        DType::I4 => (-8.0, 7.0),
+        DType::U2 => (0.0, 3.0),
+        DType::I2 => (-2.0, 1.0),
         other => {
             return Err(Error::unsupported_dtype(format!(
                 "quantization to {other} is not supported"
@@ -1102,7 +1162,8 @@ fn qrange(dt: DType) -> Result<(f32, f32)> {
     })
 }
 
-/// `QuantizeLinear`: y = clamp(round_half_even(x / scale) + zp) in `out_dt`.
+/// `QuantizeLinear`: y = clamp(round_half_even(x / scale) + zp) in `out_dt`; float8
+/// outputs saturate.
 pub fn quantize_linear(
     x: &Tensor,
     scale: &Tensor,
@@ -1111,7 +1172,32 @@ pub fn quantize_linear(
     block: usize,
     out_dt: DType,
 ) -> Result<Tensor> {
-    let (lo, hi) = qrange(out_dt)?;
+    quantize_linear_sat(x, scale, zp, axis, block, out_dt, true)
+}
+
+/// `QuantizeLinear`: integer outputs are clamp(round_half_even(x / scale) + zp); narrow
+/// float outputs are x / scale + zp rounded to the format, saturating when `saturate`
+/// (otherwise out-of-range values become NaN, or infinity for float8e5m2).
+pub fn quantize_linear_sat(
+    x: &Tensor,
+    scale: &Tensor,
+    zp: Option<&Tensor>,
+    axis: i64,
+    block: usize,
+    out_dt: DType,
+    saturate: bool,
+) -> Result<Tensor> {
+    if !is_quant_type(out_dt) {
+        return Err(Error::unsupported_dtype(format!(
+            "quantization to {out_dt} is not supported"
+        )));
+    }
+    let float_out = out_dt.is_low_float();
+    let (lo, hi) = if float_out {
+        (f32::NEG_INFINITY, f32::INFINITY)
+    } else {
+        qrange(out_dt)?
+    };
     if !matches!(
         x.dtype(),
         DType::F32 | DType::F16 | DType::BF16 | DType::I32
@@ -1121,15 +1207,23 @@ pub fn quantize_linear(
             x.dtype()
         )));
     }
-    if !scale.dtype().is_float() && scale.dtype() != DType::I32 {
+    if !scale.dtype().is_float() && !matches!(scale.dtype(), DType::I32 | DType::F8E8M0) {
         return Err(Error::dtype(format!(
             "QuantizeLinear scale of {}",
             scale.dtype()
         )));
     }
+    if let Some(z) = zp {
+        if z.dtype() != out_dt {
+            return Err(Error::dtype(format!(
+                "QuantizeLinear zero point is {} but the output is {out_dt}",
+                z.dtype()
+            )));
+        }
+    }
     let qp = QParams::new(x.shape(), scale.shape(), axis, block)?;
     let s = scale.to_f32_vec()?;
-    let z = check_zp(scale, zp)?;
+    let z = check_zp_f32(scale, zp)?;
     let xs_owned;
     let xs: &[f32] = if x.dtype() == DType::F32 {
         x.as_slice::<f32>()?
@@ -1142,13 +1236,19 @@ pub fn quantize_linear(
     qp.for_each(|start, len, p| {
         let sc = *s.get(p).ok_or_else(internal)?;
         let zz = match &z {
-            Some(z) => *z.get(p).ok_or_else(internal)? as f32,
+            Some(z) => *z.get(p).ok_or_else(internal)?,
             None => 0.0,
         };
         let src = xs.get(start..start + len).ok_or_else(internal)?;
         let dst = q.get_mut(start..start + len).ok_or_else(internal)?;
-        for (d, &v) in dst.iter_mut().zip(src) {
-            *d = (round_even_f32(v / sc) + zz).clamp(lo, hi);
+        if float_out {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = v / sc + zz;
+            }
+        } else {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = (round_even_f32(v / sc) + zz).clamp(lo, hi);
+            }
         }
         Ok(())
     })?;
@@ -1159,9 +1259,17 @@ pub fn quantize_linear(
         DType::I8 => Tensor::from_vec(shape, q.iter().map(|&v| v as i8).collect::<Vec<_>>()),
         DType::U16 => Tensor::from_vec(shape, q.iter().map(|&v| v as u16).collect::<Vec<_>>()),
         DType::I16 => Tensor::from_vec(shape, q.iter().map(|&v| v as i16).collect::<Vec<_>>()),
-        other => Err(Error::unsupported_dtype(format!(
-            "quantization to {other} is not supported"
-        ))),
+        other => {
+            // Integers are already rounded and clamped; floats round to the format.
+            let opts = CastOptions {
+                saturate,
+                ..CastOptions::default()
+            };
+            crate::dispatch!(small other, "QuantizeLinear", T => {
+                let v: Vec<T> = q.iter().map(|&v| T::from_f64(f64::from(v), opts)).collect();
+                Tensor::from_vec(shape, v)
+            })
+        }
     }
 }
 
@@ -1174,10 +1282,16 @@ pub fn dequantize_linear(
     block: usize,
     out_dt: DType,
 ) -> Result<Tensor> {
-    if !x.dtype().is_int() {
+    let small_x = x.dtype().is_small() && x.dtype() != DType::F8E8M0;
+    if !x.dtype().is_int() && !small_x {
         return Err(Error::unsupported_dtype(format!(
             "DequantizeLinear of {}",
             x.dtype()
+        )));
+    }
+    if !out_dt.is_float() {
+        return Err(Error::dtype(format!(
+            "DequantizeLinear output must be a float type, got {out_dt}"
         )));
     }
     if let Some(z) = zp {
@@ -1189,7 +1303,7 @@ pub fn dequantize_linear(
             )));
         }
     }
-    if !scale.dtype().is_float() {
+    if !scale.dtype().is_float() && scale.dtype() != DType::F8E8M0 {
         return Err(Error::dtype(format!(
             "DequantizeLinear scale of {}",
             scale.dtype()
@@ -1197,8 +1311,33 @@ pub fn dequantize_linear(
     }
     let qp = QParams::new(x.shape(), scale.shape(), axis, block)?;
     let s = scale.to_f32_vec()?;
-    let z = check_zp(scale, zp)?;
     let n = numel(x.shape(), DType::F32)?;
+    if small_x {
+        // Narrow types decode exactly to f32: y = (x - zp) * scale.
+        let z = check_zp_f32(scale, zp)?;
+        let xs = x.to_f32_vec()?;
+        let mut out = vec![0f32; n];
+        qp.for_each(|start, len, p| {
+            let sc = *s.get(p).ok_or_else(internal)?;
+            let zz = match &z {
+                Some(z) => *z.get(p).ok_or_else(internal)?,
+                None => 0.0,
+            };
+            let src = xs.get(start..start + len).ok_or_else(internal)?;
+            let dst = out.get_mut(start..start + len).ok_or_else(internal)?;
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = (v - zz) * sc;
+            }
+            Ok(())
+        })?;
+        let t = Tensor::from_vec(x.shape().to_vec(), out)?;
+        return if out_dt == DType::F32 {
+            Ok(t)
+        } else {
+            t.cast(out_dt)
+        };
+    }
+    let z = check_zp(scale, zp)?;
     let mut out = vec![0f32; n];
     crate::dispatch!(int x.dtype(), "DequantizeLinear", T => {
         let xs = x.as_slice::<T>()?;
@@ -1252,6 +1391,35 @@ mod tests {
 
     fn t32(shape: &[usize], v: &[f32]) -> Tensor {
         Tensor::from_vec(shape.to_vec(), v.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn narrow_quantization() {
+        let x = t32(&[4], &[-20., -3., 2.6, 40.]);
+        let s = Tensor::scalar(2f32);
+        let q = quantize_linear(&x, &s, None, 1, 0, DType::I4).unwrap();
+        assert_eq!(q.to_i64_vec().unwrap(), vec![-8, -2, 1, 7]);
+        let y = dequantize_linear(&q, &s, None, 1, 0, DType::F32).unwrap();
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[-16., -4., 2., 14.]);
+        let f = quantize_linear_sat(&x, &s, None, 1, 0, DType::F8E4M3FN, true).unwrap();
+        let back = dequantize_linear(&f, &s, None, 1, 0, DType::F32).unwrap();
+        assert_eq!(back.as_slice::<f32>().unwrap(), &[-20., -3., 2.5, 40.]);
+        let big = t32(&[1], &[1e6]);
+        let n = quantize_linear_sat(&big, &s, None, 1, 0, DType::F8E5M2, false).unwrap();
+        let n = n.to_f32_vec().unwrap();
+        assert!(n[0].is_infinite());
+        // A zero point of another type is refused.
+        let zp = Tensor::scalar(0u8);
+        assert!(quantize_linear(&x, &s, Some(&zp), 1, 0, DType::I4).is_err());
+        assert!(dequantize_linear(&q, &s, None, 1, 0, DType::I8).is_err());
+    }
+
+    #[test]
+    fn narrow_bitcast() {
+        let x = Tensor::vector(vec![0x38u8, 0xC0]);
+        let f = bitcast(&x, DType::F8E4M3FN).unwrap();
+        assert_eq!(f.to_f32_vec().unwrap(), vec![1.0, -2.0]);
+        assert!(bitcast(&x, DType::I4).is_err());
     }
 
     #[test]

@@ -162,6 +162,20 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
                 t.uint64_data.clone()
             }
         }),
+        small_dt if small_dt.is_small() => {
+            // raw_data holds the packed bytes; int32_data one packed byte per value.
+            let packed: Vec<u8>;
+            let bytes = match raw {
+                Some(r) => r,
+                None => {
+                    let per = 8 / small_dt.bit_width().max(1);
+                    typed_len_check(t.int32_data.len(), n.div_ceil(per), "int32_data")?;
+                    packed = t.int32_data.iter().map(|&v| v as u8).collect();
+                    &packed
+                }
+            };
+            crate::tensor::small::from_packed(small_dt, bytes, n)?
+        }
         DType::Str => {
             typed_len_check(t.string_data.len(), n, "string_data")?;
             Data::Str(
@@ -170,6 +184,11 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
                     .map(|b| String::from_utf8_lossy(b).into_owned())
                     .collect(),
             )
+        }
+        other => {
+            return Err(Error::unsupported_dtype(format!(
+                "cannot decode {other} tensors"
+            )))
         }
     };
     Tensor::new(shape, data)

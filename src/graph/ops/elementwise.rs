@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::graph::shape::broadcast_facts;
 use crate::graph::{same_dtype, Activation, Args, Dim, Fact, InferCx, NodeCx, Op, RunCx, Value};
 use crate::op_common;
+use crate::tensor::small::{CastOptions, RoundMode};
 use crate::tensor::{DType, Tensor};
 
 pub const OPS: &[OpDef] = &[
@@ -769,18 +770,20 @@ impl Op for Clip {
 // Cast, CastLike
 // ---------------------------------------------------------------------------------------
 
-/// Reads Cast's `saturate` and `round_mode`, which only affect float8/float8e8m0 targets
-/// (types this runtime rejects at load), so any value is fine.
-fn cast_attrs(cx: &NodeCx) -> Result<()> {
+/// Reads Cast's `saturate` and `round_mode`, which only affect the narrow float targets
+/// (float8 types, float8e8m0).
+fn cast_attrs(cx: &NodeCx) -> Result<CastOptions> {
     let sat = cx.int_or("saturate", 1)?;
     if sat != 0 && sat != 1 {
         return Err(Error::attr(format!("saturate must be 0 or 1, got {sat}")));
     }
     let rm = cx.string_or("round_mode", "up")?;
-    if !matches!(rm.as_str(), "up" | "down" | "nearest") {
-        return Err(Error::attr(format!("round_mode '{rm}'")));
-    }
-    Ok(())
+    let round_mode =
+        RoundMode::parse(&rm).ok_or_else(|| Error::attr(format!("round_mode '{rm}'")))?;
+    Ok(CastOptions {
+        saturate: sat == 1,
+        round_mode,
+    })
 }
 
 /// `Cast`: converts to the dtype `to` (numbers, bool, strings).
@@ -788,15 +791,17 @@ fn cast_attrs(cx: &NodeCx) -> Result<()> {
 #[derive(Debug)]
 pub struct Cast {
     pub to: DType,
+    /// `saturate` and `round_mode` (narrow float targets only).
+    pub opts: CastOptions,
 }
 
 fn parse_cast(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
-    cast_attrs(cx)?;
+    let opts = cast_attrs(cx)?;
     let to = match read_to(cx)? {
         Some(t) => t,
         None => return Err(Error::attr("Cast needs the attribute 'to'")),
     };
-    Ok(Box::new(Cast { to }))
+    Ok(Box::new(Cast { to, opts }))
 }
 
 /// Reads `to`, an int (new) or a string type name (opset 1).
@@ -840,18 +845,21 @@ impl Op for Cast {
         Ok(vec![Fact::new(Some(self.to), cx.input(0)?.shape.clone())])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        Ok(vec![k::cast(args.t(0)?, self.to)?.into()])
+        Ok(vec![k::cast_with(args.t(0)?, self.to, self.opts)?.into()])
     }
 }
 
 /// `CastLike`: converts the first input to the dtype of the second.
 /// <https://onnx.ai/onnx/operators/onnx__CastLike.html>
 #[derive(Debug)]
-pub struct CastLike;
+pub struct CastLike {
+    /// `saturate` and `round_mode` (narrow float targets only).
+    pub opts: CastOptions,
+}
 
 fn parse_cast_like(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
-    cast_attrs(cx)?;
-    Ok(Box::new(CastLike))
+    let opts = cast_attrs(cx)?;
+    Ok(Box::new(CastLike { opts }))
 }
 
 impl Op for CastLike {
@@ -863,7 +871,12 @@ impl Op for CastLike {
         )])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        Ok(vec![k::cast(args.t(0)?, args.t(1)?.dtype())?.into()])
+        Ok(vec![k::cast_with(
+            args.t(0)?,
+            args.t(1)?.dtype(),
+            self.opts,
+        )?
+        .into()])
     }
 }
 
@@ -889,7 +902,7 @@ impl Op for BitCast {
     fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
         let x = cx.input(0)?;
         if let Some(dt) = x.dtype {
-            if dt == DType::Str || dt.size() != self.to.size() {
+            if dt == DType::Str || dt.bit_width() != self.to.bit_width() {
                 return Err(Error::dtype(format!(
                     "BitCast from {dt} to {}: the widths differ",
                     self.to
@@ -925,6 +938,8 @@ pub struct QuantizeLinear {
     pub axis: i64,
     pub block_size: usize,
     pub output_dtype: Option<DType>,
+    /// Saturate float8 outputs (otherwise out-of-range values become NaN/inf).
+    pub saturate: bool,
 }
 
 fn parse_quantize(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
@@ -946,7 +961,7 @@ fn parse_quantize(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
     }
     let output_dtype = output_dtype_attr(cx)?;
     if let Some(dt) = output_dtype {
-        if !matches!(dt, DType::U8 | DType::I8 | DType::U16 | DType::I16) {
+        if !k::is_quant_type(dt) {
             return Err(Error::unsupported_dtype(format!(
                 "QuantizeLinear to {dt} is not supported"
             )));
@@ -956,6 +971,7 @@ fn parse_quantize(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
         axis,
         block_size,
         output_dtype,
+        saturate: sat == 1,
     }))
 }
 
@@ -984,13 +1000,14 @@ impl Op for QuantizeLinear {
             Some(z) => z.dtype(),
             None => self.output_dtype.unwrap_or(DType::U8),
         };
-        let y = k::quantize_linear(
+        let y = k::quantize_linear_sat(
             args.t(0)?,
             args.t(1)?,
             zp,
             self.axis,
             self.block_size,
             out_dt,
+            self.saturate,
         )?;
         Ok(vec![y.into()])
     }
