@@ -591,6 +591,129 @@ pub fn causal_conv_with_state(
     Ok((out, vec![bn, c, k - 1], state))
 }
 
+/// Two f32 outputs with their shapes.
+pub type ShapedPair = (Vec<usize>, Vec<f32>, Vec<usize>, Vec<f32>);
+
+/// Update rule of `LinearAttention`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinRule {
+    pub gating: bool,
+    pub delta: bool,
+}
+
+/// `LinearAttention` (opset 27) in f32, token by token. q (B, T, Hq·dk), k (B, T, Hkv·dk),
+/// v (B, T, Hkv·dv); state (B, Hkv, dk, dv). Returns (output shape, output, state shape, state).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_attention(
+    rule: LinRule,
+    hq: usize,
+    hkv: usize,
+    scale: f32,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    past: Option<&Tensor>,
+    decay: Option<&Tensor>,
+    beta: Option<&Tensor>,
+) -> Result<ShapedPair> {
+    let bad = |m: String| Err(Error::shape(format!("LinearAttention: {m}")));
+    let (&[b, t, qh], &[kb, kt, kh], &[vb, vt, vh]) = (q.shape(), k.shape(), v.shape()) else {
+        return bad("query, key and value must be 3-D".into());
+    };
+    if hq == 0 || hkv == 0 || hq % hkv != 0 || qh % hq != 0 || vh % hkv != 0 {
+        return bad(format!("heads {hq}/{hkv} do not divide the hidden sizes"));
+    }
+    let (dk, dv) = (qh / hq, vh / hkv);
+    if (kb, kt, kh, vb, vt) != (b, t, hkv * dk, b, t) {
+        return bad(format!(
+            "shapes {:?}, {:?}, {:?} do not agree",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        ));
+    }
+    if rule.gating != decay.is_some() || rule.delta != beta.is_some() {
+        return Err(Error::input(
+            "LinearAttention: decay/beta presence does not match update_rule",
+        ));
+    }
+    let dec = decay.map(f32_view).transpose()?;
+    let dec_w = match decay.map(|d| d.shape().to_vec()) {
+        Some(s) if s.len() == 3 && s[0] == b && s[1] == t && s[2] == hkv => 1,
+        Some(s) if s.len() == 3 && s[0] == b && s[1] == t && s[2] == hkv * dk => dk,
+        Some(s) => return bad(format!("decay shape {s:?} is invalid")),
+        None => 0,
+    };
+    let bet = beta.map(f32_view).transpose()?;
+    let bet_w = match beta.map(|d| d.shape().to_vec()) {
+        Some(s) if s.len() == 3 && s[0] == b && s[1] == t && (s[2] == hkv || s[2] == 1) => s[2],
+        Some(s) => return bad(format!("beta shape {s:?} is invalid")),
+        None => 0,
+    };
+    let st_shape = vec![b, hkv, dk, dv];
+    let mut state = match past {
+        Some(p) => {
+            if p.shape() != st_shape.as_slice() {
+                return bad(format!("past_state {:?} must be {st_shape:?}", p.shape()));
+            }
+            f32_view(p)?.into_owned()
+        }
+        None => alloc_vec::<f32>(numel(&st_shape, DType::F32)?)?,
+    };
+    let (qd, kd, vd) = (f32_view(q)?, f32_view(k)?, f32_view(v)?);
+    let mut out = alloc_vec::<f32>(numel(&[b, t, hq * dv], DType::F32)?)?;
+    let mut vt_buf = vec![0.0f32; dv];
+    let group = hq / hkv;
+    for bi in 0..b {
+        for ti in 0..t {
+            let row = bi * t + ti;
+            for h in 0..hkv {
+                let s = &mut state[(bi * hkv + h) * dk * dv..(bi * hkv + h + 1) * dk * dv];
+                if let Some(g) = &dec {
+                    let go = row * hkv * dec_w + h * dec_w;
+                    for i in 0..dk {
+                        let f = g[go + if dec_w == 1 { 0 } else { i }].exp();
+                        for x in s[i * dv..(i + 1) * dv].iter_mut() {
+                            *x *= f;
+                        }
+                    }
+                }
+                let kr = &kd[row * hkv * dk + h * dk..][..dk];
+                vt_buf.copy_from_slice(&vd[row * hkv * dv + h * dv..][..dv]);
+                if let Some(be) = &bet {
+                    let bv = be[row * bet_w + if bet_w == 1 { 0 } else { h }];
+                    for (m, x) in vt_buf.iter_mut().enumerate() {
+                        let mut r = 0.0f32;
+                        for i in 0..dk {
+                            r += s[i * dv + m] * kr[i];
+                        }
+                        *x = bv * (*x - r);
+                    }
+                }
+                for i in 0..dk {
+                    let ki = kr[i];
+                    for (x, &u) in s[i * dv..(i + 1) * dv].iter_mut().zip(&vt_buf) {
+                        *x += ki * u;
+                    }
+                }
+                for g in 0..group {
+                    let qh_i = h * group + g;
+                    let qr = &qd[row * hq * dk + qh_i * dk..][..dk];
+                    let o = &mut out[row * hq * dv + qh_i * dv..][..dv];
+                    o.fill(0.0);
+                    for i in 0..dk {
+                        let qi = qr[i] * scale;
+                        for (x, &sv) in o.iter_mut().zip(&s[i * dv..(i + 1) * dv]) {
+                            *x += qi * sv;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok((vec![b, t, hq * dv], out, st_shape, state))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ pub const OPS: &[OpDef] = &[
     def("", "Attention", parse_attention),
     def("", "RotaryEmbedding", parse_rotary),
     def("", "CausalConvWithState", parse_causal_conv),
+    def("", "LinearAttention", parse_linear_attention),
 ];
 
 fn opt_usize(cx: &NodeCx, name: &str) -> Result<Option<usize>> {
@@ -310,6 +311,123 @@ impl Op for CausalConvWithState {
         Ok(vec![
             Value::from(k::f32_out(x.shape().to_vec(), y, dt)?),
             Value::from(k::f32_out(ss, st, dt)?),
+        ])
+    }
+}
+
+/// `LinearAttention`: recurrent linear attention with linear, gated, delta or gated-delta
+/// state updates. Spec: https://onnx.ai/onnx/operators/onnx__LinearAttention.html
+#[derive(Debug)]
+pub struct LinearAttention {
+    pub rule: k::LinRule,
+    pub q_num_heads: usize,
+    pub kv_num_heads: usize,
+    pub scale: f32,
+}
+
+fn parse_linear_attention(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
+    // chunk_size is a tuning hint with no effect on the result.
+    cx.int_or("chunk_size", 64)?;
+    let q_num_heads = opt_usize(cx, "q_num_heads")?
+        .ok_or_else(|| Error::attr("LinearAttention needs q_num_heads"))?;
+    let kv_num_heads = opt_usize(cx, "kv_num_heads")?
+        .ok_or_else(|| Error::attr("LinearAttention needs kv_num_heads"))?;
+    if q_num_heads % kv_num_heads != 0 {
+        return Err(Error::attr(format!(
+            "LinearAttention: q_num_heads {q_num_heads} is not a multiple of kv_num_heads {kv_num_heads}"
+        )));
+    }
+    let scale = cx.float_or("scale", 0.0)?;
+    let rule = match cx.string_or("update_rule", "gated_delta")?.as_str() {
+        "linear" => k::LinRule {
+            gating: false,
+            delta: false,
+        },
+        "gated" => k::LinRule {
+            gating: true,
+            delta: false,
+        },
+        "delta" => k::LinRule {
+            gating: false,
+            delta: true,
+        },
+        "gated_delta" => k::LinRule {
+            gating: true,
+            delta: true,
+        },
+        other => {
+            return Err(Error::attr(format!(
+                "LinearAttention: unknown update_rule '{other}'"
+            )))
+        }
+    };
+    Ok(Box::new(LinearAttention {
+        rule,
+        q_num_heads,
+        kv_num_heads,
+        scale,
+    }))
+}
+
+impl Op for LinearAttention {
+    op_common!("LinearAttention");
+    fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
+        let q = cx.input(0)?;
+        let kf = cx.input(1)?;
+        let v = cx.input(2)?;
+        let dt = float_dtype(q, "LinearAttention")?;
+        float_dtype(kf, "LinearAttention")?;
+        float_dtype(v, "LinearAttention")?;
+        for f in [q, kf, v] {
+            if let Some(r) = f.rank() {
+                if r != 3 {
+                    return Err(Error::shape(format!(
+                        "LinearAttention: inputs must be 3-D, got rank {r}"
+                    )));
+                }
+            }
+        }
+        let (hq, hkv) = (self.q_num_heads, self.kv_num_heads);
+        let dk = dim(q, 2)
+            .known()
+            .map_or(Dim::Unknown, |h| Dim::Known(h / hq));
+        let dv = dim(v, 2)
+            .known()
+            .map_or(Dim::Unknown, |h| Dim::Known(h / hkv));
+        let out_h = dim(v, 2)
+            .known()
+            .map_or(Dim::Unknown, |h| Dim::Known(h / hkv * hq));
+        let st_dt = cx.opt(3).and_then(|f| f.dtype).or(dt);
+        Ok(vec![
+            Fact::new(dt, Some(vec![dim(q, 0), dim(q, 1), out_h])),
+            Fact::new(st_dt, Some(vec![dim(q, 0), Dim::Known(hkv), dk, dv])),
+        ])
+    }
+    fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
+        let q = args.t(0)?;
+        let dt = q.dtype();
+        let past = args.opt(3)?;
+        let scale = if self.scale == 0.0 {
+            let dk = q.shape().get(2).copied().unwrap_or(0) / self.q_num_heads;
+            1.0 / (dk.max(1) as f32).sqrt()
+        } else {
+            self.scale
+        };
+        let (yshape, y, ss, st) = k::linear_attention(
+            self.rule,
+            self.q_num_heads,
+            self.kv_num_heads,
+            scale,
+            q,
+            args.t(1)?,
+            args.t(2)?,
+            past,
+            args.opt(4)?,
+            args.opt(5)?,
+        )?;
+        Ok(vec![
+            Value::from(k::f32_out(yshape, y, dt)?),
+            Value::from(k::f32_out(ss, st, past.map_or(dt, |p| p.dtype()))?),
         ])
     }
 }
