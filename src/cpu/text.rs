@@ -553,10 +553,7 @@ impl Regex {
             steps: Cell::new(0),
         };
         let end = chars.len();
-        let hit = self
-            .alts
-            .iter()
-            .any(|seq| m.seq(seq, 0, &mut |j| j == end));
+        let hit = self.alts.iter().any(|seq| m.seq(seq, 0, &mut |j| j == end));
         if m.steps.get() > REGEX_MAX_STEPS {
             return Err(Error::runtime(
                 "RegexFullMatch: pattern needs too much backtracking",
@@ -658,9 +655,11 @@ impl TfIdf {
         let mut gram_id = 0usize;
         for (k, &start) in s.ngram_counts.iter().enumerate() {
             let size = k + 1;
-            let end = s.ngram_counts.get(k + 1).copied().unwrap_or_else(|| {
-                i64::try_from(tokens.len()).unwrap_or(i64::MAX)
-            });
+            let end = s
+                .ngram_counts
+                .get(k + 1)
+                .copied()
+                .unwrap_or_else(|| i64::try_from(tokens.len()).unwrap_or(i64::MAX));
             let (Ok(start), Ok(end)) = (usize::try_from(start), usize::try_from(end)) else {
                 return Err(bad("negative ngram_counts"));
             };
@@ -848,7 +847,9 @@ fn det_lu(a: &mut [f64], n: usize) -> f64 {
 pub fn det(x: &Tensor) -> Result<Tensor> {
     let dt = x.dtype();
     if !dt.is_float() {
-        return Err(Error::unsupported_dtype(format!("Det does not support {dt}")));
+        return Err(Error::unsupported_dtype(format!(
+            "Det does not support {dt}"
+        )));
     }
     let s = x.shape();
     if s.len() < 2 || s[s.len() - 1] != s[s.len() - 2] {
@@ -904,7 +905,9 @@ pub fn optimizer(
         let x = ts[0];
         let dt = x.dtype();
         if !dt.is_float() {
-            return Err(Error::unsupported_dtype(format!("{what} does not support {dt}")));
+            return Err(Error::unsupported_dtype(format!(
+                "{what} does not support {dt}"
+            )));
         }
         for t in &ts[1..] {
             if t.shape() != x.shape() || t.dtype() != dt {

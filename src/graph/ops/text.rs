@@ -170,8 +170,7 @@ impl Op for StringSplit {
         ])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        let (subs, counts) =
-            k::string_split(args.t(0)?, self.delimiter.as_deref(), self.maxsplit)?;
+        let (subs, counts) = k::string_split(args.t(0)?, self.delimiter.as_deref(), self.maxsplit)?;
         Ok(vec![subs.into(), counts.into()])
     }
 }
