@@ -518,11 +518,11 @@ impl Matcher<'_> {
         if count < min {
             return more(k);
         }
-        if greedy {
-            more(k) || k(i)
-        } else {
-            k(i) || more(k)
-        }
+        // Greedy tries one more iteration first; lazy tries the continuation first.
+        let order = if greedy { [true, false] } else { [false, true] };
+        order
+            .into_iter()
+            .any(|again| if again { more(&mut *k) } else { k(i) })
     }
 }
 
