@@ -10,6 +10,7 @@ use wasm_bindgen::prelude::*;
 
 /// A typed error for JS.
 #[wasm_bindgen]
+#[derive(Debug)]
 pub struct EdgeError {
     inner: Error,
 }

@@ -1864,7 +1864,7 @@ mod tests {
                     start: 0,
                     end: None,
                 },
-                &[y.clone()],
+                std::slice::from_ref(&y),
             );
             assert!(s[0].value.is_none());
             assert_eq!(s[0].shape.as_deref().unwrap(), &[Dim::Known(2)]);
