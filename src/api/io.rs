@@ -177,13 +177,15 @@ pub fn write_npy(t: &Tensor) -> Result<Vec<u8>> {
             .iter()
             .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         Data::Bool(v) => v.iter().for_each(|&x| out.push(u8::from(x))),
-        _ => unreachable_dtype()?,
+        // npy_descr above already refused every other dtype.
+        _ => {
+            return Err(Error::unsupported_dtype(format!(
+                "{} cannot be stored in .npy",
+                t.dtype()
+            )))
+        }
     }
     Ok(out)
-}
-
-fn unreachable_dtype() -> Result<()> {
-    Err(Error::unsupported_dtype("dtype cannot be stored in .npy"))
 }
 
 #[cfg(test)]

@@ -123,10 +123,6 @@ impl Graph {
     pub fn capture_names(&self) -> impl Iterator<Item = &str> {
         self.captures.iter().map(|(_, n)| n.as_str())
     }
-    /// Id of a value by name (names are unique within a graph).
-    pub fn find_value(&self, name: &str) -> Option<ValueId> {
-        self.values.iter().position(|v| v.name == name)
-    }
     /// Counts nodes here and in every subgraph.
     pub fn node_count_deep(&self) -> usize {
         self.nodes
