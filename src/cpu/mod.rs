@@ -9,6 +9,7 @@ pub mod gemm;
 pub mod layout;
 pub mod ml;
 pub mod nn;
+pub mod qgemm;
 pub mod norm;
 pub mod reduce;
 pub mod rnn;

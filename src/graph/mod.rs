@@ -223,6 +223,14 @@ pub trait Op: fmt::Debug + Send + Sync + Any {
     fn is_deterministic(&self) -> bool {
         true
     }
+    /// Called once at load, after the passes, with the node's inputs that are load-time
+    /// constants (None for the others). Ops with weights pack them here into the layout
+    /// their kernel wants (GEMM panels, widened int8) so that no run repeats the work;
+    /// `run` still receives the same constant inputs and must give the same result
+    /// whether or not this was called.
+    fn prepack(&mut self, _consts: &[Option<&Tensor>]) -> Result<()> {
+        Ok(())
+    }
     fn as_any(&self) -> &dyn Any;
     /// Mutable access for passes that rewrite an op in place (fusions); ops that no
     /// pass rewrites may keep the default.

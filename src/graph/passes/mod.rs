@@ -5,6 +5,7 @@ pub mod const_fold;
 pub mod dce;
 pub mod fuse;
 pub mod inline_functions;
+pub mod prepack;
 
 use super::Graph;
 use crate::error::Result;
@@ -33,5 +34,5 @@ pub fn optimize(g: &mut Graph) -> Result<()> {
             optimize(sub)?;
         }
     }
-    Ok(())
+    prepack::run(g)
 }
