@@ -224,3 +224,133 @@ fn constant_chains_fold_and_dead_nodes_go() {
     let x = Tensor::from_vec(vec![6], rand(6, 2)).unwrap();
     assert_eq!(before_after(&m, x), vec!["Reshape"]);
 }
+
+const U8: i64 = 2;
+const I8: i64 = 3;
+const I32: i64 = 6;
+
+fn qnode(op: &'static str, inputs: &'static [&'static str], out: &'static str) -> Vec<u8> {
+    node(&NodeSpec {
+        op,
+        inputs,
+        outputs: &[out],
+        attrs: vec![],
+    })
+}
+
+/// x → Q → DQ → Conv(DQ(w int8 per channel), DQ(bias int32)) → Q → DQ → MaxPool
+/// → Q → DQ → y: the QDQ quantizer's shape of a quantized conv block.
+fn qdq_conv_model() -> Vec<u8> {
+    let (c, m) = (3usize, 4usize);
+    let w: Vec<u8> = (0..m * c * 9)
+        .map(|i| ((i * 37 % 255) as i32 - 127) as i8 as u8)
+        .collect();
+    let w_scale: Vec<f32> = (0..m).map(|i| 0.01 + 0.002 * i as f32).collect();
+    let x_scale = 0.02f32;
+    let bias: Vec<u8> = (0..m as i32)
+        .flat_map(|i| ((i - 2) * 300).to_le_bytes())
+        .collect();
+    let b_scale: Vec<f32> = w_scale.iter().map(|s| s * x_scale).collect();
+    let mut conv_attrs = vec![attr_ints("pads", &[1, 1, 1, 1])];
+    conv_attrs.push(attr_ints("strides", &[1, 1]));
+    let mut axis0 = Vec::new();
+    field_str(1, "axis", &mut axis0);
+    field_varint(20, 2, &mut axis0);
+    field_varint(3, 0, &mut axis0);
+    let nodes = [
+        qnode("QuantizeLinear", &["x", "xs", "xz"], "xq"),
+        qnode("DequantizeLinear", &["xq", "xs", "xz"], "xd"),
+        node(&NodeSpec {
+            op: "DequantizeLinear",
+            inputs: &["w", "ws", "wz"],
+            outputs: &["wd"],
+            attrs: vec![axis0.clone()],
+        }),
+        node(&NodeSpec {
+            op: "DequantizeLinear",
+            inputs: &["b", "bs"],
+            outputs: &["bd"],
+            attrs: vec![axis0],
+        }),
+        node(&NodeSpec {
+            op: "Conv",
+            inputs: &["xd", "wd", "bd"],
+            outputs: &["y"],
+            attrs: conv_attrs,
+        }),
+        qnode("QuantizeLinear", &["y", "ys", "yz"], "yq"),
+        qnode("DequantizeLinear", &["yq", "ys", "yz"], "yd"),
+        node(&NodeSpec {
+            op: "MaxPool",
+            inputs: &["yd"],
+            outputs: &["p"],
+            attrs: vec![attr_ints("kernel_shape", &[2, 2])],
+        }),
+        qnode("QuantizeLinear", &["p", "ys", "yz"], "pq"),
+        qnode("DequantizeLinear", &["pq", "ys", "yz"], "z"),
+    ];
+    let inits = [
+        tensor_f32("xs", &[], &[x_scale]),
+        tensor_raw("xz", U8, &[], &[128]),
+        tensor_raw("w", I8, &[m as i64, c as i64, 3, 3], &w),
+        tensor_f32("ws", &[m as i64], &w_scale),
+        tensor_raw("wz", I8, &[m as i64], &[0; 4]),
+        tensor_raw("b", I32, &[m as i64], &bias),
+        tensor_f32("bs", &[m as i64], &b_scale),
+        tensor_f32("ys", &[], &[0.05]),
+        tensor_raw("yz", U8, &[], &[100]),
+    ];
+    model(&graph(
+        &nodes,
+        &inits,
+        &[value_info("x", 1, &[1, c as i64, 6, 6])],
+        &[value_info("z", 1, &[1, m as i64, 3, 3])],
+    ))
+}
+
+#[test]
+fn qdq_conv_becomes_qlinear_conv() {
+    let bytes = qdq_conv_model();
+    let x = Tensor::from_vec(
+        vec![1, 3, 6, 6],
+        rand(108, 11).iter().map(|v| v * 4.0).collect(),
+    )
+    .unwrap();
+    // The integer path may differ from float-then-requantize by one output step where the
+    // float sum lands next to a rounding boundary; compare in steps of the output scale.
+    let plain = Model::load_with(
+        &bytes,
+        &LoadOptions {
+            optimize: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let opt = Model::load(&bytes).unwrap();
+    let a = plain.run(&[("x", x.clone())]).unwrap()[0]
+        .1
+        .to_f32_vec()
+        .unwrap();
+    let b = opt.run(&[("x", x)]).unwrap()[0].1.to_f32_vec().unwrap();
+    let off = a.iter().zip(&b).filter(|(p, q)| p != q).count();
+    for (p, q) in a.iter().zip(&b) {
+        assert!((p - q).abs() <= 0.05 * 1.001, "{p} vs {q}");
+    }
+    assert!(off <= a.len() / 20, "{off} of {} values differ", a.len());
+    let ops: Vec<_> = opt
+        .graph()
+        .nodes
+        .iter()
+        .map(|n| n.op.name().to_string())
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "QuantizeLinear",
+            "QLinearConv",
+            "MaxPool",
+            "DequantizeLinear"
+        ],
+        "{ops:?}"
+    );
+}

@@ -301,6 +301,14 @@ impl<'m> Builder<'m> {
                 inputs,
                 outputs,
                 implicit_inputs,
+                attrs: nd
+                    .attribute
+                    .iter()
+                    .filter(|a| a.t.is_none() && a.g.is_none() && a.sparse_tensor.is_none())
+                    .filter(|a| a.tensors.is_empty() && a.graphs.is_empty())
+                    .cloned()
+                    .collect(),
+                opset,
             });
         }
         for vi in &gp.output {

@@ -85,6 +85,12 @@ pub struct Node {
     pub outputs: Vec<Option<ValueId>>,
     /// Outer-scope values that this node's subgraphs read, in order, after the formal inputs.
     pub implicit_inputs: Vec<ValueId>,
+    /// The node's scalar and list attributes as written (tensor and graph attributes are
+    /// dropped: the op holds what it parsed from them). Passes that turn a node into
+    /// another op (QDQ fusion) re-parse these through the op table.
+    pub attrs: Vec<crate::onnx::proto::AttributeProto>,
+    /// Opset version of the node's domain.
+    pub opset: i64,
 }
 
 /// A graph (the model's main graph or an If/Loop/Scan body).

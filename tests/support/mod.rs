@@ -39,6 +39,18 @@ pub fn tensor_f32(name: &str, dims: &[i64], data: &[f32]) -> Vec<u8> {
     t
 }
 
+/// TensorProto of ONNX type `elem_type` with the given little-endian raw bytes.
+pub fn tensor_raw(name: &str, elem_type: i64, dims: &[i64], raw: &[u8]) -> Vec<u8> {
+    let mut t = Vec::new();
+    for &d in dims {
+        field_varint(1, d, &mut t);
+    }
+    field_varint(2, elem_type, &mut t);
+    field_str(8, name, &mut t);
+    field_bytes(9, raw, &mut t);
+    t
+}
+
 /// ValueInfoProto of a tensor; dims < 0 are written as a symbolic "N".
 pub fn value_info(name: &str, elem_type: i64, dims: &[i64]) -> Vec<u8> {
     let mut shape = Vec::new();

@@ -26,13 +26,13 @@ pub fn run(g: &mut Graph) -> usize {
 }
 
 /// Who reads each value: node indices, plus whether it is a graph output.
-struct Uses {
-    readers: Vec<Vec<usize>>,
-    is_output: Vec<bool>,
+pub(super) struct Uses {
+    pub(super) readers: Vec<Vec<usize>>,
+    pub(super) is_output: Vec<bool>,
 }
 
 impl Uses {
-    fn new(g: &Graph) -> Uses {
+    pub(super) fn new(g: &Graph) -> Uses {
         let mut readers = vec![Vec::new(); g.values.len()];
         for (i, n) in g.nodes.iter().enumerate() {
             for &v in n.inputs.iter().flatten().chain(&n.implicit_inputs) {
@@ -48,7 +48,7 @@ impl Uses {
         Uses { readers, is_output }
     }
     /// The single reader of `v`, if `v` has exactly one and is not a graph output.
-    fn single(&self, v: ValueId) -> Option<usize> {
+    pub(super) fn single(&self, v: ValueId) -> Option<usize> {
         match self.readers[v].as_slice() {
             [r] if !self.is_output[v] => Some(*r),
             _ => None,
@@ -86,7 +86,7 @@ fn apply(g: &mut Graph, rule: Rule) -> usize {
     }
 }
 
-fn op<T: 'static>(n: &Node) -> Option<&T> {
+pub(super) fn op<T: 'static>(n: &Node) -> Option<&T> {
     n.op.as_any().downcast_ref::<T>()
 }
 
@@ -103,7 +103,7 @@ fn is_f32(g: &Graph, v: ValueId) -> bool {
 }
 
 /// Moves `j`'s first output onto `i` (so `i` now produces what `j` produced).
-fn take_output(g: &mut Graph, i: usize, j: usize) {
+pub(super) fn take_output(g: &mut Graph, i: usize, j: usize) {
     let out = g.nodes[j].outputs.first().copied().flatten();
     g.nodes[i].outputs[0] = out;
     if let Some(o) = out {
@@ -113,7 +113,7 @@ fn take_output(g: &mut Graph, i: usize, j: usize) {
     }
 }
 
-fn new_const(g: &mut Graph, name: String, t: Tensor) -> ValueId {
+pub(super) fn new_const(g: &mut Graph, name: String, t: Tensor) -> ValueId {
     let v = Value::from(t);
     let id = g.add_value(name, Fact::from_value(&v));
     g.consts[id] = Some(v);

@@ -6,6 +6,7 @@ pub mod dce;
 pub mod fuse;
 pub mod inline_functions;
 pub mod prepack;
+pub mod qdq;
 
 use super::Graph;
 use crate::error::Result;
@@ -13,6 +14,7 @@ use crate::error::Result;
 /// Runs the standard pipeline on a graph, then on its subgraphs, whose captured outer
 /// constants are seeded as constants inside so that folding reaches into If/Loop bodies.
 pub fn optimize(g: &mut Graph) -> Result<()> {
+    qdq::run(g);
     const_fold::run(g)?;
     fuse::run(g);
     dce::run(g);
