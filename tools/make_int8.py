@@ -398,8 +398,8 @@ def ppocr(selected):
     def read(outs):
         return [ctc_decode(p, chars) for p in outs[0]]
 
-    # rec: 48 evaluation lines, 16 calibration lines
-    ev = ocr_lines(48, 1)
+    # rec: 40 evaluation lines, 16 calibration lines
+    ev = ocr_lines(40, 1)
     texts = [t for t, _ in ev]
     x_ev = np.stack([ocr_tensor(img, 48, 320) for _, img in ev])
     calib = [{"x": ocr_tensor(img, 48, 320)[None]} for _, img in ocr_lines(16, 2)]
