@@ -798,6 +798,8 @@ def main():
     selected = sys.argv[1:]
     os.makedirs(WORK, exist_ok=True)
     os.makedirs(REF, exist_ok=True)
+    # quant_pre_process's shape inference leaves temporary files in the working folder
+    os.chdir(WORK)
     t0 = time.time()
     log(f"onnxruntime {ort.__version__}, onnx {onnx.__version__}, numpy {np.__version__}")
     for prefix, fn in [("magika", magika), ("ppocr", ppocr), ("minilm", minilm), ("silero", silero)]:
@@ -809,6 +811,9 @@ def main():
         if f.endswith(".onnx"):
             p = os.path.join(QDIR, f)
             log(f"sha256 {hashlib.sha256(open(p, 'rb').read()).hexdigest()}  {f} ({os.path.getsize(p)} bytes)")
+    for f in os.listdir(WORK):
+        if f.endswith(".data") or f == "sym_shape_infer_temp.onnx":
+            os.remove(os.path.join(WORK, f))
     if DROPPED:
         log(f"dropped: {' '.join(DROPPED)}")
     log(f"total {time.time() - t0:.1f}s")
