@@ -17,11 +17,14 @@ want=$(grep -A1 'name = "wasm-bindgen"' Cargo.lock | grep -oE '[0-9]+\.[0-9]+\.[
 if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$want" ]; then
   cargo install wasm-bindgen-cli --version "$want" --no-default-features
 fi
-# Python venv for reference outputs (onnxruntime is the oracle).
-if [ ! -x .cache/venv/bin/python ] || ! .cache/venv/bin/python -c "import onnxruntime, numpy, PIL" 2>/dev/null; then
+# Python venv for reference outputs (onnxruntime is the oracle) and the int8 variants
+# (onnxruntime.quantization needs onnx; sympy for its symbolic shape inference).
+if [ ! -x .cache/venv/bin/python ] || ! .cache/venv/bin/python -c "import onnxruntime, numpy, PIL, onnx, sympy" 2>/dev/null; then
   python3 -m venv .cache/venv
-  .cache/venv/bin/pip install -q --disable-pip-version-check numpy==2.4.6 onnxruntime==1.32.0 pillow==13.0.0
+  .cache/venv/bin/pip install -q --disable-pip-version-check numpy==2.4.6 onnxruntime==1.32.0 pillow==13.0.0 \
+    onnx==1.22.0 sympy==1.14.0 mpmath==1.3.0
 fi
 tools/fetch_onnx_suite.sh
 tools/fetch_models.sh
 [ -f .cache/reference/.ok ] || .cache/venv/bin/python tools/make_reference.py
+[ -f .cache/reference/int8/.ok ] || .cache/venv/bin/python tools/make_int8.py
