@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
+# Models are made by setup.sh here, so a missing one is a failure, not a skip.
+export EDGEPREDICT_REQUIRE_MODELS=1
 step() { printf '\n=== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
 
 step "set-up"
