@@ -132,14 +132,7 @@ fn centered<'a>(
 }
 
 /// C (m×n) = (A − a_zp)(B − b_zp), overwriting C.
-pub fn qgemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: QOperand,
-    b: QOperand,
-    c: &mut [i32],
-) -> Result<()> {
+pub fn qgemm(m: usize, k: usize, n: usize, a: QOperand, b: QOperand, c: &mut [i32]) -> Result<()> {
     let a = centered(a, Side::A, m, k)?;
     let b = centered(b, Side::B, k, n)?;
     let need = m
@@ -195,7 +188,15 @@ mod tests {
         assert_eq!(c, want);
         let pb = QPacked::new(Side::B, k, n, bm).unwrap();
         let pa = QPacked::new(Side::A, m, k, am).unwrap();
-        qgemm(m, k, n, QOperand::Packed(&pa), QOperand::Packed(&pb), &mut c).unwrap();
+        qgemm(
+            m,
+            k,
+            n,
+            QOperand::Packed(&pa),
+            QOperand::Packed(&pb),
+            &mut c,
+        )
+        .unwrap();
         assert_eq!(c, want);
         assert!(qgemm(m, k, n, QOperand::Packed(&pb), QOperand::Raw(bm), &mut c).is_err());
     }

@@ -25,7 +25,9 @@ pub fn run(g: &mut Graph) -> Result<()> {
             })
             .collect();
         if cs.iter().any(Option::is_some) {
-            node.op.prepack(&cs).map_err(|e| e.at_node(&node.name, &node.op_type))?;
+            node.op
+                .prepack(&cs)
+                .map_err(|e| e.at_node(&node.name, &node.op_type))?;
         }
     }
     Ok(())
