@@ -1611,7 +1611,9 @@ pub fn qlinear_softmax(
     };
     let q = Q8::of(xt, "X")?;
     let (lo, hi) = int_range(xt.dtype())?;
-    let bit_shift = ((f32::MAX as f64 / d.max(1) as f64).ln() - 5.0).max(0.0) / f64::from(x_scale);
+    // ORT divides in f32, takes the log in f64.
+    let headroom = f64::from(f32::MAX / d.max(1) as f32).ln();
+    let bit_shift = (headroom - 5.0).max(0.0) / f64::from(x_scale);
     // table[j] = exp((j - 255 + shift) · x_scale) for j = x - max + 255.
     let table: Vec<f32> = (0..256)
         .map(|j| ((f64::from(j) - 255.0 + bit_shift) * f64::from(x_scale)).exp() as f32)
@@ -1857,5 +1859,177 @@ pub fn matmul_nbits(
         Ok(t)
     } else {
         t.cast(a.dtype())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t32(shape: &[usize], v: &[f32]) -> Tensor {
+        Tensor::from_vec(shape.to_vec(), v.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn narrow_quantization() {
+        let x = t32(&[4], &[-20., -3., 2.6, 40.]);
+        let s = Tensor::scalar(2f32);
+        let q = quantize_linear(&x, &s, None, 1, 0, DType::I4).unwrap();
+        assert_eq!(q.to_i64_vec().unwrap(), vec![-8, -2, 1, 7]);
+        let y = dequantize_linear(&q, &s, None, 1, 0, DType::F32).unwrap();
+        assert_eq!(y.as_slice::<f32>().unwrap(), &[-16., -4., 2., 14.]);
+        let f = quantize_linear_sat(&x, &s, None, 1, 0, DType::F8E4M3FN, true).unwrap();
+        let back = dequantize_linear(&f, &s, None, 1, 0, DType::F32).unwrap();
+        assert_eq!(back.as_slice::<f32>().unwrap(), &[-20., -3., 2.5, 40.]);
+        let big = t32(&[1], &[1e6]);
+        let n = quantize_linear_sat(&big, &s, None, 1, 0, DType::F8E5M2, false).unwrap();
+        let n = n.to_f32_vec().unwrap();
+        assert!(n[0].is_infinite());
+        // A zero point of another type is refused.
+        let zp = Tensor::scalar(0u8);
+        assert!(quantize_linear(&x, &s, Some(&zp), 1, 0, DType::I4).is_err());
+        assert!(dequantize_linear(&q, &s, None, 1, 0, DType::I8).is_err());
+    }
+
+    #[test]
+    fn quantize_roundtrip() {
+        let x = t32(&[1, 2, 2], &[0.0, 1.0, 2.5, -3.0]);
+        let s = t32(&[2], &[0.5, 1.0]);
+        let z = Tensor::from_vec(vec![2], vec![10i8, -1]).unwrap();
+        let q = quantize_linear(&x, &s, Some(&z), 1, 0, DType::I8).unwrap();
+        assert_eq!(q.as_slice::<i8>().unwrap(), &[10, 12, 1, -4]);
+        let d = dequantize_linear(&q, &s, Some(&z), 1, 0, DType::F32).unwrap();
+        assert_eq!(d.as_slice::<f32>().unwrap(), &[0.0, 1.0, 2.0, -3.0]);
+        let bad = t32(&[3], &[1., 1., 1.]);
+        assert!(quantize_linear(&x, &bad, None, 1, 0, DType::U8).is_err());
+    }
+    #[test]
+    fn requant_rounds_half_to_even_and_saturates() {
+        let q: Vec<i32> = [5, 15, -3, 1000]
+            .iter()
+            .map(|&a| requant(a, 0.1, 10, 0, 255))
+            .collect();
+        // 0.5 -> 0 (even), 1.5 -> 2, -0.3 -> 0, saturate
+        assert_eq!(q, vec![10, 12, 10, 110]);
+        assert_eq!(requant(-10000, 1.0, 0, -128, 127), -128);
+    }
+
+    #[test]
+    fn dynamic_params_follow_onnxruntime() {
+        assert_eq!(dynamic_qparams(&[0.0, 0.0]), (1.0, 0));
+        let (s, z) = dynamic_qparams(&[-1.0, 3.0]);
+        assert_eq!(s, 4.0 / 255.0);
+        assert_eq!(z, 64); // 63.75 -> 64
+    }
+
+    /// Direct integer convolution for checking the im2col + qgemm path.
+    fn naive_conv(
+        x: &[u8],
+        xs: [usize; 4],
+        xz: i32,
+        w: &[i8],
+        ws: [usize; 4],
+        wz: &[i32],
+        g: &Geom,
+        group: usize,
+    ) -> Vec<i32> {
+        let [n, c, ih, iw] = xs;
+        let [m, cg, kh, kw] = ws;
+        let [_, oh, ow] = g.output;
+        let mg = m / group;
+        let mut y = vec![0; n * m * oh * ow];
+        for b in 0..n {
+            for o in 0..m {
+                let gi = o / mg;
+                for p in 0..oh {
+                    for q in 0..ow {
+                        let mut s = 0;
+                        for ci in 0..cg {
+                            for a in 0..kh {
+                                for e in 0..kw {
+                                    let hh = (p * g.stride[1] + a * g.dilation[1]) as i64
+                                        - g.pad_begin[1] as i64;
+                                    let ww = (q * g.stride[2] + e * g.dilation[2]) as i64
+                                        - g.pad_begin[2] as i64;
+                                    let cc = gi * cg + ci;
+                                    let xv =
+                                        if hh < 0 || ww < 0 || hh >= ih as i64 || ww >= iw as i64 {
+                                            xz
+                                        } else {
+                                            i32::from(
+                                                x[((b * c + cc) * ih + hh as usize) * iw
+                                                    + ww as usize],
+                                            )
+                                        };
+                                    let wv = i32::from(w[((o * cg + ci) * kh + a) * kw + e]);
+                                    s += (xv - xz) * (wv - pick(wz, o));
+                                }
+                            }
+                        }
+                        y[((b * m + o) * oh + p) * ow + q] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn int_conv_matches_direct_loops() {
+        for (group, cg, pads, stride, dil) in [
+            (1, 3, [1, 2, 0, 1], [1, 2], [1, 1]),
+            (3, 1, [1, 1, 1, 1], [1, 1], [2, 1]),
+            (2, 2, [0, 0, 0, 0], [1, 1], [1, 1]),
+        ] {
+            let c = cg * group;
+            let m = 2 * group;
+            let xs = [2, c, 6, 5];
+            let ws = [m, cg, 3, 2];
+            let x: Vec<u8> = (0..xs.iter().product::<usize>())
+                .map(|i| (i * 37 % 251) as u8)
+                .collect();
+            let w: Vec<i8> = (0..ws.iter().product::<usize>())
+                .map(|i| (i * 53 % 255) as u8 as i8)
+                .collect();
+            let wz: Vec<i32> = (0..m as i32).map(|i| i - 2).collect();
+            let wzt =
+                Tensor::from_vec(vec![m], wz.iter().map(|&v| v as i8).collect::<Vec<_>>()).unwrap();
+            let xt = Tensor::from_vec(xs.to_vec(), x.clone()).unwrap();
+            let wt = Tensor::from_vec(ws.to_vec(), w.clone()).unwrap();
+            let win = Window {
+                pads: Some(pads.to_vec()),
+                strides: Some(stride.to_vec()),
+                dilations: Some(dil.to_vec()),
+                ..Window::default()
+            };
+            let g = win.resolve(&xs[2..], &ws[2..]).unwrap();
+            let want = naive_conv(&x, xs, 7, &w, ws, &wz, &g, group);
+            let (_, raw) = int_conv(&xt, 7, &wt, &wz, None, &win, group).unwrap();
+            assert_eq!(raw, want);
+            let packed = pack_conv_weights(&wt, Some(&wzt), group).unwrap();
+            let (_, pk) = int_conv(&xt, 7, &wt, &wz, Some(&packed), &win, group).unwrap();
+            assert_eq!(pk, want);
+        }
+    }
+
+    #[test]
+    fn nbits_dequantization_unpacks_low_bits_first() {
+        // K = 16, one block; 4-bit values 0..15 in order, packed zero point 3, scale 0.5.
+        let at = NBitsAttrs {
+            k: 16,
+            n: 1,
+            bits: 4,
+            block_size: 16,
+        };
+        let b: Vec<u8> = (0..8u8).map(|i| (2 * i) | ((2 * i + 1) << 4)).collect();
+        let bt = Tensor::from_vec(vec![1, 1, 8], b).unwrap();
+        let s = Tensor::from_vec(vec![1], vec![0.5f32]).unwrap();
+        let z = Tensor::from_vec(vec![1], vec![3u8]).unwrap();
+        let w = dequantize_nbits(&bt, &s, Some(&z), None, &at).unwrap();
+        let want: Vec<f32> = (0..16).map(|q| (q as f32 - 3.0) * 0.5).collect();
+        assert_eq!(w, want);
+        // Without zero points the default is 8.
+        let w = dequantize_nbits(&bt, &s, None, None, &at).unwrap();
+        assert_eq!(w[8], 0.0);
     }
 }
