@@ -11,6 +11,7 @@ pub mod ml;
 pub mod nn;
 pub mod norm;
 pub mod qgemm;
+pub mod quant;
 pub mod reduce;
 pub mod rnn;
 pub mod sampling;

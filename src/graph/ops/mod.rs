@@ -15,6 +15,7 @@ pub mod layout;
 pub mod ml;
 pub mod nn;
 pub mod norm;
+pub mod quant;
 pub mod reduce;
 pub mod rnn;
 pub mod sampling;
@@ -40,7 +41,7 @@ pub const fn def(domain: &'static str, name: &'static str, parse: ParseFn) -> Op
     }
 }
 
-fn families() -> [&'static [OpDef]; 11] {
+fn families() -> [&'static [OpDef]; 12] {
     [
         attention::OPS,
         control::OPS,
@@ -49,6 +50,7 @@ fn families() -> [&'static [OpDef]; 11] {
         ml::OPS,
         nn::OPS,
         norm::OPS,
+        quant::OPS,
         reduce::OPS,
         rnn::OPS,
         sampling::OPS,

@@ -1,8 +1,8 @@
 //! Op family: nn. Op structs, attribute parsing and shape rules; kernels in `crate::cpu::nn`.
 //!
-//! Convolutions (Conv, ConvTranspose, ConvInteger, QLinearConv), pooling (MaxPool,
+//! Convolutions (Conv, ConvTranspose, DeformConv), pooling (MaxPool,
 //! AveragePool, LpPool, the Global* pools, MaxUnpool, MaxRoiPool) and matrix products
-//! (Gemm, MatMul, Einsum, MatMulInteger, QLinearMatMul).
+//! (Gemm, MatMul, Einsum). The integer and quantized variants are in `quant`.
 
 use super::{def, OpDef};
 use crate::cpu::nn::{
@@ -17,8 +17,6 @@ use std::sync::Arc;
 pub const OPS: &[OpDef] = &[
     def("", "Conv", parse_conv),
     def("", "ConvTranspose", parse_conv_transpose),
-    def("", "ConvInteger", parse_conv_integer),
-    def("", "QLinearConv", parse_qlinear_conv),
     def("", "DeformConv", parse_deform_conv),
     def("", "MaxPool", parse_max_pool),
     def("", "AveragePool", parse_average_pool),
@@ -44,8 +42,6 @@ pub const OPS: &[OpDef] = &[
         }))
     }),
     def("", "Einsum", parse_einsum),
-    def("", "MatMulInteger", |_| Ok(Box::new(MatMulInteger))),
-    def("", "QLinearMatMul", |_| Ok(Box::new(QLinearMatMul))),
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -75,7 +71,7 @@ fn positive(v: &Option<Vec<usize>>, name: &str) -> Result<()> {
 }
 
 /// Reads auto_pad, kernel_shape, strides, dilations, pads (and ceil_mode if `ceil`).
-fn parse_window(cx: &NodeCx, ceil: bool, dilations: bool) -> Result<Window> {
+pub(crate) fn parse_window(cx: &NodeCx, ceil: bool, dilations: bool) -> Result<Window> {
     let auto_pad = AutoPad::parse(&cx.string_or("auto_pad", "NOTSET")?)?;
     let kernel_shape = usizes(cx, "kernel_shape")?;
     let strides = usizes(cx, "strides")?;
@@ -108,7 +104,7 @@ fn parse_window(cx: &NodeCx, ceil: bool, dilations: bool) -> Result<Window> {
     })
 }
 
-fn parse_group(cx: &NodeCx) -> Result<usize> {
+pub(crate) fn parse_group(cx: &NodeCx) -> Result<usize> {
     let g = cx.int_or("group", 1)?;
     usize::try_from(g)
         .ok()
@@ -117,7 +113,7 @@ fn parse_group(cx: &NodeCx) -> Result<usize> {
 }
 
 /// Output shape of a conv-like op: [N, M, spatial…] with spatial computed when known.
-fn conv_like_shape(
+pub(crate) fn conv_like_shape(
     x: &Fact,
     channels: Dim,
     kernel: Option<Vec<usize>>,
@@ -142,7 +138,7 @@ fn conv_like_shape(
     Ok(Some(out))
 }
 
-fn weight_kernel(w: &Fact) -> Option<Vec<usize>> {
+pub(crate) fn weight_kernel(w: &Fact) -> Option<Vec<usize>> {
     w.shape
         .as_ref()?
         .get(2..)?
@@ -151,7 +147,7 @@ fn weight_kernel(w: &Fact) -> Option<Vec<usize>> {
         .collect()
 }
 
-fn weight_dim(w: &Fact, i: usize) -> Dim {
+pub(crate) fn weight_dim(w: &Fact, i: usize) -> Dim {
     w.shape
         .as_ref()
         .and_then(|s| s.get(i).cloned())
@@ -266,88 +262,6 @@ impl Op for ConvTranspose {
             args.opt(2)?,
             &self.window,
             &self.extra,
-            self.group,
-        )?;
-        Ok(vec![y.into()])
-    }
-}
-
-/// `ConvInteger`: 8-bit convolution with zero points and an i32 output.
-/// <https://onnx.ai/onnx/operators/onnx__ConvInteger.html>
-#[derive(Debug, Clone)]
-pub struct ConvInteger {
-    pub window: Window,
-    pub group: usize,
-}
-
-fn parse_conv_integer(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
-    Ok(Box::new(ConvInteger {
-        window: parse_window(cx, false, true)?,
-        group: parse_group(cx)?,
-    }))
-}
-
-impl Op for ConvInteger {
-    op_common!("ConvInteger");
-    fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
-        let x = cx.input(0)?;
-        let w = cx.input(1)?;
-        let shape = conv_like_shape(x, weight_dim(w, 0), weight_kernel(w), |s, kk| {
-            self.window.resolve(s, kk)
-        })?;
-        Ok(vec![Fact::new(Some(DType::I32), shape)])
-    }
-    fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        let y = k::conv_integer(
-            args.t(0)?,
-            args.t(1)?,
-            args.opt(2)?,
-            args.opt(3)?,
-            &self.window,
-            self.group,
-        )?;
-        Ok(vec![y.into()])
-    }
-}
-
-/// `QLinearConv`: quantized convolution (integer accumulate, requantize with round half
-/// to even and saturation). <https://onnx.ai/onnx/operators/onnx__QLinearConv.html>
-#[derive(Debug, Clone)]
-pub struct QLinearConv {
-    pub window: Window,
-    pub group: usize,
-}
-
-fn parse_qlinear_conv(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
-    Ok(Box::new(QLinearConv {
-        window: parse_window(cx, false, true)?,
-        group: parse_group(cx)?,
-    }))
-}
-
-impl Op for QLinearConv {
-    op_common!("QLinearConv");
-    fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
-        let x = cx.input(0)?;
-        let w = cx.input(3)?;
-        let dt = cx.opt(7).and_then(|f| f.dtype).or(x.dtype);
-        let shape = conv_like_shape(x, weight_dim(w, 0), weight_kernel(w), |s, kk| {
-            self.window.resolve(s, kk)
-        })?;
-        Ok(vec![Fact::new(dt, shape)])
-    }
-    fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        let y = k::qlinear_conv(
-            args.t(0)?,
-            args.t(1)?,
-            args.t(2)?,
-            args.t(3)?,
-            args.t(4)?,
-            args.t(5)?,
-            args.t(6)?,
-            args.opt(7)?,
-            args.opt(8)?,
-            &self.window,
             self.group,
         )?;
         Ok(vec![y.into()])
@@ -755,7 +669,7 @@ impl Op for Gemm {
 }
 
 /// MatMul shapes from facts (numpy rules), dims unknown where unknown.
-fn matmul_shape(a: &Fact, b: &Fact) -> Result<Option<Vec<Dim>>> {
+pub(crate) fn matmul_shape(a: &Fact, b: &Fact) -> Result<Option<Vec<Dim>>> {
     let (Some(sa), Some(sb)) = (&a.shape, &b.shape) else {
         return Ok(None);
     };
@@ -865,58 +779,5 @@ impl Op for Einsum {
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
         let ins: Vec<&Tensor> = (0..args.len()).map(|i| args.t(i)).collect::<Result<_>>()?;
         Ok(vec![k::einsum(&self.spec, &ins)?.into()])
-    }
-}
-
-/// `MatMulInteger`: 8-bit matmul with zero points, i32 output.
-/// <https://onnx.ai/onnx/operators/onnx__MatMulInteger.html>
-#[derive(Debug, Clone)]
-pub struct MatMulInteger;
-
-impl Op for MatMulInteger {
-    op_common!("MatMulInteger");
-    fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
-        Ok(vec![Fact::new(
-            Some(DType::I32),
-            matmul_shape(cx.input(0)?, cx.input(1)?)?,
-        )])
-    }
-    fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        Ok(vec![k::matmul_integer(
-            args.t(0)?,
-            args.t(1)?,
-            args.opt(2)?,
-            args.opt(3)?,
-        )?
-        .into()])
-    }
-}
-
-/// `QLinearMatMul`: quantized matmul (integer accumulate, requantize with round half to
-/// even and saturation). <https://onnx.ai/onnx/operators/onnx__QLinearMatMul.html>
-#[derive(Debug, Clone)]
-pub struct QLinearMatMul;
-
-impl Op for QLinearMatMul {
-    op_common!("QLinearMatMul");
-    fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
-        let dt = cx.input(7)?.dtype;
-        Ok(vec![Fact::new(
-            dt,
-            matmul_shape(cx.input(0)?, cx.input(3)?)?,
-        )])
-    }
-    fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        Ok(vec![k::qlinear_matmul(
-            args.t(0)?,
-            args.t(1)?,
-            args.t(2)?,
-            args.t(3)?,
-            args.t(4)?,
-            args.t(5)?,
-            args.t(6)?,
-            args.t(7)?,
-        )?
-        .into()])
     }
 }

@@ -1,0 +1,1 @@
+By0Jaom__€SmqoZgz[ss`[el

@@ -1,0 +1,1 @@
+By0JüŠƒ˜ž‚n‡w—œjakqz‰dYUaz…xmup‡†¬žˆk…ºššp—ŸYb}…i†‹{zbœŒqgrp“‹x…y••s}hº¯¥qgZíÏ›WE?Wj’£~M]jw_RukOM<;ƒoPUNGÄ xsge®œ–‚tiÃ©”eF=¢²š‘„…Ž Š€†„—ª«xummw…—{_Yo‰rq`oevrb{y„)>VYuŠ.O`ffƒu}€s]lYw}Žex„„‡’‚pzjwft¡”}wmiš‰±–­®‰um“uhnk–¸ihmc}~[rš m†¦´§ƒ_ƒªÌÃ±

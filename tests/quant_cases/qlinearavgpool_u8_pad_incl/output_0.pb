@@ -1,0 +1,1 @@
+By0Jü‹ubd`gcU@NZa6`Pf•8Vb{šKWj™—uD)s¤€qYC^‡vn©»®¥ƒz®®¶¨…‹¡«­›pwŸcX^z­šYD^lˆc?>Xmznj]bp”r7Z€‚‘b$Y‹‹z^6X„…nOoz¥©Q2z|—­U;¬¦š¦^J™¢’‘p˜‹aeji¦d^Y•yRHbŠ{6`rfv{>T_c‚‰r|tce ZZXo™¡ˆpna–™|vhvkn~ekc^|†bzZKz†Z~}¯¢q‚‡}Š’tPK?dqcfP`{udy|kx~iƒ›}•…f†¢†j¡™~Œ‚Ž»¢‚

@@ -1,0 +1,1 @@
+By0J l~µˆtej{l]KŒ»€kK‚tƒrAm–‰…fœ¢vR]fŠ6j®u…¯y“‹‹elq„™¨œr€Žƒ^K|nsš‚†`MX}Œa~œ–µ°k…aq¨²¨]g{u€bYhŠvŸ‡…‘‰m>`x˜zz‘Œ©«¢‹ˆvgŠƒWŠ¯ª”¨~v˜q”¥DOoŒmoiˆ‰€‘}‹dV~†u€chÀŒ—‡“œ™N—¥f |dXy{†Qd¬¢€rˆ ‰§jpŒA¦Šzp—R¡c¤gw{s£q”xP±}u£a¥Uª]y~kWEe‘vz|¹TœžZÀ‚¢¯’že‹~c¨jŠ~QÊmsºL®dZƒ³T¹„y’t·{Š·Ž’`—G¸j‘’^£y¦–¥™Ÿ‡
