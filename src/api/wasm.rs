@@ -177,3 +177,10 @@ impl EdgeModel {
         })
     }
 }
+
+/// GEMM micro-benchmark (f32 GFLOP/s, int8 GOP/s, fraction of the SIMD peak) as a
+/// printable table; `budget_ms` bounds each measurement. See `examples/gemm_micro.rs`.
+#[wasm_bindgen]
+pub fn gemm_microbench(budget_ms: f64) -> String {
+    crate::cpu::simd::bench::report(budget_ms)
+}

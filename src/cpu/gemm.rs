@@ -1,28 +1,23 @@
 //! f32 matrix multiply used by MatMul, Gemm, Conv (im2col), Einsum and the RNNs.
 //!
 //! `sgemm` is the simple entry point; [`sgemm_ex`] takes strides (so transposed operands
-//! need no copy), `alpha` and `beta`. Behind both is a cache-blocked GEMM in the style of
-//! Goto/BLIS: B is packed into `KC×NR` column panels, A into `MR×KC` row panels, and a
-//! register-tiled `MR×NR` micro-kernel written over fixed-size arrays so that LLVM keeps
-//! the accumulators in vector registers and vectorizes the inner loop (SSE2, AVX, NEON or
-//! wasm simd128, whatever the target enables). Small or skinny products take a plain
-//! axpy loop, which is faster there than packing.
+//! need no copy), `alpha` and `beta`; [`sgemm_op`] also takes operands pre-packed at load
+//! ([`Packed`], for constant weights). Behind them is a cache-blocked GEMM in the style
+//! of Goto/BLIS: B is packed into `KC×NR` column panels, A into `MR×KC` row panels, and
+//! an `MR×NR` register-tile micro-kernel ([`crate::cpu::simd::f32k`]) chosen by
+//! instruction set: AVX2+FMA (runtime-detected on x86-64), wasm simd128 or relaxed SIMD
+//! (chosen when the module is built), or portable Rust. Small or skinny products take
+//! axpy/dot loops, which are faster there than packing.
 
-/// Rows of the register tile. Six rows fit the 16 AVX registers (12 accumulators);
-/// without AVX, four rows of 16 lanes keep the spill traffic low. (With AVX-512 enabled,
-/// LLVM handles the 6-row tile badly, so it keeps four.)
-const MR: usize = if cfg!(target_feature = "avx") && !cfg!(target_feature = "avx512f") {
-    6
-} else {
-    4
-};
-/// Columns of the register tile.
-const NR: usize = 16;
+use crate::cpu::simd::{self, f32k, Isa};
+use crate::error::{Error, Result};
+
+pub use crate::cpu::simd::f32k::{MR, NR};
 /// Depth of one packed block (the B micro-panel, KC×NR floats, stays in L1).
 const KC: usize = 256;
 /// Rows of A packed at once (MC×KC floats stay in L2).
 const MC: usize = MR * 16;
-/// Columns of B packed at once (KC×NC floats stay in L3).
+/// Columns of B packed at once (KC×NC floats stay in L3). A multiple of NR.
 const NC: usize = 2048;
 
 /// C (m×n) = A (m×k) · B (k×n) [+ C if `accumulate`], all row-major and contiguous.
@@ -96,6 +91,82 @@ impl<'a> Mat<'a> {
     }
 }
 
+/// Which side of the product a packed operand is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Left operand, m×k.
+    A,
+    /// Right operand, k×n.
+    B,
+}
+
+/// A constant operand packed once (at model load) into the micro-kernel's panels, so
+/// that runs skip the packing. The layout is private: per depth block of KC, the MR-row
+/// (A) or NR-column (B) panels of the whole matrix, zero-padded.
+#[derive(Clone, Debug)]
+pub struct Packed {
+    pub side: Side,
+    pub rows: usize,
+    pub cols: usize,
+    data: Vec<f32>,
+}
+
+impl Packed {
+    /// Packs a rows×cols view for `side` (A: rows = m, cols = k; B: rows = k, cols = n).
+    pub fn new(side: Side, rows: usize, cols: usize, v: Mat) -> Result<Packed> {
+        if !v.fits(rows, cols) {
+            return Err(Error::shape(format!(
+                "sgemm: a {rows}x{cols} operand does not fit its {} values",
+                v.data.len()
+            )));
+        }
+        let (depth, width, w) = match side {
+            Side::A => (cols, rows, MR),
+            Side::B => (rows, cols, NR),
+        };
+        let len = width
+            .div_ceil(w)
+            .checked_mul(w)
+            .and_then(|x| x.checked_mul(depth))
+            .ok_or_else(|| Error::shape("sgemm: operand too large to pack"))?;
+        let mut data = crate::tensor::alloc_vec::<f32>(len)?;
+        let mut block = Vec::new();
+        for p0 in (0..depth).step_by(KC) {
+            let kc = KC.min(depth - p0);
+            match side {
+                Side::A => pack_a(&v, 0, rows, p0, kc, &mut block),
+                Side::B => pack_b(&v, p0, kc, 0, cols, &mut block),
+            }
+            let off = p0 * width.div_ceil(w) * w;
+            data[off..off + block.len()].copy_from_slice(&block);
+        }
+        Ok(Packed {
+            side,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// The panels of depth block `p0..p0+kc` covering rows (A) / columns (B)
+    /// `x0..x0+len`; `x0` is a multiple of the panel width.
+    fn block(&self, p0: usize, kc: usize, x0: usize, len: usize) -> &[f32] {
+        let (width, w) = match self.side {
+            Side::A => (self.rows, MR),
+            Side::B => (self.cols, NR),
+        };
+        let off = p0 * width.div_ceil(w) * w + x0 * kc;
+        &self.data[off..off + len.div_ceil(w) * w * kc]
+    }
+}
+
+/// An operand of [`sgemm_op`]: a strided view or a pre-packed constant.
+#[derive(Clone, Copy, Debug)]
+pub enum Operand<'a> {
+    Mat(Mat<'a>),
+    Packed(&'a Packed),
+}
+
 /// C (m×n, row-major with leading dimension `ldc`) = alpha · A·B + beta · C.
 /// With `beta == 0` C is only written (NaNs in it do not propagate).
 /// Returns false (and computes nothing) if a view does not fit its slice.
@@ -111,10 +182,60 @@ pub fn sgemm_ex(
     c: &mut [f32],
     ldc: usize,
 ) -> bool {
+    sgemm_op(
+        m,
+        k,
+        n,
+        alpha,
+        Operand::Mat(a),
+        Operand::Mat(b),
+        beta,
+        c,
+        ldc,
+    )
+}
+
+/// [`sgemm_ex`] with operands that may be pre-packed. A packed operand must have been
+/// packed for its side with the same dims, else this returns false.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_op(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: Operand,
+    b: Operand,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) -> bool {
+    sgemm_with(simd::isa(), m, k, n, alpha, a, b, beta, c, ldc)
+}
+
+/// [`sgemm_op`] with an explicit kernel family (tests and benchmarks; a family this
+/// machine lacks runs the portable kernels).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_with(
+    isa: Isa,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: Operand,
+    b: Operand,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) -> bool {
+    let isa = f32k::usable(isa);
     if m == 0 || n == 0 {
         return true;
     }
-    if !a.fits(m, k) || !b.fits(k, n) || ldc < n {
+    let fits = |o: &Operand, side: Side, rows: usize, cols: usize| match o {
+        Operand::Mat(v) => v.fits(rows, cols),
+        Operand::Packed(p) => p.side == side && p.rows == rows && p.cols == cols,
+    };
+    if !fits(&a, Side::A, m, k) || !fits(&b, Side::B, k, n) || ldc < n {
         return false;
     }
     match (m - 1).checked_mul(ldc).and_then(|x| x.checked_add(n)) {
@@ -125,17 +246,26 @@ pub fn sgemm_ex(
         scale_c(m, n, beta, c, ldc);
         return true;
     }
-    // Few rows against a column-major B (Linear layers, `transB`): dot products.
-    if b.rs == 1 && m < MR {
-        dot_gemm(m, k, n, alpha, a, b, beta, c, ldc);
-        return true;
+    match (a, b) {
+        (Operand::Mat(a), Operand::Mat(b)) => {
+            // Few rows against a column-major B (Linear layers, `transB`): dot products.
+            if b.rs == 1 && m < MR {
+                dot_gemm(isa, m, k, n, alpha, a, b, beta, c, ldc);
+                return true;
+            }
+            // Skinny or tiny products: packing costs more than it saves.
+            if b.cs == 1 && (m < MR || n < NR / 2 || m * n * k < 8 * 1024) {
+                small_gemm(isa, m, k, n, alpha, a, b, beta, c, ldc);
+                return true;
+            }
+        }
+        (Operand::Mat(a), Operand::Packed(pb)) if m < MR => {
+            rows_gemm(isa, m, k, n, alpha, a, pb, beta, c, ldc);
+            return true;
+        }
+        _ => {}
     }
-    // Skinny or tiny products: packing costs more than it saves.
-    if b.cs == 1 && (m < MR || n < NR / 2 || m * n * k < 8 * 1024) {
-        small_gemm(m, k, n, alpha, a, b, beta, c, ldc);
-        return true;
-    }
-    blocked_gemm(m, k, n, alpha, a, b, beta, c, ldc);
+    blocked_gemm(isa, m, k, n, alpha, a, b, beta, c, ldc);
     true
 }
 
@@ -153,6 +283,7 @@ fn scale_c(m: usize, n: usize, beta: f32, c: &mut [f32], ldc: usize) {
 /// Row-by-row axpy: C[i,:] += alpha·A[i,p]·B[p,:]; B rows must be contiguous.
 #[allow(clippy::too_many_arguments)]
 fn small_gemm(
+    isa: Isa,
     m: usize,
     k: usize,
     n: usize,
@@ -172,37 +303,15 @@ fn small_gemm(
                 continue;
             }
             let brow = &b.data[p * b.rs..p * b.rs + n];
-            for (cv, bv) in crow.iter_mut().zip(brow) {
-                *cv += av * bv;
-            }
+            f32k::axpy(isa, av, brow, crow);
         }
     }
-}
-
-/// Dot product with eight independent partial sums (so it vectorizes without
-/// reassociating a single chain).
-#[inline]
-fn dot(x: &[f32], y: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let xc = x.chunks_exact(8);
-    let yc = y.chunks_exact(8);
-    let tail: f32 = xc
-        .remainder()
-        .iter()
-        .zip(yc.remainder())
-        .map(|(a, b)| a * b)
-        .sum();
-    for (a, b) in xc.zip(yc) {
-        for l in 0..8 {
-            acc[l] += a[l] * b[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// C[i,j] = alpha·dot(A[i,:], B[:,j]) + beta·C[i,j] for a column-major B.
 #[allow(clippy::too_many_arguments)]
 fn dot_gemm(
+    isa: Isa,
     m: usize,
     k: usize,
     n: usize,
@@ -221,7 +330,7 @@ fn dot_gemm(
         let crow = &mut c[i * ldc..i * ldc + n];
         for (j, cv) in crow.iter_mut().enumerate() {
             let col = &b.data[j * b.cs..j * b.cs + k];
-            let v = alpha * dot(&row, col);
+            let v = alpha * f32k::dot(isa, &row, col);
             *cv = if beta == 0.0 { v } else { v + beta * *cv };
         }
     }
@@ -290,34 +399,49 @@ fn pack_b(b: &Mat, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut Vec<f32
     }
 }
 
-/// The register tile: acc[i][j] = Σ_p ap[p*MR+i] · bp[p*NR+j].
-#[inline(always)]
-fn micro_kernel(ap: &[f32], bp: &[f32]) -> [[f32; NR]; MR] {
-    let mut acc = [[0f32; NR]; MR];
-    for (a, b) in ap.chunks_exact(MR).zip(bp.chunks_exact(NR)) {
-        let mut bv = [0f32; NR];
-        bv.copy_from_slice(b);
-        let mut av = [0f32; MR];
-        av.copy_from_slice(a);
-        for i in 0..MR {
-            let ai = av[i];
-            let row = &mut acc[i];
-            for j in 0..NR {
-                row[j] += ai * bv[j];
-            }
-        }
-    }
-    acc
-}
-
+/// One row at a time against a packed B (m < MR): each panel is read once per row.
 #[allow(clippy::too_many_arguments)]
-fn blocked_gemm(
+fn rows_gemm(
+    isa: Isa,
     m: usize,
     k: usize,
     n: usize,
     alpha: f32,
     a: Mat,
-    b: Mat,
+    b: &Packed,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let mut arow = vec![0f32; KC.min(k)];
+    for i in 0..m {
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            let ar = &mut arow[..kc];
+            for (p, v) in ar.iter_mut().enumerate() {
+                *v = a.at(i, p0 + p);
+            }
+            let bblock = b.block(p0, kc, 0, n);
+            for (jr, bp) in bblock.chunks_exact(NR * kc).enumerate() {
+                let jj = jr * NR;
+                let cols = NR.min(n - jj);
+                let acc = f32k::row_panel(isa, ar, bp);
+                let off = i * ldc + jj;
+                store_row(&mut c[off..off + cols], &acc[..cols], alpha, beta, p0 == 0);
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn blocked_gemm(
+    isa: Isa,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: Operand,
+    b: Operand,
     beta: f32,
     c: &mut [f32],
     ldc: usize,
@@ -330,17 +454,29 @@ fn blocked_gemm(
             let kc = KC.min(k - p0);
             // The first depth block applies beta; later ones accumulate.
             let first = p0 == 0;
-            pack_b(&b, p0, kc, j0, nc, &mut bpack);
+            let bblock: &[f32] = match &b {
+                Operand::Mat(bm) => {
+                    pack_b(bm, p0, kc, j0, nc, &mut bpack);
+                    &bpack
+                }
+                Operand::Packed(pb) => pb.block(p0, kc, j0, nc),
+            };
             for i0 in (0..m).step_by(MC) {
                 let mc = MC.min(m - i0);
-                pack_a(&a, i0, mc, p0, kc, &mut apack);
-                for (jr, bp) in bpack.chunks_exact(NR * kc).enumerate() {
+                let ablock: &[f32] = match &a {
+                    Operand::Mat(am) => {
+                        pack_a(am, i0, mc, p0, kc, &mut apack);
+                        &apack
+                    }
+                    Operand::Packed(pa) => pa.block(p0, kc, i0, mc),
+                };
+                for (jr, bp) in bblock.chunks_exact(NR * kc).enumerate() {
                     let jj = j0 + jr * NR;
                     let cols = NR.min(n - jj);
-                    for (ir, ap) in apack.chunks_exact(MR * kc).enumerate() {
+                    for (ir, ap) in ablock.chunks_exact(MR * kc).enumerate() {
                         let ii = i0 + ir * MR;
                         let rows = MR.min(m - ii);
-                        let acc = micro_kernel(ap, bp);
+                        let acc = f32k::tile(isa, kc, ap, bp);
                         for (r, accr) in acc.iter().enumerate().take(rows) {
                             let off = (ii + r) * ldc + jj;
                             let crow = &mut c[off..off + cols];
@@ -510,6 +646,102 @@ mod tests {
                 close(&got, &want, k);
             }
         }
+    }
+
+    #[test]
+    fn every_kernel_and_packing_matches_naive() {
+        let sizes = [
+            (1, 1, 1),
+            (1, 300, 70),
+            (2, 37, 5),
+            (MR - 1, 513, NR + 1),
+            (MR, KC + 1, 2 * NR - 1),
+            (2 * MR + 1, 2 * KC + 7, 3 * NR + 2),
+            (MC + 3, 33, NC + 5),
+            (40, 1, 9),
+        ];
+        for (t, &(m, k, n)) in sizes.iter().enumerate() {
+            let a = rand_vec(m * k, 10 + t as u64);
+            let b = rand_vec(k * n, 20 + t as u64);
+            let c0 = rand_vec(m * n, 30 + t as u64);
+            let bt: Vec<f32> = (0..n * k).map(|x| b[(x % k) * n + x / k]).collect();
+            let views = [
+                (Mat::row_major(&a, k), Mat::row_major(&b, n)),
+                (Mat::row_major(&a, k), Mat::col_major(&bt, k)),
+            ];
+            for (alpha, beta) in [(1.0f32, 0.0f32), (0.5, -2.0)] {
+                let mut want = c0.clone();
+                naive(m, k, n, alpha, views[0].0, views[0].1, beta, &mut want, n);
+                for isa in simd::available() {
+                    for &(am, bm) in &views {
+                        let pa = Packed::new(Side::A, m, k, am).unwrap();
+                        let pb = Packed::new(Side::B, k, n, bm).unwrap();
+                        let ops = [
+                            (Operand::Mat(am), Operand::Mat(bm)),
+                            (Operand::Mat(am), Operand::Packed(&pb)),
+                            (Operand::Packed(&pa), Operand::Mat(bm)),
+                            (Operand::Packed(&pa), Operand::Packed(&pb)),
+                        ];
+                        let mut first: Option<Vec<f32>> = None;
+                        for (oa, ob) in ops {
+                            let mut got = c0.clone();
+                            assert!(sgemm_with(isa, m, k, n, alpha, oa, ob, beta, &mut got, n));
+                            close(&got, &want, k);
+                            // Where both take the blocked path, packing at load or at run
+                            // time gives the same bits.
+                            if m >= MR && m * n * k >= 8 * 1024 && n >= NR / 2 {
+                                match &first {
+                                    None => first = Some(got),
+                                    Some(f) => assert_eq!(f, &got, "{isa:?} {m}x{k}x{n}"),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packed_operand_must_match_its_dims() {
+        let a = rand_vec(12, 1);
+        let p = Packed::new(Side::B, 3, 4, Mat::row_major(&a, 4)).unwrap();
+        let mut c = [0f32; 8];
+        let am = Operand::Mat(Mat::row_major(&a, 3));
+        assert!(sgemm_op(
+            2,
+            3,
+            4,
+            1.0,
+            am,
+            Operand::Packed(&p),
+            0.0,
+            &mut c,
+            4
+        ));
+        assert!(!sgemm_op(
+            2,
+            4,
+            3,
+            1.0,
+            am,
+            Operand::Packed(&p),
+            0.0,
+            &mut c,
+            3
+        ));
+        assert!(!sgemm_op(
+            3,
+            4,
+            2,
+            1.0,
+            Operand::Packed(&p),
+            am,
+            0.0,
+            &mut c,
+            2
+        ));
+        assert!(Packed::new(Side::A, 4, 4, Mat::row_major(&a, 4)).is_err());
     }
 
     #[test]

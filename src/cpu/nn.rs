@@ -5,7 +5,8 @@
 //! leading unit dims, so one set of loops covers them all. Float work happens in f32
 //! (f16/bf16/f64 inputs are converted), through [`crate::cpu::gemm`].
 
-use crate::cpu::gemm::{sgemm_ex, Mat};
+use crate::cpu::gemm::{sgemm_ex, sgemm_op, Mat, Operand as GemmOp, Packed, Side};
+use crate::cpu::simd::{self, f32k, Isa};
 use crate::error::{Error, Result};
 use crate::graph::Activation;
 use crate::tensor::{alloc_vec, numel, DType, Elem, Num, Tensor};
@@ -358,7 +359,7 @@ fn rows_per_chunk(krows: usize, ow: usize, total_rows: usize) -> usize {
 
 /// Depthwise-style conv (one input channel per group), direct loops, accumulating into
 /// `y` (one output plane) from input plane `x` with weights `w` (kernel taps).
-fn depthwise_plane(x: &[f32], w: &[f32], g: &Geom, y: &mut [f32], phases: &mut Vec<f32>) {
+fn depthwise_plane(isa: Isa, x: &[f32], w: &[f32], g: &Geom, y: &mut [f32], phases: &mut Vec<f32>) {
     let [_, ih, iw] = g.input;
     let [kd, kh, kw] = g.kernel;
     let [od_n, oh_n, ow] = g.output;
@@ -420,12 +421,8 @@ fn depthwise_plane(x: &[f32], w: &[f32], g: &Geom, y: &mut [f32], phases: &mut V
                             let r0 = &data[t[0].2 + lo_all - t[0].0..][..n];
                             let r1 = &data[t[1].2 + lo_all - t[1].0..][..n];
                             let r2 = &data[t[2].2 + lo_all - t[2].0..][..n];
-                            let (w0, w1, w2) = (wrow[0], wrow[1], wrow[2]);
-                            for (((yv, &x0), &x1), &x2) in
-                                yrow[lo_all..hi_all].iter_mut().zip(r0).zip(r1).zip(r2)
-                            {
-                                *yv += w0 * x0 + w1 * x1 + w2 * x2;
-                            }
+                            let w3 = [wrow[0], wrow[1], wrow[2]];
+                            f32k::taps3(isa, w3, r0, r1, r2, &mut yrow[lo_all..hi_all]);
                             continue;
                         }
                     }
@@ -434,14 +431,54 @@ fn depthwise_plane(x: &[f32], w: &[f32], g: &Geom, y: &mut [f32], phases: &mut V
                         if lo >= hi {
                             continue;
                         }
-                        for (yv, xv) in yrow[lo..hi].iter_mut().zip(&data[st..st + (hi - lo)]) {
-                            *yv += wv * xv;
-                        }
+                        f32k::axpy(isa, wv, &data[st..st + (hi - lo)], &mut yrow[lo..hi]);
                     }
                 }
             }
         }
     }
+}
+
+/// Conv weights packed once at load into GEMM panels, one [`Packed`] left operand
+/// (M/group × C/group·taps) per group. Depthwise convs (one channel per group) run
+/// direct loops instead and are never packed.
+#[derive(Debug, Clone)]
+pub struct ConvPacked {
+    ws: Vec<usize>,
+    group: usize,
+    groups: Vec<Packed>,
+}
+
+/// Packs f32 conv weights `w` [M, C/group, *k] for [`conv_with`]; None where the
+/// kernel would not use them (depthwise).
+pub fn pack_conv_weights(w: &Tensor, group: usize) -> Result<Option<ConvPacked>> {
+    let ws = w.shape();
+    if ws.len() < 3 || group == 0 || ws[0] % group != 0 {
+        return Err(Error::shape(format!(
+            "Conv weights {ws:?} do not fit group {group}"
+        )));
+    }
+    let (m, cg) = (ws[0], ws[1]);
+    let mg = m / group;
+    if cg == 1 && mg == 1 {
+        return Ok(None);
+    }
+    let wv = f32_data(w)?;
+    let krows = numel(&ws[1..], DType::F32)?;
+    if wv.len() < m * krows {
+        return Err(Error::shape("Conv weight data is shorter than its shape"));
+    }
+    let groups = (0..group)
+        .map(|gi| {
+            let wg = &wv[gi * mg * krows..(gi + 1) * mg * krows];
+            Packed::new(Side::A, mg, krows, Mat::row_major(wg, krows))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(ConvPacked {
+        ws: ws.to_vec(),
+        group,
+        groups,
+    }))
 }
 
 /// f32 convolution: `x` [N, C, *in], `w` [M, C/group, *k], optional bias [M]; returns
@@ -457,6 +494,25 @@ pub fn conv_f32(
     group: usize,
     act: Option<Activation>,
 ) -> Result<(Vec<usize>, Vec<f32>)> {
+    conv_f32_packed(x, xs, w, ws, bias, win, group, act, None)
+}
+
+/// [`conv_f32`] with the weights also given pre-packed (used when they were packed
+/// from the same `w`, `ws` and `group`; ignored otherwise).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_f32_packed(
+    x: &[f32],
+    xs: &[usize],
+    w: &[f32],
+    ws: &[usize],
+    bias: Option<&[f32]>,
+    win: &Window,
+    group: usize,
+    act: Option<Activation>,
+    packed: Option<&ConvPacked>,
+) -> Result<(Vec<usize>, Vec<f32>)> {
+    let packed = packed.filter(|p| p.ws == ws && p.group == group);
+    let isa = simd::isa();
     let d = conv_dims(xs, ws, group)?;
     let g = win.resolve(&xs[2..], &ws[2..])?;
     if let Some(b) = bias {
@@ -486,7 +542,7 @@ pub fn conv_f32(
             for m in 0..d.m {
                 let xp = &x[(n * d.c + m) * isz..(n * d.c + m + 1) * isz];
                 let yp = &mut y[(n * d.m + m) * osz..(n * d.m + m + 1) * osz];
-                depthwise_plane(xp, &w[m * ksz..(m + 1) * ksz], &g, yp, &mut phases);
+                depthwise_plane(isa, xp, &w[m * ksz..(m + 1) * ksz], &g, yp, &mut phases);
             }
         }
     } else if g.is_pointwise() {
@@ -495,13 +551,17 @@ pub fn conv_f32(
                 let xo = (n * d.c + gi * d.cg) * isz;
                 let yo = (n * d.m + gi * d.mg) * osz;
                 let wo = gi * d.mg * d.cg;
-                sgemm_ex(
+                let wop = match packed {
+                    Some(p) => GemmOp::Packed(&p.groups[gi]),
+                    None => GemmOp::Mat(Mat::row_major(&w[wo..wo + d.mg * d.cg], d.cg)),
+                };
+                sgemm_op(
                     d.mg,
                     d.cg,
                     osz,
                     1.0,
-                    Mat::row_major(&w[wo..wo + d.mg * d.cg], d.cg),
-                    Mat::row_major(&x[xo..xo + d.cg * isz], isz),
+                    wop,
+                    GemmOp::Mat(Mat::row_major(&x[xo..xo + d.cg * isz], isz)),
                     0.0,
                     &mut y[yo..yo + d.mg * osz],
                     osz,
@@ -525,13 +585,17 @@ pub fn conv_f32(
                     let r1 = (r0 + chunk).min(out_rows);
                     let ncols = (r1 - r0) * ow;
                     im2col(xg, d.cg, &g, r0, r1, &mut col);
-                    sgemm_ex(
+                    let wop = match packed {
+                        Some(p) => GemmOp::Packed(&p.groups[gi]),
+                        None => GemmOp::Mat(Mat::row_major(wg, krows)),
+                    };
+                    sgemm_op(
                         d.mg,
                         krows,
                         ncols,
                         1.0,
-                        Mat::row_major(wg, krows),
-                        Mat::row_major(&col[..krows * ncols], ncols),
+                        wop,
+                        GemmOp::Mat(Mat::row_major(&col[..krows * ncols], ncols)),
                         0.0,
                         &mut y[yo + r0 * ow..yo + d.mg * osz],
                         osz,
@@ -562,6 +626,19 @@ pub fn conv(
     group: usize,
     act: Option<Activation>,
 ) -> Result<Tensor> {
+    conv_with(x, w, b, win, group, act, None)
+}
+
+/// [`conv`] with weights pre-packed by [`pack_conv_weights`] from `w`.
+pub fn conv_with(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    win: &Window,
+    group: usize,
+    act: Option<Activation>,
+    packed: Option<&ConvPacked>,
+) -> Result<Tensor> {
     let dt = x.dtype();
     if w.dtype() != dt || b.is_some_and(|b| b.dtype() != dt) {
         return Err(Error::dtype("Conv inputs must share one float type"));
@@ -572,7 +649,7 @@ pub fn conv(
         Some(b) => Some(f32_data(b)?),
         None => None,
     };
-    let (shape, y) = conv_f32(
+    let (shape, y) = conv_f32_packed(
         &xv,
         x.shape(),
         &wv,
@@ -581,6 +658,7 @@ pub fn conv(
         win,
         group,
         act,
+        packed,
     )?;
     from_f32(dt, shape, y)
 }
@@ -1506,6 +1584,45 @@ fn numel_checked(s: &[usize]) -> Result<usize> {
     crate::tensor::numel_unchecked(s)
 }
 
+/// Packs a constant MatMul right operand (2-D, [K, N]) for [`matmul_with`]; None for
+/// other ranks, which the kernel would not use packed.
+pub fn pack_matmul_b(b: &Tensor) -> Result<Option<Packed>> {
+    let bs = b.shape();
+    if bs.len() != 2 || !b.dtype().is_float() {
+        return Ok(None);
+    }
+    let bv = f32_data(b)?;
+    Packed::new(Side::B, bs[0], bs[1], Mat::row_major(&bv, bs[1])).map(Some)
+}
+
+/// Packs a constant Gemm B (honouring `transB`) for [`gemm_with`].
+pub fn pack_gemm_b(b: &Tensor, at: &GemmAttrs) -> Result<Option<Packed>> {
+    let bs = b.shape();
+    if bs.len() != 2 || !b.dtype().is_float() {
+        return Ok(None);
+    }
+    let bv = f32_data(b)?;
+    let (k, n) = if at.trans_b {
+        (bs[1], bs[0])
+    } else {
+        (bs[0], bs[1])
+    };
+    let bm = if at.trans_b {
+        Mat::col_major(&bv, k)
+    } else {
+        Mat::row_major(&bv, n)
+    };
+    Packed::new(Side::B, k, n, bm).map(Some)
+}
+
+/// The right operand of a GEMM: `packed` when it was packed with these dims, else `b`.
+fn b_operand<'a>(b: Mat<'a>, packed: Option<&'a Packed>, k: usize, n: usize) -> GemmOp<'a> {
+    match packed {
+        Some(p) if p.side == Side::B && p.rows == k && p.cols == n => GemmOp::Packed(p),
+        _ => GemmOp::Mat(b),
+    }
+}
+
 /// f32 MatMul with optional row bias (length n, added to every output row) and activation.
 pub fn matmul_f32(
     a: &[f32],
@@ -1515,7 +1632,22 @@ pub fn matmul_f32(
     bias: Option<&[f32]>,
     act: Option<Activation>,
 ) -> Result<(Vec<usize>, Vec<f32>)> {
+    matmul_f32_packed(a, ashape, b, bshape, bias, act, None)
+}
+
+/// [`matmul_f32`] with a 2-D `b` also given pre-packed (by [`pack_matmul_b`]).
+pub fn matmul_f32_packed(
+    a: &[f32],
+    ashape: &[usize],
+    b: &[f32],
+    bshape: &[usize],
+    bias: Option<&[f32]>,
+    act: Option<Activation>,
+    packed_b: Option<&Packed>,
+) -> Result<(Vec<usize>, Vec<f32>)> {
     let p = matmul_plan(ashape, bshape)?;
+    // A packed B is one matrix shared by every batch.
+    let packed_b = packed_b.filter(|_| bshape.len() == 2);
     let total = numel(&p.out_shape, DType::F32)?;
     let mut y = alloc_vec::<f32>(total)?;
     if a.len() < numel_checked(ashape)? || b.len() < numel_checked(bshape)? {
@@ -1525,13 +1657,13 @@ pub fn matmul_f32(
     if p.fold_batch {
         let rows = total / n.max(1);
         if n > 0
-            && !sgemm_ex(
+            && !sgemm_op(
                 rows,
                 k,
                 n,
                 1.0,
-                Mat::row_major(a, k),
-                Mat::row_major(b, n),
+                GemmOp::Mat(Mat::row_major(a, k)),
+                b_operand(Mat::row_major(b, n), packed_b, k, n),
                 0.0,
                 &mut y,
                 n,
@@ -1541,13 +1673,13 @@ pub fn matmul_f32(
         }
     } else {
         for (bi, &(oa, ob)) in p.offsets.iter().enumerate() {
-            let ok = sgemm_ex(
+            let ok = sgemm_op(
                 m,
                 k,
                 n,
                 1.0,
-                Mat::row_major(&a[oa..], k),
-                Mat::row_major(&b[ob..], n),
+                GemmOp::Mat(Mat::row_major(&a[oa..], k)),
+                b_operand(Mat::row_major(&b[ob..], n), packed_b, k, n),
                 0.0,
                 &mut y[bi * m * n..(bi + 1) * m * n],
                 n,
@@ -1615,6 +1747,17 @@ pub fn matmul(
     bias: Option<&Tensor>,
     act: Option<Activation>,
 ) -> Result<Tensor> {
+    matmul_with(a, b, bias, act, None)
+}
+
+/// [`matmul`] with `b` also given pre-packed by [`pack_matmul_b`].
+pub fn matmul_with(
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    act: Option<Activation>,
+    packed_b: Option<&Packed>,
+) -> Result<Tensor> {
     let dt = a.dtype();
     if b.dtype() != dt {
         return Err(Error::dtype(format!("MatMul of {dt} and {}", b.dtype())));
@@ -1627,7 +1770,15 @@ pub fn matmul(
                 Some(t) => Some(f32_data(t)?),
                 None => None,
             };
-            let (s, y) = matmul_f32(&av, a.shape(), &bv, b.shape(), biasv.as_deref(), act)?;
+            let (s, y) = matmul_f32_packed(
+                &av,
+                a.shape(),
+                &bv,
+                b.shape(),
+                biasv.as_deref(),
+                act,
+                packed_b,
+            )?;
             from_f32(dt, s, y)
         }
         _ => {
@@ -1709,6 +1860,18 @@ pub fn gemm(
     at: &GemmAttrs,
     act: Option<Activation>,
 ) -> Result<Tensor> {
+    gemm_with(a, b, c, at, act, None)
+}
+
+/// [`gemm`] with `b` also given pre-packed by [`pack_gemm_b`].
+pub fn gemm_with(
+    a: &Tensor,
+    b: &Tensor,
+    c: Option<&Tensor>,
+    at: &GemmAttrs,
+    act: Option<Activation>,
+    packed_b: Option<&Packed>,
+) -> Result<Tensor> {
     let dt = a.dtype();
     if b.dtype() != dt || c.is_some_and(|c| c.dtype() != dt) {
         return Err(Error::dtype("Gemm inputs must share one type"));
@@ -1737,7 +1900,8 @@ pub fn gemm(
             } else {
                 Mat::row_major(&bv, n)
             };
-            if !sgemm_ex(m, k, n, at.alpha, am, bm, beta, &mut y, n) {
+            let bop = b_operand(bm, packed_b, k, n);
+            if !sgemm_op(m, k, n, at.alpha, GemmOp::Mat(am), bop, beta, &mut y, n) {
                 return Err(Error::shape("Gemm operands do not fit"));
             }
             apply_act(act, &mut y);
@@ -2357,6 +2521,68 @@ mod tests {
                     "{a} vs {b} for c={c} m={m} g={group} k={k}"
                 );
             }
+            // Weights packed at load give the same result.
+            let wt = Tensor::from_vec(ws.to_vec(), w.clone()).unwrap();
+            let packed = pack_conv_weights(&wt, group).unwrap();
+            assert_eq!(packed.is_none(), c == group && m == group);
+            let (_, yp) =
+                conv_f32_packed(&x, &xs, &w, &ws, None, &wn, group, None, packed.as_ref()).unwrap();
+            for (a, b) in yp.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-4, "packed: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn prepacked_weights_give_the_unpacked_bits() {
+        // Sizes where the unpacked call also takes the blocked GEMM, so both run the
+        // same panels through the same kernel.
+        let xs = [1, 16, 12, 13];
+        let ws = [24, 16, 3, 3];
+        let x = seq(xs.iter().product());
+        let w = seq(ws.iter().product());
+        let wn = Window {
+            pads: Some(vec![1; 4]),
+            ..Window::default()
+        };
+        let wt = Tensor::from_vec(ws.to_vec(), w.clone()).unwrap();
+        let packed = pack_conv_weights(&wt, 1).unwrap();
+        let (_, y0) = conv_f32(&x, &xs, &w, &ws, None, &wn, 1, None).unwrap();
+        let (_, y1) =
+            conv_f32_packed(&x, &xs, &w, &ws, None, &wn, 1, None, packed.as_ref()).unwrap();
+        assert_eq!(y0, y1);
+        // MatMul and Gemm (transB) with a packed constant B.
+        let a = Tensor::from_vec(vec![2, 40, 64], seq(2 * 40 * 64)).unwrap();
+        let b = Tensor::from_vec(vec![64, 72], seq(64 * 72)).unwrap();
+        let pb = pack_matmul_b(&b).unwrap();
+        assert!(pb.is_some());
+        let y0 = matmul(&a, &b, None, None).unwrap();
+        let y1 = matmul_with(&a, &b, None, None, pb.as_ref()).unwrap();
+        assert_eq!(y0.as_slice::<f32>().unwrap(), y1.as_slice::<f32>().unwrap());
+        let a2 = Tensor::from_vec(vec![30, 64], seq(30 * 64)).unwrap();
+        let bt = Tensor::from_vec(vec![72, 64], seq(64 * 72)).unwrap();
+        let at = GemmAttrs {
+            alpha: 0.5,
+            beta: 1.0,
+            trans_a: false,
+            trans_b: true,
+        };
+        let cb = Tensor::from_vec(vec![72], seq(72)).unwrap();
+        let pg = pack_gemm_b(&bt, &at).unwrap();
+        let y0 = gemm(&a2, &bt, Some(&cb), &at, None).unwrap();
+        let y1 = gemm_with(&a2, &bt, Some(&cb), &at, None, pg.as_ref()).unwrap();
+        assert_eq!(y0.as_slice::<f32>().unwrap(), y1.as_slice::<f32>().unwrap());
+        // A small-m product takes the row path when packed: equal within rounding.
+        let a1 = Tensor::from_vec(vec![1, 64], seq(64)).unwrap();
+        let y0 = matmul(&a1, &b, None, None).unwrap();
+        let y1 = matmul_with(&a1, &b, None, None, pb.as_ref()).unwrap();
+        for (p, q) in y0
+            .as_slice::<f32>()
+            .unwrap()
+            .iter()
+            .zip(y1.as_slice::<f32>().unwrap())
+        {
+            assert!((p - q).abs() <= 1e-4 * (1.0 + p.abs()), "{p} vs {q}");
         }
     }
 

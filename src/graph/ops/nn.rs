@@ -5,6 +5,7 @@
 //! (Gemm, MatMul, Einsum). The integer and quantized variants are in `quant`.
 
 use super::{def, OpDef};
+use crate::cpu::gemm::Packed;
 use crate::cpu::nn::{
     self as k, AutoPad, EinsumSpec, GemmAttrs, GlobalKind, PoolKind, TransposeAttrs, Window,
 };
@@ -39,6 +40,7 @@ pub const OPS: &[OpDef] = &[
         Ok(Box::new(MatMul {
             activation: None,
             bias: None,
+            packed_b: None,
         }))
     }),
     def("", "Einsum", parse_einsum),
@@ -176,6 +178,8 @@ pub struct Conv {
     pub group: usize,
     /// Applied to the output by the kernel; set by the fusion pass (None from the parser).
     pub activation: Option<Activation>,
+    /// Constant weights packed for the GEMM at load (see `Op::prepack`).
+    pub packed: Option<Arc<k::ConvPacked>>,
 }
 
 fn parse_conv(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
@@ -183,6 +187,7 @@ fn parse_conv(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
         window: parse_window(cx, false, true)?,
         group: parse_group(cx)?,
         activation: None,
+        packed: None,
     }))
 }
 
@@ -203,15 +208,24 @@ impl Op for Conv {
         Ok(vec![Fact::new(dt, shape)])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        let y = k::conv(
+        let y = k::conv_with(
             args.t(0)?,
             args.t(1)?,
             args.opt(2)?,
             &self.window,
             self.group,
             self.activation,
+            self.packed.as_deref(),
         )?;
         Ok(vec![y.into()])
+    }
+    fn prepack(&mut self, consts: &[Option<&Tensor>]) -> Result<()> {
+        if let Some(Some(w)) = consts.get(1) {
+            if w.dtype().is_float() {
+                self.packed = k::pack_conv_weights(w, self.group)?.map(Arc::new);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -609,6 +623,8 @@ pub struct Gemm {
     pub attrs: GemmAttrs,
     /// Applied to the output by the kernel; set by the fusion pass (None from the parser).
     pub activation: Option<Activation>,
+    /// Constant B packed for the GEMM at load (see `Op::prepack`).
+    pub packed_b: Option<Arc<Packed>>,
 }
 
 fn parse_gemm(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
@@ -622,6 +638,7 @@ fn parse_gemm(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
             trans_b: cx.int_or("transB", 0)? != 0,
         },
         activation: None,
+        packed_b: None,
     }))
 }
 
@@ -657,14 +674,21 @@ impl Op for Gemm {
         Ok(vec![Fact::new(dt, Some(vec![m, n]))])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        Ok(vec![k::gemm(
+        Ok(vec![k::gemm_with(
             args.t(0)?,
             args.t(1)?,
             args.opt(2)?,
             &self.attrs,
             self.activation,
+            self.packed_b.as_deref(),
         )?
         .into()])
+    }
+    fn prepack(&mut self, consts: &[Option<&Tensor>]) -> Result<()> {
+        if let Some(Some(b)) = consts.get(1) {
+            self.packed_b = k::pack_gemm_b(b, &self.attrs)?.map(Arc::new);
+        }
+        Ok(())
     }
 }
 
@@ -720,6 +744,8 @@ pub struct MatMul {
     /// A constant vector of the output's last-dim length, added to every output row
     /// before the activation; set by the fusion pass (MatMul+Add), None from the parser.
     pub bias: Option<Arc<Tensor>>,
+    /// Constant B packed for the GEMM at load (see `Op::prepack`).
+    pub packed_b: Option<Arc<Packed>>,
 }
 
 impl Op for MatMul {
@@ -731,13 +757,20 @@ impl Op for MatMul {
         Ok(vec![Fact::new(dt, matmul_shape(a, b)?)])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
-        Ok(vec![k::matmul(
+        Ok(vec![k::matmul_with(
             args.t(0)?,
             args.t(1)?,
             self.bias.as_deref(),
             self.activation,
+            self.packed_b.as_deref(),
         )?
         .into()])
+    }
+    fn prepack(&mut self, consts: &[Option<&Tensor>]) -> Result<()> {
+        if let Some(Some(b)) = consts.get(1) {
+            self.packed_b = k::pack_matmul_b(b)?.map(Arc::new);
+        }
+        Ok(())
     }
 }
 
