@@ -1171,6 +1171,12 @@ pub fn int_conv(
         Q8::I8(_) => col_i8 = alloc_vec::<i8>(ncol)?,
     }
     let xz = [x_zp];
+    // One input channel per group (depthwise): a direct kernel beats a GEMM with one
+    // row of depth k².
+    if d.cg == 1 && d.group == d.c && d.group > 1 {
+        crate::cpu::qconv::qdepthwise(qx.mat(&xz), d.n, d.c, qw.mat(w_zps), d.m, &g, &mut acc)?;
+        return Ok((oshape, acc));
+    }
     for n in 0..d.n {
         for gi in 0..d.group {
             let xg = qx.part((n * d.c + gi * d.cg) * isz, d.cg * isz)?;

@@ -193,7 +193,13 @@ pub fn report(budget_ms: f64) -> String {
 pub fn self_check() -> Result<(), String> {
     use crate::cpu::nn::Window;
     use crate::cpu::qconv::qdepthwise_with;
-    for &(m, k, n) in &[(1, 1, 1), (7, 13, 5), (13, 515, 37), (1, 300, 33), (100, 64, 130)] {
+    for &(m, k, n) in &[
+        (1, 1, 1),
+        (7, 13, 5),
+        (13, 515, 37),
+        (1, 300, 33),
+        (100, 64, 130),
+    ] {
         let a = values(m * k, 3);
         let b = values(k * n, 4);
         let a8: Vec<u8> = a.iter().map(|v| (v * 255.0 + 128.0) as u8).collect();
@@ -207,7 +213,18 @@ pub fn self_check() -> Result<(), String> {
         qgemm_with(super::Isa::Portable, m, k, n, raw(qa), raw(qb), &mut want)
             .map_err(|e| e.to_string())?;
         let (fa, fb) = (Operand::Mat(am), Operand::Mat(bm));
-        sgemm_with(super::Isa::Portable, m, k, n, 1.0, fa, fb, 0.0, &mut fwant, n);
+        sgemm_with(
+            super::Isa::Portable,
+            m,
+            k,
+            n,
+            1.0,
+            fa,
+            fb,
+            0.0,
+            &mut fwant,
+            n,
+        );
         for &kf in &available() {
             let mut got = vec![0i32; m * n];
             qgemm_with(kf, m, k, n, raw(qa), raw(qb), &mut got).map_err(|e| e.to_string())?;
@@ -217,7 +234,11 @@ pub fn self_check() -> Result<(), String> {
             let mut fgot = vec![0f32; m * n];
             sgemm_with(kf, m, k, n, 1.0, fa, fb, 0.0, &mut fgot, n);
             let tol = 1e-5 * (k as f32 + 1.0);
-            if fgot.iter().zip(&fwant).any(|(x, y)| (x - y).abs() > tol * (1.0 + y.abs())) {
+            if fgot
+                .iter()
+                .zip(&fwant)
+                .any(|(x, y)| (x - y).abs() > tol * (1.0 + y.abs()))
+            {
                 return Err(format!("sgemm {} {m}x{k}x{n}", kf.name()));
             }
         }
@@ -234,7 +255,10 @@ pub fn self_check() -> Result<(), String> {
         .iter()
         .map(|v| (v * 255.0 + 128.0) as u8)
         .collect();
-    let w: Vec<i8> = values(m * g.k_size(), 6).iter().map(|v| (v * 255.0) as i8).collect();
+    let w: Vec<i8> = values(m * g.k_size(), 6)
+        .iter()
+        .map(|v| (v * 255.0) as i8)
+        .collect();
     let (xm, wm) = (QMat::U8(&x, &[120]), QMat::I8(&w, &[1, -2, 3, 0, 5, -6]));
     let mut want = vec![0i32; n * m * g.out_size()];
     qdepthwise_with(super::Isa::Portable, xm, n, c, wm, m, &g, &mut want)
