@@ -127,6 +127,50 @@ fn quant_cases_match_onnxruntime_with_and_without_prepack() {
     );
 }
 
+#[test]
+fn constant_weights_are_prepacked_at_load() {
+    use edgepredict::graph::ops::quant as q;
+    let any_packed = |case: &str| -> bool {
+        let bytes = std::fs::read(cases_dir().join(case).join("model.onnx")).unwrap();
+        let m = Model::load(&bytes).unwrap();
+        m.graph().nodes.iter().any(|n| {
+            let a = n.op.as_any();
+            a.downcast_ref::<q::QLinearConv>()
+                .is_some_and(|o| o.packed_w.is_some())
+                || a.downcast_ref::<q::ConvInteger>()
+                    .is_some_and(|o| o.packed_w.is_some())
+                || a.downcast_ref::<q::QLinearMatMul>()
+                    .is_some_and(|o| o.packed_b.is_some())
+                || a.downcast_ref::<q::MatMulInteger>()
+                    .is_some_and(|o| o.packed_b.is_some())
+                || a.downcast_ref::<q::QGemm>()
+                    .is_some_and(|o| o.packed_b.is_some())
+                || a.downcast_ref::<q::MatMulIntegerToFloat>()
+                    .is_some_and(|o| o.packed_b.is_some())
+                || a.downcast_ref::<q::DynamicQuantizeMatMul>()
+                    .is_some_and(|o| o.packed_b.is_some())
+                || a.downcast_ref::<q::MatMulNBits>()
+                    .is_some_and(|o| o.dequantized.is_some())
+        })
+    };
+    for case in [
+        "qlinearconv_u8s8_perchannel_pad_stride",
+        "qlinearconv_ms_channels_last",
+        "convinteger_u8u8_pad_group",
+        "qlinearmatmul_s8_perchannel_3d",
+        "matmulinteger_u8s8_perchannel",
+        "qgemm_i8_perchannel_trans",
+        "matmulintegertofloat_u8s8_perchannel",
+        "dynamicquantizematmul_u8",
+        "matmulnbits_4b_zp_bias",
+        "matmulnbits_4b_nozp_batched",
+    ] {
+        assert!(any_packed(case), "{case}: weights not pre-packed");
+    }
+    // B is a graph input there: nothing to pack.
+    assert!(!any_packed("matmulinteger_batched_b"));
+}
+
 fn u8t(shape: &[usize], v: &[u8]) -> Tensor {
     Tensor::from_vec(shape.to_vec(), v.to_vec()).unwrap()
 }

@@ -1626,20 +1626,19 @@ pub fn qlinear_softmax(
         .collect();
     let ys = (1.0 / py.scale).floor();
     let mut out = alloc_vec::<i32>(q.len())?;
-    if d > 0 {
-        for r in 0..q.len() / d {
-            let row = q.part(r * d, d)?;
-            let mx = (0..d).map(|i| row.get(i)).max().unwrap_or(0);
-            let idx = |i: usize| (row.get(i) - mx + 255).clamp(0, 255) as usize;
-            let mut sum = 0f32;
-            for i in 0..d {
-                sum += table[idx(i)];
-            }
-            for i in 0..d {
-                let v = round_even_f32(table[idx(i)] * ys / sum) + py.zp as f32;
-                *out.get_mut(r * d + i).ok_or_else(internal)? =
-                    v.clamp(lo as f32, hi as f32) as i32;
-            }
+    // A row length of zero means no rows.
+    let rows = q.len().checked_div(d).unwrap_or(0);
+    for r in 0..rows {
+        let row = q.part(r * d, d)?;
+        let mx = (0..d).map(|i| row.get(i)).max().unwrap_or(0);
+        let idx = |i: usize| (row.get(i) - mx + 255).clamp(0, 255) as usize;
+        let mut sum = 0f32;
+        for i in 0..d {
+            sum += table[idx(i)];
+        }
+        for i in 0..d {
+            let v = round_even_f32(table[idx(i)] * ys / sum) + py.zp as f32;
+            *out.get_mut(r * d + i).ok_or_else(internal)? = v.clamp(lo as f32, hi as f32) as i32;
         }
     }
     let y = int_tensor(xt.dtype(), shape.to_vec(), &out)?;
@@ -1929,6 +1928,7 @@ mod tests {
     }
 
     /// Direct integer convolution for checking the im2col + qgemm path.
+    #[allow(clippy::too_many_arguments)]
     fn naive_conv(
         x: &[u8],
         xs: [usize; 4],

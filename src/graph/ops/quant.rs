@@ -73,14 +73,45 @@ pub const OPS: &[OpDef] = &[
     def(MS, "MatMulNBits", parse_matmul_nbits),
 ];
 
+/// Weights packed at load, with which of the optional inputs they depend on (zero
+/// points, g_idx) were present then: an omitted input and a non-constant one both reach
+/// `prepack` as None, so `run` uses the packed data only if the same inputs are present.
+#[derive(Debug, Clone)]
+pub struct Packed<T> {
+    pub data: Arc<T>,
+    pub present: Vec<bool>,
+}
+
+impl<T> Packed<T> {
+    fn new(data: T, consts: &[Option<&Tensor>], optional: &[usize]) -> Self {
+        Packed {
+            data: Arc::new(data),
+            present: optional
+                .iter()
+                .map(|&i| konst(consts, i).is_some())
+                .collect(),
+        }
+    }
+}
+
+/// The packed data if the run's optional inputs match those it was packed with.
+fn use_packed<'a, T>(
+    p: &'a Option<Packed<T>>,
+    args: &Args,
+    optional: &[usize],
+) -> Result<Option<&'a T>> {
+    let Some(p) = p else { return Ok(None) };
+    for (&i, &was) in optional.iter().zip(&p.present) {
+        if args.opt(i)?.is_some() != was {
+            return Ok(None);
+        }
+    }
+    Ok(Some(&p.data))
+}
+
 /// The constant input `i` handed to `prepack`, if any.
 fn konst<'a>(consts: &[Option<&'a Tensor>], i: usize) -> Option<&'a Tensor> {
     consts.get(i).copied().flatten()
-}
-
-/// True when input `i` of the node is absent or a load-time constant.
-fn absent_or_const(consts: &[Option<&Tensor>], n_inputs: usize, i: usize) -> bool {
-    i >= n_inputs || konst(consts, i).is_some()
 }
 
 fn check_8bit(f: Option<&Fact>, what: &str) -> Result<()> {
@@ -319,7 +350,7 @@ impl Op for DynamicQuantizeLinear {
 #[derive(Debug, Clone, Default)]
 pub struct MatMulInteger {
     /// B (input 1) with its zero points, packed at load when both are constant.
-    pub packed_b: Option<Arc<QPacked>>,
+    pub packed_b: Option<Packed<QPacked>>,
 }
 
 impl MatMulInteger {
@@ -344,15 +375,14 @@ impl Op for MatMulInteger {
             args.t(1)?,
             args.opt(2)?,
             args.opt(3)?,
-            self.packed_b.as_deref(),
+            use_packed(&self.packed_b, args, &[3])?,
         )?
         .into()])
     }
     fn prepack(&mut self, consts: &[Option<&Tensor>]) -> Result<()> {
         if let Some(b) = konst(consts, 1) {
-            if absent_or_const(consts, consts.len(), 3) {
-                self.packed_b = k::pack_matmul_b(b, konst(consts, 3))?.map(Arc::new);
-            }
+            self.packed_b =
+                k::pack_matmul_b(b, konst(consts, 3))?.map(|p| Packed::new(p, consts, &[3]));
         }
         Ok(())
     }
@@ -364,7 +394,7 @@ impl Op for MatMulInteger {
 #[derive(Debug, Clone, Default)]
 pub struct QLinearMatMul {
     /// b (input 3) with its zero points (input 5), packed at load when both are constant.
-    pub packed_b: Option<Arc<QPacked>>,
+    pub packed_b: Option<Packed<QPacked>>,
 }
 
 impl QLinearMatMul {
@@ -394,15 +424,14 @@ impl Op for QLinearMatMul {
             args.opt(5)?,
             args.t(6)?,
             args.opt(7)?,
-            self.packed_b.as_deref(),
+            use_packed(&self.packed_b, args, &[5])?,
         )?
         .into()])
     }
     fn prepack(&mut self, consts: &[Option<&Tensor>]) -> Result<()> {
         if let Some(b) = konst(consts, 3) {
-            if absent_or_const(consts, consts.len(), 5) {
-                self.packed_b = k::pack_matmul_b(b, konst(consts, 5))?.map(Arc::new);
-            }
+            self.packed_b =
+                k::pack_matmul_b(b, konst(consts, 5))?.map(|p| Packed::new(p, consts, &[5]));
         }
         Ok(())
     }
@@ -413,7 +442,7 @@ impl Op for QLinearMatMul {
 #[derive(Debug, Clone, Default)]
 pub struct MatMulIntegerToFloat {
     /// B (input 1) with its zero points (input 5), packed at load.
-    pub packed_b: Option<Arc<QPacked>>,
+    pub packed_b: Option<Packed<QPacked>>,
 }
 
 impl MatMulIntegerToFloat {
@@ -443,15 +472,14 @@ impl Op for MatMulIntegerToFloat {
             args.opt(4)?,
             args.opt(5)?,
             args.opt(6)?,
-            self.packed_b.as_deref(),
+            use_packed(&self.packed_b, args, &[5])?,
         )?
         .into()])
     }
     fn prepack(&mut self, consts: &[Option<&Tensor>]) -> Result<()> {
         if let Some(b) = konst(consts, 1) {
-            if absent_or_const(consts, consts.len(), 5) {
-                self.packed_b = k::pack_matmul_b(b, konst(consts, 5))?.map(Arc::new);
-            }
+            self.packed_b =
+                k::pack_matmul_b(b, konst(consts, 5))?.map(|p| Packed::new(p, consts, &[5]));
         }
         Ok(())
     }
@@ -462,7 +490,7 @@ impl Op for MatMulIntegerToFloat {
 #[derive(Debug, Clone, Default)]
 pub struct DynamicQuantizeMatMul {
     /// B (input 1) with its zero points (input 3), packed at load.
-    pub packed_b: Option<Arc<QPacked>>,
+    pub packed_b: Option<Packed<QPacked>>,
 }
 
 impl DynamicQuantizeMatMul {
@@ -494,15 +522,14 @@ impl Op for DynamicQuantizeMatMul {
             args.t(2)?,
             args.opt(3)?,
             args.opt(4)?,
-            self.packed_b.as_deref(),
+            use_packed(&self.packed_b, args, &[3])?,
         )?
         .into()])
     }
     fn prepack(&mut self, consts: &[Option<&Tensor>]) -> Result<()> {
         if let Some(b) = konst(consts, 1) {
-            if absent_or_const(consts, consts.len(), 3) {
-                self.packed_b = k::pack_matmul_b(b, konst(consts, 3))?.map(Arc::new);
-            }
+            self.packed_b =
+                k::pack_matmul_b(b, konst(consts, 3))?.map(|p| Packed::new(p, consts, &[3]));
         }
         Ok(())
     }
@@ -515,7 +542,7 @@ impl Op for DynamicQuantizeMatMul {
 pub struct QGemm {
     pub attrs: QGemmAttrs,
     /// B (after transB) with its zero points, packed at load.
-    pub packed_b: Option<Arc<QPacked>>,
+    pub packed_b: Option<Packed<QPacked>>,
 }
 
 impl QGemm {
@@ -579,13 +606,14 @@ impl Op for QGemm {
             args.opt(7)?,
             args.opt(8)?,
             &self.attrs,
-            self.packed_b.as_deref(),
+            use_packed(&self.packed_b, args, &[5])?,
         )?
         .into()])
     }
     fn prepack(&mut self, consts: &[Option<&Tensor>]) -> Result<()> {
         if let (Some(b), Some(bz)) = (konst(consts, 3), konst(consts, 5)) {
-            self.packed_b = k::pack_qgemm_b(b, Some(bz), self.attrs.trans_b)?.map(Arc::new);
+            self.packed_b = k::pack_qgemm_b(b, Some(bz), self.attrs.trans_b)?
+                .map(|p| Packed::new(p, consts, &[5]));
         }
         Ok(())
     }
@@ -602,7 +630,7 @@ pub struct ConvInteger {
     pub window: Window,
     pub group: usize,
     /// Weights (input 1) with zero points (input 3), one A operand per group.
-    pub packed_w: Option<Arc<Vec<QPacked>>>,
+    pub packed_w: Option<Packed<Vec<QPacked>>>,
 }
 
 impl ConvInteger {
@@ -642,16 +670,14 @@ impl Op for ConvInteger {
             args.opt(3)?,
             &self.window,
             self.group,
-            self.packed_w.as_ref().map(|p| p.as_slice()),
+            use_packed(&self.packed_w, args, &[3])?.map(|p| p.as_slice()),
         )?;
         Ok(vec![y.into()])
     }
     fn prepack(&mut self, consts: &[Option<&Tensor>]) -> Result<()> {
         if let Some(w) = konst(consts, 1) {
-            if absent_or_const(consts, consts.len(), 3) {
-                let p = k::pack_conv_weights(w, konst(consts, 3), self.group)?;
-                self.packed_w = Some(Arc::new(p));
-            }
+            let p = k::pack_conv_weights(w, konst(consts, 3), self.group)?;
+            self.packed_w = Some(Packed::new(p, consts, &[3]));
         }
         Ok(())
     }
@@ -668,7 +694,7 @@ pub struct QLinearConv {
     /// com.microsoft's NHWC layout (x and y channels last; w stays [M, C/group, k…]).
     pub channels_last: bool,
     /// Weights (input 3) with zero points (input 5), one A operand per group.
-    pub packed_w: Option<Arc<Vec<QPacked>>>,
+    pub packed_w: Option<Packed<Vec<QPacked>>>,
 }
 
 impl QLinearConv {
@@ -757,7 +783,7 @@ impl Op for QLinearConv {
             args.opt(8)?,
             &self.window,
             self.group,
-            self.packed_w.as_ref().map(|p| p.as_slice()),
+            use_packed(&self.packed_w, args, &[5])?.map(|p| p.as_slice()),
         )?;
         let y = if self.channels_last {
             k::channels_move(&y, false)?
@@ -768,10 +794,8 @@ impl Op for QLinearConv {
     }
     fn prepack(&mut self, consts: &[Option<&Tensor>]) -> Result<()> {
         if let Some(w) = konst(consts, 3) {
-            if absent_or_const(consts, consts.len(), 5) {
-                let p = k::pack_conv_weights(w, konst(consts, 5), self.group)?;
-                self.packed_w = Some(Arc::new(p));
-            }
+            let p = k::pack_conv_weights(w, konst(consts, 5), self.group)?;
+            self.packed_w = Some(Packed::new(p, consts, &[5]));
         }
         Ok(())
     }
@@ -1113,9 +1137,8 @@ impl Op for QLinearSoftmax {
 pub struct MatMulNBits {
     pub attrs: NBitsAttrs,
     pub accuracy_level: i64,
-    /// The dequantized weights, N×K, made at load when B, scales, zero points and g_idx
-    /// are constant.
-    pub dequantized: Option<Arc<Vec<f32>>>,
+    /// The dequantized weights, N×K, made at load when B and scales are constant.
+    pub dequantized: Option<Packed<Vec<f32>>>,
 }
 
 fn parse_matmul_nbits(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
@@ -1191,17 +1214,14 @@ impl Op for MatMulNBits {
             args.opt(4)?,
             args.opt(5)?,
             &self.attrs,
-            self.dequantized.as_ref().map(|d| d.as_slice()),
+            use_packed(&self.dequantized, args, &[3, 4])?.map(|d| d.as_slice()),
         )?
         .into()])
     }
     fn prepack(&mut self, consts: &[Option<&Tensor>]) -> Result<()> {
-        let n = consts.len();
         if let (Some(b), Some(s)) = (konst(consts, 1), konst(consts, 2)) {
-            if absent_or_const(consts, n, 3) && absent_or_const(consts, n, 4) {
-                let w = k::dequantize_nbits(b, s, konst(consts, 3), konst(consts, 4), &self.attrs)?;
-                self.dequantized = Some(Arc::new(w));
-            }
+            let w = k::dequantize_nbits(b, s, konst(consts, 3), konst(consts, 4), &self.attrs)?;
+            self.dequantized = Some(Packed::new(w, consts, &[3, 4]));
         }
         Ok(())
     }
