@@ -42,6 +42,10 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         .fold(0.0, f64::max)
 }
 
+fn max_abs(a: &Tensor) -> f64 {
+    a.to_f64_vec().unwrap().iter().fold(0.0, |m, v| m.max(v.abs()))
+}
+
 fn check(name: &str, tol: &str, got: &Tensor, want: &Tensor) -> Result<(), String> {
     if got.dtype() != want.dtype() || got.shape() != want.shape() {
         return Err(format!(
@@ -107,8 +111,15 @@ fn quant_cases_match_onnxruntime_with_and_without_prepack() {
         let (a, b) = (run(&packed, &inputs), run(&plain, &inputs));
         assert_eq!(a.len(), wants.len(), "{name}: output count");
         for ((x, y), w) in a.iter().zip(&b).zip(&wants) {
+            // Integer outputs must be identical; float GEMMs may sum in another order
+            // once their weights are packed, so allow a few ulps there.
+            let same = if x.dtype().is_float() {
+                max_diff(x, y) <= 1e-6 * (1.0 + max_abs(y))
+            } else {
+                x == y
+            };
             assert!(
-                x == y,
+                same,
                 "{name}: pre-packed and plain runs differ (max diff {})",
                 max_diff(x, y)
             );
