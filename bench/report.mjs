@@ -24,7 +24,8 @@ const agree = (a) => {
   const notes = a.notes?.length ? ` (${esc(a.notes.join('; '))})` : '';
   return `${sci(a.maxDiff)} / ${a.scale == null ? '–' : a.scale.toPrecision(2)}${notes}`;
 };
-const cellOr = (c, f) => (c?.error ? `unsupported: ${esc(c.error)}` : f(c));
+const cut = (e) => (e.length > 110 ? `${e.slice(0, 110)}…` : e);
+const cellOr = (c, f) => (c?.error ? `unsupported: ${esc(cut(c.error))}` : f(c));
 
 const out = [];
 out.push(`# edgepredict benchmark${wasm?.quick || native?.quick ? ' (--quick: few runs, rough)' : ''}`);
@@ -42,7 +43,7 @@ if (wasm) {
   out.push('');
   out.push(
     `Median ms of the timed runs (${wasm.quick ? 'quick' : 'at least 20, 10 for the slowest'}), JS feeds in → JS arrays out, after a warm-up of at least ${wasm.warmup} run(s) and ${((wasm.warmupMs ?? 0) / 1000).toFixed(1)} s per runtime, runtimes alternating in one process${wasm.nodeFlags?.includes('--no-liftoff') ? ' run with `node --no-liftoff` (all wasm compiled by V8\'s optimising tier up front, so no run times half-tiered code; without it ORT needs dozens of runs to get there)' : ''}. ` +
-      '*diff*: largest |ours − ORT| over all outputs / largest |ORT output|. *cold*: fresh process, wasm and model bytes in memory → first output (compile + instantiate + model load + first run). ' +
+      '*diff*: largest |ours − ORT| over all outputs / largest |ORT float output|. *cold*: fresh process, wasm and model bytes in memory → first output (compile + instantiate + model load + first run). ' +
       `*RSS*: peak resident memory of that fresh process (an idle Node process: ${mb(wasm.baselineRss)} MB). *int8/f32*: the runtime's own int8 median over its f32 median.`,
   );
   out.push('');
@@ -63,9 +64,10 @@ if (wasm) {
     const b = row.cells['ort-web'];
     const cells = [row.id, row.variant];
     cells.push(cellOr(a, (c) => `**${ms(c.median)}**`));
-    cells.push(b?.error ? `error: ${esc(b.error)}` : ms(b?.median));
+    cells.push(b?.error ? `error: ${esc(cut(b.error))}` : ms(b?.median));
     cells.push(a?.error || b?.error ? '–' : `**${ratio(a.median, b.median)}**`);
-    if (relaxed) cells.push(cellOr(row.cells['ours-relaxed'], (c) => ms(c.median)));
+    const rc = row.cells['ours-relaxed'];
+    if (relaxed) cells.push(rc?.error && rc.error === a?.error ? 'unsupported (same)' : cellOr(rc, (c) => ms(c.median)));
     const f = f32Of[row.id];
     cells.push(
       row.variant === 'f32' || !f
@@ -90,8 +92,8 @@ if (native) {
   out.push('## native, one thread');
   out.push('');
   out.push(
-    `Our CLI (\`${native.cli} bench\`, release, ${machine.nativeTarget ?? 'host CPU baseline'}) against onnxruntime from PyPI (\`bench/ort_native.py\`), the same .npy inputs; ` +
-      'median ms over two rounds in ABBA order. *diff*: largest |ours − ORT| / largest |ORT output|. *RSS*: peak of each process (Python + numpy + onnxruntime on one side).',
+    `Our CLI (\`${native.cli} bench\`, ${machine.nativeTarget ?? 'release'}) against onnxruntime from PyPI (\`bench/ort_native.py\`), the same .npy inputs; ` +
+      'median ms over two rounds in ABBA order. *diff*: largest |ours − ORT| over all outputs / largest |ORT float output|. *RSS*: peak of each process (Python + numpy + onnxruntime on one side).',
   );
   out.push('');
   out.push('| model | variant | ours ms | ORT ms | ours/ORT | diff vs ORT | load ms ours · ORT | RSS MB ours · ORT |');
@@ -104,7 +106,7 @@ if (native) {
     const a = row.ours;
     const b = row.ort;
     out.push(
-      `| ${row.id} | ${row.variant} | ${cellOr(a, (c) => `**${ms(c.median)}**`)} | ${b.error ? `error: ${esc(b.error)}` : ms(b.median)} | ${a.error || b.error ? '–' : `**${ratio(a.median, b.median)}**`} | ${a.error ? '–' : agree(row.agree)} | ${ms(a.loadMs)} · ${ms(b.loadMs)} | ${mb(a.peakRss)} · ${mb(b.peakRss)} |`,
+      `| ${row.id} | ${row.variant} | ${cellOr(a, (c) => `**${ms(c.median)}**`)} | ${b.error ? `error: ${esc(cut(b.error))}` : ms(b.median)} | ${a.error || b.error ? '–' : `**${ratio(a.median, b.median)}**`} | ${a.error ? '–' : agree(row.agree)} | ${ms(a.loadMs)} · ${ms(b.loadMs)} | ${mb(a.peakRss)} · ${mb(b.peakRss)} |`,
     );
   }
   out.push('');

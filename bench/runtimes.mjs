@@ -102,11 +102,17 @@ export async function ortWeb() {
   };
 }
 
-/** Largest |a-b| over all outputs both sides produced, and the largest |b| (the scale). */
+const isFloat = (d) => d instanceof Float32Array || d instanceof Float64Array;
+
+/**
+ * Largest |a-b| over all outputs both sides produced, and the largest |b| over the float
+ * outputs (the scale; integer outputs such as shapes would only inflate it).
+ */
 export function compare(a, b) {
   let maxDiff = 0;
   let scale = 0;
   const notes = [];
+  const anyFloat = Object.values(b).some((t) => isFloat(t.data));
   for (const [name, ref] of Object.entries(b)) {
     const got = a[name];
     if (!got) {
@@ -122,8 +128,8 @@ export function compare(a, b) {
       const y = Number(ref.data[i]);
       const d = Math.abs(x - y);
       if (!(d <= maxDiff)) maxDiff = Number.isNaN(d) ? NaN : Math.max(maxDiff, d);
-      scale = Math.max(scale, Math.abs(y));
     }
+    if (!anyFloat || isFloat(ref.data)) for (const y of ref.data) scale = Math.max(scale, Math.abs(Number(y)));
   }
   return { maxDiff, scale, notes };
 }
