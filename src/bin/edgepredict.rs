@@ -634,3 +634,83 @@ fn demo(show: usize) -> Result<(), String> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgepredict::api::IoInfo;
+    use edgepredict::graph::Fact;
+
+    fn args(dims: &[&str], shapes: &[&str], ranges: &[&str], fills: &[&str]) -> BenchArgs {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect();
+        BenchArgs {
+            model: PathBuf::new(),
+            inputs: Vec::new(),
+            dims: v(dims),
+            shapes: v(shapes),
+            ranges: v(ranges),
+            fills: v(fills),
+            seed: 7,
+            warmup: 1,
+            runs: 1,
+            output: None,
+            json: false,
+        }
+    }
+
+    fn input(dt: DType, dims: Vec<Dim>) -> IoInfo {
+        IoInfo {
+            name: "x".into(),
+            fact: Fact::new(Some(dt), Some(dims)),
+            optional: false,
+        }
+    }
+
+    #[test]
+    fn synthesize_sizes_symbols_and_keeps_ints_in_range() {
+        let info = input(DType::I64, vec![Dim::Sym("batch".into()), Dim::Known(50)]);
+        let a = args(&["batch=2"], &[], &["x=3,7"], &[]);
+        let t = synthesize(&info, &a, &mut SplitMix64(a.seed)).unwrap();
+        assert_eq!(t.shape(), &[2, 50]);
+        assert_eq!(t.dtype(), DType::I64);
+        let v = t.to_i64_vec().unwrap();
+        assert!(v.iter().all(|&x| (3..7).contains(&x)), "{v:?}");
+        assert!(v.iter().any(|&x| x != v[0]), "values should vary");
+        // Same seed, same tensor.
+        let again = synthesize(&info, &a, &mut SplitMix64(a.seed)).unwrap();
+        assert_eq!(again.to_i64_vec().unwrap(), v);
+    }
+
+    #[test]
+    fn synthesize_fill_and_scalar_shape() {
+        let info = input(DType::I64, vec![Dim::Unknown]);
+        let a = args(&[], &["x="], &[], &["x=16000"]);
+        let t = synthesize(&info, &a, &mut SplitMix64(1)).unwrap();
+        assert_eq!(t.shape(), &[] as &[usize]);
+        assert_eq!(t.to_i64_vec().unwrap(), vec![16000]);
+    }
+
+    #[test]
+    fn synthesize_names_what_is_missing() {
+        let sym = input(DType::F32, vec![Dim::Sym("seq".into())]);
+        let e = synthesize(&sym, &args(&[], &[], &[], &[]), &mut SplitMix64(1)).unwrap_err();
+        assert!(e.contains("--dim seq=N"), "{e}");
+        let unknown = input(DType::F32, vec![Dim::Known(1), Dim::Unknown]);
+        let e = synthesize(&unknown, &args(&[], &[], &[], &[]), &mut SplitMix64(1)).unwrap_err();
+        assert!(e.contains("--shape x="), "{e}");
+        let bad = synthesize(
+            &unknown,
+            &args(&[], &["x=1,a"], &[], &[]),
+            &mut SplitMix64(1),
+        );
+        assert!(bad.unwrap_err().contains("not a number"));
+        let inverted = args(&[], &["x=1,2"], &["x=5,1"], &[]);
+        let e = synthesize(&unknown, &inverted, &mut SplitMix64(1)).unwrap_err();
+        assert!(e.contains("HI < LO"), "{e}");
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+}
