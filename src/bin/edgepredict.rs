@@ -1,9 +1,10 @@
-//! The native CLI: `info` describes a model, `run` predicts on .npy/.pb inputs.
+//! The native CLI: `info` describes a model, `run` predicts on .npy/.pb inputs, `bench`
+//! times a model single-threaded on given or synthesized inputs.
 
 use clap::{Parser, Subcommand};
 use edgepredict::api::io::{read_npy, read_pb, write_npy};
-use edgepredict::graph::ops;
-use edgepredict::{Model, Tensor};
+use edgepredict::graph::{ops, Dim};
+use edgepredict::{DType, Model, Tensor};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -37,6 +38,43 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         repeat: usize,
     },
+    /// Times a model: load, warm up, then N timed runs on one thread; prints median/min ms
+    /// and peak RSS. Inputs come from NAME=FILE or are synthesized (seeded) from the
+    /// model's declared input types, with --dim/--shape for symbolic dims.
+    Bench {
+        model: PathBuf,
+        /// An input from a file (.npy or TensorProto .pb); other inputs are synthesized.
+        #[arg(long = "input", short = 'i', value_name = "NAME=FILE")]
+        inputs: Vec<String>,
+        /// Size of a symbolic dim of the declared inputs, e.g. `--dim batch_size=1`.
+        #[arg(long = "dim", value_name = "SYMBOL=N")]
+        dims: Vec<String>,
+        /// Full shape of a synthesized input (for unnamed dims), e.g. `--shape x=1,3,48,320`.
+        #[arg(long = "shape", value_name = "NAME=D0,D1,..")]
+        shapes: Vec<String>,
+        /// Value range of a synthesized input, uniform in [LO, HI) (default [0,1) for
+        /// floats, [0,100) for integers).
+        #[arg(long = "range", value_name = "NAME=LO,HI")]
+        ranges: Vec<String>,
+        /// Fills a synthesized input with one value, e.g. `--fill sr=16000`.
+        #[arg(long = "fill", value_name = "NAME=V")]
+        fills: Vec<String>,
+        /// Seed of the synthesized inputs.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Untimed runs before timing.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Timed runs.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Write the outputs of the last run to DIR/<name>.npy.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Print one JSON object (every run time included) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Lists every supported operator.
     Ops,
     /// Predicts handwritten digits with the embedded default model (a scikit-learn MLP
@@ -62,6 +100,31 @@ fn main() -> ExitCode {
             output,
             repeat,
         } => run(&model, &inputs, output.as_deref(), repeat),
+        Cmd::Bench {
+            model,
+            inputs,
+            dims,
+            shapes,
+            ranges,
+            fills,
+            seed,
+            warmup,
+            runs,
+            output,
+            json,
+        } => bench(&BenchArgs {
+            model,
+            inputs,
+            dims,
+            shapes,
+            ranges,
+            fills,
+            seed,
+            warmup,
+            runs,
+            output,
+            json,
+        }),
         Cmd::Demo { show } => demo(show),
         Cmd::Ops => {
             for d in ops::all() {
@@ -251,22 +314,9 @@ fn run(path: &Path, specs: &[String], out_dir: Option<&Path>, repeat: usize) -> 
     }
     for (name, t) in &outs {
         println!("{name}: {}", summary(t));
-        if let Some(dir) = out_dir {
-            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-            let safe: String = name
-                .chars()
-                .map(|c| {
-                    if c.is_alphanumeric() || c == '_' || c == '-' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            let p = dir.join(format!("{safe}.npy"));
-            std::fs::write(&p, write_npy(t).map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-        }
+    }
+    if let Some(dir) = out_dir {
+        write_outputs(dir, &outs)?;
     }
     times.sort_by(|a, b| a.total_cmp(b));
     println!(
@@ -275,6 +325,274 @@ fn run(path: &Path, specs: &[String], out_dir: Option<&Path>, repeat: usize) -> 
         times[times.len() / 2],
         times[0]
     );
+    Ok(())
+}
+
+/// Writes each output to DIR/<name>.npy, with characters unsafe in file names replaced.
+fn write_outputs(dir: &Path, outs: &[(String, Tensor)]) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    for (name, t) in outs {
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let p = dir.join(format!("{safe}.npy"));
+        std::fs::write(&p, write_npy(t).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+struct BenchArgs {
+    model: PathBuf,
+    inputs: Vec<String>,
+    dims: Vec<String>,
+    shapes: Vec<String>,
+    ranges: Vec<String>,
+    fills: Vec<String>,
+    seed: u64,
+    warmup: usize,
+    runs: usize,
+    output: Option<PathBuf>,
+    json: bool,
+}
+
+/// Splits `NAME=VALUE` as given to `flag`.
+fn split_kv<'a>(flag: &str, spec: &'a str) -> Result<(&'a str, &'a str), String> {
+    spec.split_once('=')
+        .ok_or_else(|| format!("--{flag} '{spec}' is not NAME=VALUE"))
+}
+
+fn parse_num<T: std::str::FromStr>(flag: &str, s: &str) -> Result<T, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("--{flag}: '{s}' is not a number"))
+}
+
+/// SplitMix64: a tiny seeded generator, so synthesized inputs are the same on every run
+/// and machine without a dependency.
+struct SplitMix64(u64);
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Makes a tensor for a declared input: its shape from --shape, or from the declared dims
+/// with symbols resolved by --dim; values from --fill or uniform in the --range.
+fn synthesize(
+    info: &edgepredict::api::IoInfo,
+    a: &BenchArgs,
+    rng: &mut SplitMix64,
+) -> Result<Tensor, String> {
+    let name = info.name.as_str();
+    let find = |flag: &str, list: &[String]| -> Result<Option<String>, String> {
+        for spec in list {
+            let (k, v) = split_kv(flag, spec)?;
+            if k == name {
+                return Ok(Some(v.to_string()));
+            }
+        }
+        Ok(None)
+    };
+    let dtype = info
+        .fact
+        .dtype
+        .ok_or_else(|| format!("input '{name}' has no declared type: give it with -i"))?;
+    let shape: Vec<usize> = match find("shape", &a.shapes)? {
+        Some(s) if s.trim().is_empty() => Vec::new(),
+        Some(s) => s
+            .split(',')
+            .map(|d| parse_num("shape", d))
+            .collect::<Result<_, _>>()?,
+        None => {
+            let dims = info.fact.shape.as_ref().ok_or_else(|| {
+                format!("input '{name}' has no declared rank: give --shape {name}=D0,D1,..")
+            })?;
+            let mut out = Vec::with_capacity(dims.len());
+            for (k, d) in dims.iter().enumerate() {
+                out.push(match d {
+                    Dim::Known(n) => *n,
+                    Dim::Sym(sym) => {
+                        let mut size = None;
+                        for spec in &a.dims {
+                            let (s, v) = split_kv("dim", spec)?;
+                            if s == sym {
+                                size = Some(parse_num("dim", v)?);
+                            }
+                        }
+                        size.ok_or_else(|| {
+                            format!("input '{name}' dim {k} is '{sym}': give --dim {sym}=N")
+                        })?
+                    }
+                    Dim::Unknown => {
+                        return Err(format!(
+                            "input '{name}' dim {k} is unnamed: give --shape {name}=D0,D1,.."
+                        ))
+                    }
+                });
+            }
+            out
+        }
+    };
+    let n = edgepredict::tensor::numel(&shape, dtype).map_err(|e| e.to_string())?;
+    let values: Vec<f64> = match find("fill", &a.fills)? {
+        Some(v) => vec![parse_num("fill", &v)?; n],
+        None => {
+            let (lo, hi) = match find("range", &a.ranges)? {
+                Some(r) => {
+                    let (lo, hi) = r
+                        .split_once(',')
+                        .ok_or_else(|| format!("--range {name}={r} is not LO,HI"))?;
+                    (
+                        parse_num::<f64>("range", lo)?,
+                        parse_num::<f64>("range", hi)?,
+                    )
+                }
+                None if dtype.is_float() => (0.0, 1.0),
+                None => (0.0, 100.0),
+            };
+            if hi < lo {
+                return Err(format!("--range for '{name}': HI < LO"));
+            }
+            let mut v = edgepredict::tensor::alloc_vec::<f64>(n).map_err(|e| e.to_string())?;
+            for x in v.iter_mut() {
+                let u = lo + (hi - lo) * rng.next_f64();
+                // Integers take the floor so that [0,N) never yields N.
+                *x = if dtype.is_float() { u } else { u.floor() };
+            }
+            v
+        }
+    };
+    let t = Tensor::from_vec(shape, values).map_err(|e| e.to_string())?;
+    if dtype == DType::F64 {
+        Ok(t)
+    } else {
+        t.cast(dtype).map_err(|e| format!("input '{name}': {e}"))
+    }
+}
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Peak resident set size of this process in bytes (Linux `VmHWM`), if the OS tells.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn bench(a: &BenchArgs) -> Result<(), String> {
+    let bytes = read(&a.model)?;
+    let t0 = Instant::now();
+    let model = Model::load(&bytes).map_err(|e| e.to_string())?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut given: Vec<(String, Tensor)> = a
+        .inputs
+        .iter()
+        .map(|s| load_input(s))
+        .collect::<Result<_, _>>()?;
+    let mut rng = SplitMix64(a.seed);
+    let mut feeds: Vec<(String, Tensor)> = Vec::new();
+    for info in model.inputs() {
+        if let Some(k) = given.iter().position(|(n, _)| *n == info.name) {
+            feeds.push(given.swap_remove(k));
+        } else if !info.optional {
+            feeds.push((info.name.clone(), synthesize(info, a, &mut rng)?));
+        }
+    }
+    if let Some((n, _)) = given.first() {
+        return Err(format!("the model has no input named '{n}'"));
+    }
+    let refs: Vec<(&str, Tensor)> = feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let t1 = Instant::now();
+    let mut outs = model.run(&refs).map_err(|e| e.to_string())?;
+    let first_ms = t1.elapsed().as_secs_f64() * 1e3;
+    for _ in 1..a.warmup {
+        outs = model.run(&refs).map_err(|e| e.to_string())?;
+    }
+    let mut times = Vec::with_capacity(a.runs.max(1));
+    for _ in 0..a.runs.max(1) {
+        let t = Instant::now();
+        outs = model.run(&refs).map_err(|e| e.to_string())?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    if let Some(dir) = &a.output {
+        write_outputs(dir, &outs)?;
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(|x, y| x.total_cmp(y));
+    let median = if sorted.len() % 2 == 1 {
+        sorted[sorted.len() / 2]
+    } else {
+        (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+    };
+    let min = sorted[0];
+    let rss = peak_rss_bytes();
+    if a.json {
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.4}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let shapes = feeds
+            .iter()
+            .map(|(n, t)| {
+                format!(
+                    "{}:{}",
+                    json_str(n),
+                    json_str(&format!("{} {:?}", t.dtype(), t.shape()))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        println!(
+            "{{\"load_ms\":{load_ms:.4},\"first_ms\":{first_ms:.4},\"median_ms\":{median:.4},\"min_ms\":{min:.4},\"runs_ms\":[{}],\"peak_rss_bytes\":{},\"inputs\":{{{shapes}}}}}",
+            list(&times),
+            rss.map_or("null".to_string(), |r| r.to_string())
+        );
+    } else {
+        for (n, t) in &feeds {
+            println!("input {n}: {} {:?}", t.dtype(), t.shape());
+        }
+        for (n, t) in &outs {
+            println!("{n}: {}", summary(t));
+        }
+        println!(
+            "load {load_ms:.2} ms, first run {first_ms:.2} ms; run x{} (after {} warm-up): median {median:.3} ms, min {min:.3} ms; peak RSS {}",
+            times.len(),
+            a.warmup.max(1),
+            rss.map_or("n/a".to_string(), |r| format!("{:.1} MiB", r as f64 / 1048576.0))
+        );
+    }
     Ok(())
 }
 
@@ -315,4 +633,84 @@ fn demo(show: usize) -> Result<(), String> {
         100.0 * correct as f64 / n as f64
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgepredict::api::IoInfo;
+    use edgepredict::graph::Fact;
+
+    fn args(dims: &[&str], shapes: &[&str], ranges: &[&str], fills: &[&str]) -> BenchArgs {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect();
+        BenchArgs {
+            model: PathBuf::new(),
+            inputs: Vec::new(),
+            dims: v(dims),
+            shapes: v(shapes),
+            ranges: v(ranges),
+            fills: v(fills),
+            seed: 7,
+            warmup: 1,
+            runs: 1,
+            output: None,
+            json: false,
+        }
+    }
+
+    fn input(dt: DType, dims: Vec<Dim>) -> IoInfo {
+        IoInfo {
+            name: "x".into(),
+            fact: Fact::new(Some(dt), Some(dims)),
+            optional: false,
+        }
+    }
+
+    #[test]
+    fn synthesize_sizes_symbols_and_keeps_ints_in_range() {
+        let info = input(DType::I64, vec![Dim::Sym("batch".into()), Dim::Known(50)]);
+        let a = args(&["batch=2"], &[], &["x=3,7"], &[]);
+        let t = synthesize(&info, &a, &mut SplitMix64(a.seed)).unwrap();
+        assert_eq!(t.shape(), &[2, 50]);
+        assert_eq!(t.dtype(), DType::I64);
+        let v = t.to_i64_vec().unwrap();
+        assert!(v.iter().all(|&x| (3..7).contains(&x)), "{v:?}");
+        assert!(v.iter().any(|&x| x != v[0]), "values should vary");
+        // Same seed, same tensor.
+        let again = synthesize(&info, &a, &mut SplitMix64(a.seed)).unwrap();
+        assert_eq!(again.to_i64_vec().unwrap(), v);
+    }
+
+    #[test]
+    fn synthesize_fill_and_scalar_shape() {
+        let info = input(DType::I64, vec![Dim::Unknown]);
+        let a = args(&[], &["x="], &[], &["x=16000"]);
+        let t = synthesize(&info, &a, &mut SplitMix64(1)).unwrap();
+        assert_eq!(t.shape(), &[] as &[usize]);
+        assert_eq!(t.to_i64_vec().unwrap(), vec![16000]);
+    }
+
+    #[test]
+    fn synthesize_names_what_is_missing() {
+        let sym = input(DType::F32, vec![Dim::Sym("seq".into())]);
+        let e = synthesize(&sym, &args(&[], &[], &[], &[]), &mut SplitMix64(1)).unwrap_err();
+        assert!(e.contains("--dim seq=N"), "{e}");
+        let unknown = input(DType::F32, vec![Dim::Known(1), Dim::Unknown]);
+        let e = synthesize(&unknown, &args(&[], &[], &[], &[]), &mut SplitMix64(1)).unwrap_err();
+        assert!(e.contains("--shape x="), "{e}");
+        let bad = synthesize(
+            &unknown,
+            &args(&[], &["x=1,a"], &[], &[]),
+            &mut SplitMix64(1),
+        );
+        assert!(bad.unwrap_err().contains("not a number"));
+        let inverted = args(&[], &["x=1,2"], &["x=5,1"], &[]);
+        let e = synthesize(&unknown, &inverted, &mut SplitMix64(1)).unwrap_err();
+        assert!(e.contains("HI < LO"), "{e}");
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
 }
