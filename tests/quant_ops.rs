@@ -43,7 +43,10 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 fn max_abs(a: &Tensor) -> f64 {
-    a.to_f64_vec().unwrap().iter().fold(0.0, |m, v| m.max(v.abs()))
+    a.to_f64_vec()
+        .unwrap()
+        .iter()
+        .fold(0.0, |m, v| m.max(v.abs()))
 }
 
 fn check(name: &str, tol: &str, got: &Tensor, want: &Tensor) -> Result<(), String> {
