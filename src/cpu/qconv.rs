@@ -279,6 +279,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn matches_naive() {
         // (input spatial, kernel, strides, pads [begin.., end..], dilations, n, c, mult)
         let cases: &[(

@@ -54,6 +54,8 @@ pub fn isa() -> Isa {
 
 /// Every kernel family usable here, the portable one first.
 pub fn available() -> Vec<Isa> {
+    // Mutated only on targets with a SIMD family (not on plain wasm32).
+    #[allow(unused_mut)]
     let mut v = vec![Isa::Portable];
     #[cfg(target_arch = "x86_64")]
     if x86::detected() == Isa::Avx2 {

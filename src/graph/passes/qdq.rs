@@ -98,7 +98,7 @@ pub fn run(g: &mut Graph) -> usize {
 /// fuse.
 fn drop_clamps_before_q(g: &mut Graph) {
     let uses = Uses::new(g);
-    let mut dead = vec![false; g.nodes.len()];
+    let mut dropped = Vec::new();
     for i in 0..g.nodes.len() {
         let n = &g.nodes[i];
         if !n.domain.is_empty() || !matches!(n.op_type.as_str(), "Relu" | "Clip") {
@@ -148,11 +148,12 @@ fn drop_clamps_before_q(g: &mut Graph) {
         };
         if lo >= cmin && hi <= cmax {
             g.nodes[j].inputs[0] = Some(x);
-            dead[i] = true;
+            dropped.push(i);
         }
     }
-    let mut k = dead.into_iter();
-    g.nodes.retain(|_| !k.next().unwrap_or(false));
+    let mut k = 0..;
+    g.nodes
+        .retain(|_| !dropped.contains(&k.next().unwrap_or(usize::MAX)));
 }
 
 struct Cx<'a> {
