@@ -1362,28 +1362,79 @@ pub fn qlinear_binary(
     let (lo, hi) = int_range(a.dtype())?;
     let (lo, hi) = (lo as f32, hi as f32);
     let zc = pc.zp as f32;
-    let f: Box<dyn Fn(i32, i32) -> f32> = match op {
+    match op {
         QBinOp::Add => {
             let ra = pa.scale / pc.scale;
             let rb = pb.scale / pc.scale;
             let fixed = zc - (ra * pa.zp as f32 + rb * pb.zp as f32);
-            Box::new(move |x, y| fixed + x as f32 * ra + y as f32 * rb)
+            qbin_dispatch(a, b, lo, hi, op, move |x, y| {
+                fixed + x as f32 * ra + y as f32 * rb
+            })
         }
         QBinOp::Mul => {
             let r = pa.scale * pb.scale / pc.scale;
             let (za, zb) = (pa.zp, pb.zp);
-            Box::new(move |x, y| zc + r * ((x - za) * (y - zb)) as f32)
+            qbin_dispatch(a, b, lo, hi, op, move |x, y| {
+                zc + r * ((x - za) * (y - zb)) as f32
+            })
         }
-    };
-    let q = |v: f32| round_even_f32(v).clamp(lo, hi);
-    use crate::cpu::elementwise::binary;
+    }
+}
+
+/// Binds the 8/16-bit type; `f` maps the two integer inputs to the unrounded output.
+fn qbin_dispatch<F: Fn(i32, i32) -> f32 + Copy>(
+    a: &Tensor,
+    b: &Tensor,
+    lo: f32,
+    hi: f32,
+    op: QBinOp,
+    f: F,
+) -> Result<Tensor> {
+    let q = move |v: f32| round_even_f32(v).clamp(lo, hi);
     match a.dtype() {
-        DType::U8 => binary::<u8, u8, u8>(a, b, |&x, &y| q(f(i32::from(x), i32::from(y))) as u8),
-        DType::I8 => binary::<i8, i8, i8>(a, b, |&x, &y| q(f(i32::from(x), i32::from(y))) as i8),
-        DType::U16 => {
-            binary::<u16, u16, u16>(a, b, |&x, &y| q(f(i32::from(x), i32::from(y))) as u16)
-        }
+        DType::U8 => qbin_apply::<u8>(a, b, move |x, y| q(f(i32::from(x), i32::from(y))) as u8),
+        DType::I8 => qbin_apply::<i8>(a, b, move |x, y| q(f(i32::from(x), i32::from(y))) as i8),
+        DType::U16 => qbin_apply::<u16>(a, b, move |x, y| q(f(i32::from(x), i32::from(y))) as u16),
         dt => Err(Error::unsupported_dtype(format!("QLinear{op:?} of {dt}"))),
+    }
+}
+
+/// Elementwise `g` with the common layouts (same shape, one side a single value) done
+/// in one tight loop; other broadcasts take the general path (same arithmetic, so the
+/// same bits).
+fn qbin_apply<T: crate::tensor::Elem + Copy>(
+    a: &Tensor,
+    b: &Tensor,
+    g: impl Fn(T, T) -> T + Copy,
+) -> Result<Tensor> {
+    let (xa, xb) = (a.as_slice::<T>()?, b.as_slice::<T>()?);
+    let (sa, sb) = (a.shape(), b.shape());
+    let out = if sa == sb {
+        let mut o = alloc_vec::<T>(xa.len())?;
+        for ((d, &x), &y) in o.iter_mut().zip(xa).zip(xb) {
+            *d = g(x, y);
+        }
+        Some((sa, o))
+    } else if xb.len() == 1 && sb.len() <= sa.len() {
+        let y = xb[0];
+        let mut o = alloc_vec::<T>(xa.len())?;
+        for (d, &x) in o.iter_mut().zip(xa) {
+            *d = g(x, y);
+        }
+        Some((sa, o))
+    } else if xa.len() == 1 && sa.len() <= sb.len() {
+        let x = xa[0];
+        let mut o = alloc_vec::<T>(xb.len())?;
+        for (d, &y) in o.iter_mut().zip(xb) {
+            *d = g(x, y);
+        }
+        Some((sb, o))
+    } else {
+        None
+    };
+    match out {
+        Some((shape, o)) => Tensor::from_vec(shape.to_vec(), o),
+        None => crate::cpu::elementwise::binary::<T, T, T>(a, b, |&x, &y| g(x, y)),
     }
 }
 
