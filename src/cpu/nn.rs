@@ -260,18 +260,18 @@ fn apply_act(act: Option<Activation>, v: &mut [f32]) {
 // Conv
 // ---------------------------------------------------------------------------------------
 
-/// Shapes of a conv: batch, channels, groups.
-#[derive(Debug, Clone)]
-struct ConvDims {
-    n: usize,
-    c: usize,
-    m: usize,
-    group: usize,
-    cg: usize,
-    mg: usize,
+/// Shapes of a conv: batch, channels, groups (shared with the integer convs).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvDims {
+    pub(crate) n: usize,
+    pub(crate) c: usize,
+    pub(crate) m: usize,
+    pub(crate) group: usize,
+    pub(crate) cg: usize,
+    pub(crate) mg: usize,
 }
 
-fn conv_dims(xs: &[usize], ws: &[usize], group: usize) -> Result<ConvDims> {
+pub(crate) fn conv_dims(xs: &[usize], ws: &[usize], group: usize) -> Result<ConvDims> {
     if xs.len() < 3 || ws.len() != xs.len() {
         return Err(Error::shape(format!(
             "Conv input {xs:?} and weights {ws:?}: need rank >= 3 and equal ranks"

@@ -9,7 +9,7 @@
 //! qgemm per group with the weights as the A operand.
 
 use crate::cpu::gemm::{sgemm_ex, Mat};
-use crate::cpu::nn::{matmul_plan, Geom, Window};
+use crate::cpu::nn::{conv_dims, matmul_plan, Geom, Window};
 use crate::cpu::qgemm::{qgemm, QMat, QOperand, QPacked, Side};
 use crate::error::{Error, Result};
 use crate::tensor::small::{CastOptions, SmallElem};
@@ -1000,39 +1000,6 @@ pub fn qgemm_op(
 // ---------------------------------------------------------------------------------------
 // Integer convolution (ConvInteger, QLinearConv)
 // ---------------------------------------------------------------------------------------
-
-/// Batch, channel and group sizes of a conv.
-#[derive(Debug, Clone, Copy)]
-struct ConvDims {
-    n: usize,
-    c: usize,
-    m: usize,
-    group: usize,
-    cg: usize,
-    mg: usize,
-}
-
-fn conv_dims(xs: &[usize], ws: &[usize], group: usize) -> Result<ConvDims> {
-    if xs.len() < 3 || ws.len() != xs.len() {
-        return Err(Error::shape(format!(
-            "conv input {xs:?} and weights {ws:?}: need rank >= 3 and equal ranks"
-        )));
-    }
-    let (n, c, m, cg) = (xs[0], xs[1], ws[0], ws[1]);
-    if group == 0 || cg.checked_mul(group) != Some(c) || m % group != 0 {
-        return Err(Error::shape(format!(
-            "conv with {c} input channels, weights {ws:?} and group {group} do not fit"
-        )));
-    }
-    Ok(ConvDims {
-        n,
-        c,
-        m,
-        group,
-        cg,
-        mg: m / group,
-    })
-}
 
 /// Packs constant conv weights [M, C/group, k…] as one A operand per group
 /// (M/group rows of C/group·k taps), with scalar or per-output-channel zero points.
