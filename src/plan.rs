@@ -32,6 +32,47 @@ impl Default for RunOptions {
     }
 }
 
+/// Wall time of one node in a profiled run (`Model::run_profiled`).
+#[derive(Debug, Clone)]
+pub struct NodeTime {
+    /// Index in the optimized graph's node order.
+    pub index: usize,
+    pub op_type: String,
+    pub name: String,
+    pub ms: f64,
+    /// Output shapes and types, e.g. `u8[1,64,24,160]`, so a hotspot can be told apart
+    /// from its siblings.
+    pub outputs: String,
+}
+
+/// Milliseconds from an arbitrary origin: `performance.now()` in wasm32 (std has no
+/// clock there), a monotonic `Instant` natively.
+pub fn now_ms() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        js::now()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::sync::OnceLock;
+        static T0: OnceLock<std::time::Instant> = OnceLock::new();
+        T0.get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs_f64()
+            * 1e3
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+mod js {
+    use wasm_bindgen::prelude::*;
+    #[wasm_bindgen]
+    extern "C" {
+        #[wasm_bindgen(js_namespace = performance)]
+        pub fn now() -> f64;
+    }
+}
+
 /// Where a node runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {
@@ -222,9 +263,30 @@ pub fn run_graph(
                 inputs: &args_in,
                 implicit: &implicit_args,
             };
-            node.op
+            let t0 = cx.profile.as_ref().map(|_| now_ms());
+            let outs = node
+                .op
                 .run(cx, &args)
-                .map_err(|e| e.at_node(&node.name, &node.op_type))?
+                .map_err(|e| e.at_node(&node.name, &node.op_type))?;
+            if let (Some(t0), Some(prof)) = (t0, cx.profile.as_mut()) {
+                let ms = now_ms() - t0;
+                let outputs = outs
+                    .iter()
+                    .map(|v| match v {
+                        Value::Tensor(t) => format!("{}{:?}", t.dtype(), t.shape()),
+                        _ => "non-tensor".to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                prof.push(NodeTime {
+                    index: i,
+                    op_type: node.op_type.clone(),
+                    name: node.name.clone(),
+                    ms,
+                    outputs,
+                });
+            }
+            outs
         };
         for (k, o) in node.outputs.iter().enumerate() {
             if let Some(id) = o {
@@ -275,6 +337,7 @@ pub fn run_subgraph(
     let mut sub = RunCx {
         options: cx.options,
         depth: cx.depth + 1,
+        profile: None,
     };
     run_graph(
         g,

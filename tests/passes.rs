@@ -354,3 +354,96 @@ fn qdq_conv_becomes_qlinear_conv() {
         "{ops:?}"
     );
 }
+
+/// x → Q → DQ → hard-swish written out (Add 3, Clip 0..6, Mul, Div 6) → Q → DQ → y, and
+/// optionally the Add's result as a second output (then it must stay).
+fn qdq_hardswish_model(expose_add: bool) -> Vec<u8> {
+    let nodes = [
+        qnode("QuantizeLinear", &["x", "xs", "xz"], "xq"),
+        qnode("DequantizeLinear", &["xq", "xs", "xz"], "xd"),
+        node(&NodeSpec {
+            op: "Add",
+            inputs: &["xd", "three"],
+            outputs: &["a"],
+            attrs: vec![],
+        }),
+        node(&NodeSpec {
+            op: "Clip",
+            inputs: &["a", "zero", "six"],
+            outputs: &["c"],
+            attrs: vec![],
+        }),
+        node(&NodeSpec {
+            op: "Mul",
+            inputs: &["xd", "c"],
+            outputs: &["m"],
+            attrs: vec![],
+        }),
+        node(&NodeSpec {
+            op: "Div",
+            inputs: &["m", "six"],
+            outputs: &["h"],
+            attrs: vec![],
+        }),
+        qnode("QuantizeLinear", &["h", "ys", "yz"], "hq"),
+        qnode("DequantizeLinear", &["hq", "ys", "yz"], "y"),
+    ];
+    let inits = [
+        tensor_f32("xs", &[], &[0.05]),
+        tensor_raw("xz", U8, &[], &[120]),
+        tensor_f32("three", &[1], &[3.0]),
+        tensor_f32("zero", &[], &[0.0]),
+        tensor_f32("six", &[], &[6.0]),
+        tensor_f32("ys", &[], &[0.03]),
+        tensor_raw("yz", U8, &[], &[20]),
+    ];
+    let mut outputs = vec![value_info("y", 1, &[2, 3, 5])];
+    if expose_add {
+        outputs.push(value_info("a", 1, &[2, 3, 5]));
+    }
+    model(&graph(
+        &nodes,
+        &inits,
+        &[value_info("x", 1, &[2, 3, 5])],
+        &outputs,
+    ))
+}
+
+#[test]
+fn pointwise_chain_on_8bit_becomes_one_table() {
+    let bytes = qdq_hardswish_model(false);
+    // Every byte of the input range and beyond (saturation), in a fixed order.
+    let x = Tensor::from_vec(
+        vec![2, 3, 5],
+        (0..30).map(|i| (i as f32 - 12.0) * 0.37).collect(),
+    )
+    .unwrap();
+    let plain = Model::load_with(
+        &bytes,
+        &LoadOptions {
+            optimize: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let opt = Model::load(&bytes).unwrap();
+    let a = plain.run(&[("x", x.clone())]).unwrap()[0].1.clone();
+    let b = opt.run(&[("x", x)]).unwrap()[0].1.clone();
+    // The table holds what the same kernels compute, so the result is bit-identical.
+    assert_eq!(a.shape(), b.shape());
+    assert_eq!(a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
+    let ops: Vec<_> = opt.graph().nodes.iter().map(|n| n.op.name()).collect();
+    // The final DQ folds in too: the table holds the float outputs.
+    assert_eq!(ops, ["QuantizeLinear", "LookupTable"], "{ops:?}");
+}
+
+#[test]
+fn table_keeps_values_read_outside_the_chain() {
+    let opt = Model::load(&qdq_hardswish_model(true)).unwrap();
+    let ops: Vec<_> = opt.graph().nodes.iter().map(|n| n.op.name()).collect();
+    // `a` is a graph output, so the Add stays; what follows it may still fold.
+    assert!(ops.contains(&"Add"), "{ops:?}");
+    let x = Tensor::from_vec(vec![2, 3, 5], vec![0.5f32; 30]).unwrap();
+    let outs = opt.run(&[("x", x)]).unwrap();
+    assert_eq!(outs.len(), 2);
+}

@@ -10,9 +10,12 @@ use crate::graph::build::{build_model, Opsets};
 use crate::graph::shape::{infer_graph, ValueKind};
 use crate::graph::{passes, Dim, Fact, Graph, RunCx, Value};
 use crate::onnx::decode_model;
-use crate::plan::{run_graph, Plan, RunOptions};
+use crate::plan::{run_graph, NodeTime, Plan, RunOptions};
 use crate::tensor::{set_memory_budget, Tensor};
 use std::collections::{BTreeMap, HashMap};
+
+/// Outputs by name, in model order.
+pub type Named<T> = Vec<(String, T)>;
 
 /// Options for loading.
 #[derive(Debug, Clone)]
@@ -186,10 +189,37 @@ impl Model {
 
     /// Runs with any values (tensors, sequences, optionals) by input name.
     pub fn run_values(&self, inputs: Vec<(&str, Value)>) -> Result<Vec<(String, Value)>> {
-        guard_panics(|| self.run_inner(inputs))
+        guard_panics(|| self.run_inner(inputs, false)).map(|(o, _)| o)
     }
 
-    fn run_inner(&self, inputs: Vec<(&str, Value)>) -> Result<Vec<(String, Value)>> {
+    /// Runs like [`Model::run`] and also returns each node's wall time, in run order
+    /// (the top-level graph's nodes; a subgraph's time counts to its If/Loop/Scan).
+    pub fn run_profiled(
+        &self,
+        inputs: &[(&str, Tensor)],
+    ) -> Result<(Named<Tensor>, Vec<NodeTime>)> {
+        let vals: Vec<(&str, Value)> = inputs
+            .iter()
+            .map(|(n, t)| (*n, Value::from(t.clone())))
+            .collect();
+        let (outs, prof) = guard_panics(|| self.run_inner(vals, true))?;
+        let outs = outs
+            .into_iter()
+            .map(|(n, v)| {
+                let t = v
+                    .into_tensor()
+                    .map_err(|_| Error::runtime(format!("output '{n}' is not a tensor")))?;
+                Ok((n, t))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((outs, prof))
+    }
+
+    fn run_inner(
+        &self,
+        inputs: Vec<(&str, Value)>,
+        profile: bool,
+    ) -> Result<(Named<Value>, Vec<NodeTime>)> {
         let _guard = BudgetGuard(set_memory_budget(self.options.memory_budget));
         let mut bound: Vec<Option<Value>> = vec![None; self.graph.inputs.len()];
         for (name, v) in inputs {
@@ -211,14 +241,16 @@ impl Model {
         let mut cx = RunCx {
             options: &self.options,
             depth: 0,
+            profile: profile.then(Vec::new),
         };
         let outs = run_graph(&self.graph, &self.plan, &mut cx, bound, &[])?;
-        Ok(self
+        let named = self
             .outputs
             .iter()
             .map(|o| o.name.clone())
             .zip(outs)
-            .collect())
+            .collect();
+        Ok((named, cx.profile.unwrap_or_default()))
     }
 }
 

@@ -74,6 +74,10 @@ enum Cmd {
         /// Print one JSON object (every run time included) instead of text.
         #[arg(long)]
         json: bool,
+        /// Also time every node and print where the time goes: per op type and the
+        /// slowest nodes (medians over the timed runs).
+        #[arg(long)]
+        profile: bool,
     },
     /// Lists every supported operator.
     Ops,
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
             runs,
             output,
             json,
+            profile,
         } => bench(&BenchArgs {
             model,
             inputs,
@@ -124,6 +129,7 @@ fn main() -> ExitCode {
             runs,
             output,
             json,
+            profile,
         }),
         Cmd::Demo { show } => demo(show),
         Cmd::Ops => {
@@ -361,6 +367,7 @@ struct BenchArgs {
     runs: usize,
     output: Option<PathBuf>,
     json: bool,
+    profile: bool,
 }
 
 /// Splits `NAME=VALUE` as given to `flag`.
@@ -539,9 +546,16 @@ fn bench(a: &BenchArgs) -> Result<(), String> {
         outs = model.run(&refs).map_err(|e| e.to_string())?;
     }
     let mut times = Vec::with_capacity(a.runs.max(1));
+    let mut profiles = Vec::new();
     for _ in 0..a.runs.max(1) {
         let t = Instant::now();
-        outs = model.run(&refs).map_err(|e| e.to_string())?;
+        if a.profile {
+            let (o, p) = model.run_profiled(&refs).map_err(|e| e.to_string())?;
+            outs = o;
+            profiles.push(p);
+        } else {
+            outs = model.run(&refs).map_err(|e| e.to_string())?;
+        }
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     if let Some(dir) = &a.output {
@@ -592,8 +606,65 @@ fn bench(a: &BenchArgs) -> Result<(), String> {
             a.warmup.max(1),
             rss.map_or("n/a".to_string(), |r| format!("{:.1} MiB", r as f64 / 1048576.0))
         );
+        if !profiles.is_empty() {
+            print_profile(&profiles);
+        }
     }
     Ok(())
+}
+
+fn median_of(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Where the time goes: the median of each node over the runs, summed per op type, then
+/// the slowest nodes.
+fn print_profile(runs: &[Vec<edgepredict::plan::NodeTime>]) {
+    let first = &runs[0];
+    let node_ms: Vec<f64> = (0..first.len())
+        .map(|k| median_of(runs.iter().filter_map(|r| r.get(k)).map(|t| t.ms).collect()))
+        .collect();
+    let total: f64 = node_ms.iter().sum();
+    let mut by_op: Vec<(String, usize, f64)> = Vec::new();
+    for (t, &ms) in first.iter().zip(&node_ms) {
+        match by_op.iter_mut().find(|(op, _, _)| *op == t.op_type) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 += ms;
+            }
+            None => by_op.push((t.op_type.clone(), 1, ms)),
+        }
+    }
+    by_op.sort_by(|x, y| y.2.total_cmp(&x.2));
+    println!(
+        "profile: {} nodes, {total:.3} ms in nodes (median per node)",
+        first.len()
+    );
+    println!("  {:<28} {:>5} {:>10} {:>6}", "op type", "nodes", "ms", "%");
+    for (op, n, ms) in &by_op {
+        println!(
+            "  {op:<28} {n:>5} {ms:>10.3} {:>5.1}%",
+            100.0 * ms / total.max(1e-9)
+        );
+    }
+    let mut order: Vec<usize> = (0..first.len()).collect();
+    order.sort_by(|&x, &y| node_ms[y].total_cmp(&node_ms[x]));
+    println!("  slowest nodes:");
+    for &k in order.iter().take(15) {
+        let t = &first[k];
+        println!(
+            "  {:>5} {:<24} {:>9.3} ms  {} -> {}",
+            t.index, t.op_type, node_ms[k], t.name, t.outputs
+        );
+    }
 }
 
 fn demo(show: usize) -> Result<(), String> {
@@ -655,6 +726,7 @@ mod tests {
             runs: 1,
             output: None,
             json: false,
+            profile: false,
         }
     }
 

@@ -148,15 +148,37 @@ impl Layout {
 
     /// Centers one input plane (starting at `x[off]`) into `out`, zeros elsewhere.
     fn fill(&self, x: &QMat, off: usize, zp: i32, g: &Geom, out: &mut [i16]) {
+        match *x {
+            QMat::U8(d, _) => self.fill_as(d, off, zp, g, out),
+            QMat::I8(d, _) => self.fill_as(d, off, zp, g, out),
+        }
+    }
+
+    fn fill_as<T: Copy + Into<i32>>(
+        &self,
+        x: &[T],
+        off: usize,
+        zp: i32,
+        g: &Geom,
+        out: &mut [i16],
+    ) {
         out.fill(0);
         let [id, ih, iw] = g.input;
+        let pw = g.pad_begin[2];
         for d in 0..id {
             for h in 0..ih {
                 let r = ((d + g.pad_begin[0]) * self.hp + h + g.pad_begin[1]) * self.row;
-                let src = off + (d * ih + h) * iw;
-                for wi in 0..iw {
-                    let zw = wi + g.pad_begin[2];
-                    out[r + (zw % self.s) * self.ph + zw / self.s] = x.centered(src + wi, zp);
+                let src = &x[off + (d * ih + h) * iw..off + (d * ih + h + 1) * iw];
+                if self.s == 1 {
+                    // Unit stride: the row is contiguous (the common case, vectorized).
+                    for (o, &v) in out[r + pw..r + pw + iw].iter_mut().zip(src) {
+                        *o = (v.into() - zp) as i16;
+                    }
+                } else {
+                    for (wi, &v) in src.iter().enumerate() {
+                        let zw = wi + pw;
+                        out[r + (zw % self.s) * self.ph + zw / self.s] = (v.into() - zp) as i16;
+                    }
                 }
             }
         }

@@ -592,8 +592,15 @@ fn pick<T: Copy>(v: &[T], i: usize) -> T {
 /// `acc * mult` (in f32), plus the zero point, saturated to `[lo, hi]`.
 #[inline(always)]
 pub fn requant(acc: i32, mult: f32, zp: i32, lo: i32, hi: i32) -> i32 {
-    let v = round_even_f32(acc as f32 * mult) + zp as f32;
-    v.clamp(lo as f32, hi as f32) as i32
+    // Written with integer ops only after the multiply, so loops over it vectorize (a
+    // float→int `as` is saturating and stays scalar). Beyond ±2^22 every result
+    // saturates anyway (|zp|, |lo|, |hi| ≤ 65535); inside, adding 1.5·2^23 rounds half
+    // to even to an integer held in the low mantissa bits. (NaN lands on a limit.)
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    const MAGIC_BITS: i32 = 0x4B40_0000;
+    let x = (acc as f32 * mult).clamp(-4_194_304.0, 4_194_304.0);
+    let r = (x + MAGIC).to_bits() as i32 - MAGIC_BITS;
+    (r + zp).clamp(lo, hi)
 }
 
 /// Builds a uint8/int8/uint16/int16 tensor from values already in range.
@@ -1449,6 +1456,55 @@ pub fn apply_table(x: &Tensor, table: &[u8; 256]) -> Result<Tensor> {
         }
         dt => Err(Error::dtype(format!("expected uint8 or int8, got {dt}"))),
     }
+}
+
+/// y[i] = table[byte of x[i]] for an 8-bit `x` and a 256-entry `table` of any of the
+/// types the lookup-table pass produces; the shape is `x`'s, left-padded with 1s to
+/// `rank`.
+pub fn gather_table(x: &Tensor, table: &Tensor, rank: usize) -> Result<Tensor> {
+    if table.len() != 256 {
+        return Err(Error::shape(format!(
+            "a lookup table needs 256 entries, has {}",
+            table.len()
+        )));
+    }
+    let mut shape = vec![1; rank.saturating_sub(x.rank())];
+    shape.extend_from_slice(x.shape());
+    match table.dtype() {
+        DType::U8 => gather_as::<u8>(x, table, shape),
+        DType::I8 => gather_as::<i8>(x, table, shape),
+        DType::U16 => gather_as::<u16>(x, table, shape),
+        DType::I16 => gather_as::<i16>(x, table, shape),
+        DType::I32 => gather_as::<i32>(x, table, shape),
+        DType::F32 => gather_as::<f32>(x, table, shape),
+        dt => Err(Error::unsupported_dtype(format!("a lookup table of {dt}"))),
+    }
+}
+
+fn gather_as<T: crate::tensor::Elem + Copy>(
+    x: &Tensor,
+    table: &Tensor,
+    shape: Vec<usize>,
+) -> Result<Tensor> {
+    let t: &[T; 256] = table
+        .as_slice::<T>()?
+        .try_into()
+        .map_err(|_| Error::shape("a lookup table needs 256 entries"))?;
+    let mut out = alloc_vec::<T>(x.len())?;
+    match x.dtype() {
+        DType::U8 => {
+            for (o, &b) in out.iter_mut().zip(x.as_slice::<u8>()?) {
+                *o = t[usize::from(b)];
+            }
+        }
+        DType::I8 => {
+            for (o, &b) in out.iter_mut().zip(x.as_slice::<i8>()?) {
+                *o = t[usize::from(b as u8)];
+            }
+        }
+        dt => return Err(Error::dtype(format!("expected uint8 or int8, got {dt}"))),
+    }
+    Tensor::from_vec(shape, out)
 }
 
 /// `QLinearConcat` (com.microsoft): inputs whose scale and zero point differ from the

@@ -185,6 +185,8 @@ pub struct RunCx<'a> {
     pub options: &'a crate::plan::RunOptions,
     /// Nesting depth of subgraph execution, bounded to stop runaway recursion.
     pub depth: u32,
+    /// When set, the top-level graph's executor records each node's wall time here.
+    pub profile: Option<Vec<crate::plan::NodeTime>>,
 }
 
 /// Facts about the node's inputs at load time, for shape inference.
@@ -236,6 +238,13 @@ pub trait Op: fmt::Debug + Send + Sync + Any {
     /// whether or not this was called.
     fn prepack(&mut self, _consts: &[Option<&Tensor>]) -> Result<()> {
         Ok(())
+    }
+    /// True for pointwise ops: output element i is a function of element i of each
+    /// input under numpy broadcasting, and of nothing else (no position, no other
+    /// element). The lookup-table pass (`passes::lut`) relies on it to replace a chain
+    /// of such ops on an 8-bit tensor by a 256-entry table.
+    fn is_elementwise(&self) -> bool {
+        false
     }
     fn as_any(&self) -> &dyn Any;
     /// Mutable access for passes that rewrite an op in place (fusions); ops that no

@@ -8,32 +8,7 @@ use crate::cpu::gemm::{sgemm_with, Mat, Operand, Packed, Side};
 use crate::cpu::qgemm::{qgemm_with, QMat, QOperand, QPacked, Side as QSide};
 use std::fmt::Write;
 
-/// Milliseconds from an arbitrary origin.
-fn now_ms() -> f64 {
-    #[cfg(target_arch = "wasm32")]
-    {
-        js::now()
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use std::sync::OnceLock;
-        static T0: OnceLock<std::time::Instant> = OnceLock::new();
-        T0.get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_secs_f64()
-            * 1e3
-    }
-}
-
-#[cfg(target_arch = "wasm32")]
-mod js {
-    use wasm_bindgen::prelude::*;
-    #[wasm_bindgen]
-    extern "C" {
-        #[wasm_bindgen(js_namespace = performance)]
-        pub fn now() -> f64;
-    }
-}
+use crate::plan::now_ms;
 
 /// Median seconds per call of `f`, repeated until about `budget_ms` has passed.
 fn time(budget_ms: f64, mut f: impl FnMut()) -> f64 {

@@ -331,6 +331,9 @@ fn parse_swish(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
 }
 
 impl Op for Unary {
+    fn is_elementwise(&self) -> bool {
+        true
+    }
     fn name(&self) -> &'static str {
         self.op.onnx_name()
     }
@@ -522,6 +525,9 @@ impl Binary {
 }
 
 impl Op for Binary {
+    fn is_elementwise(&self) -> bool {
+        true
+    }
     fn name(&self) -> &'static str {
         self.op.onnx_name()
     }
@@ -607,6 +613,9 @@ fn variadic(cx: &mut NodeCx, op: VarOp) -> Result<Box<dyn Op>> {
 }
 
 impl Op for Variadic {
+    fn is_elementwise(&self) -> bool {
+        true
+    }
     fn name(&self) -> &'static str {
         match self.op {
             VarOp::Sum => "Sum",
@@ -657,6 +666,9 @@ impl Op for Variadic {
 pub struct Where;
 
 impl Op for Where {
+    fn is_elementwise(&self) -> bool {
+        true
+    }
     op_common!("Where");
     fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
         let c = cx.input(0)?;
@@ -725,6 +737,9 @@ fn parse_clip(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
 }
 
 impl Op for Clip {
+    fn is_elementwise(&self) -> bool {
+        true
+    }
     op_common!("Clip");
     fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
         let x = cx.input(0)?;
@@ -834,6 +849,9 @@ fn read_to(cx: &NodeCx) -> Result<Option<DType>> {
 }
 
 impl Op for Cast {
+    fn is_elementwise(&self) -> bool {
+        true
+    }
     op_common!("Cast");
     fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
         Ok(vec![Fact::new(Some(self.to), cx.input(0)?.shape.clone())])
@@ -857,6 +875,9 @@ fn parse_cast_like(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
 }
 
 impl Op for CastLike {
+    fn is_elementwise(&self) -> bool {
+        true
+    }
     op_common!("CastLike");
     fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
         Ok(vec![Fact::new(

@@ -98,6 +98,7 @@ fn fold(op: &dyn Op, cx: &InferCx) -> Option<Vec<Fact>> {
     let mut rcx = RunCx {
         options: &opts,
         depth: 0,
+        profile: None,
     };
     let old = set_memory_budget(FOLD_BUDGET);
     let r = op.run(

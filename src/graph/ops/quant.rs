@@ -216,6 +216,9 @@ fn parse_ms_quantize(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
 }
 
 impl Op for QuantizeLinear {
+    fn is_elementwise(&self) -> bool {
+        true
+    }
     op_common!("QuantizeLinear");
     fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
         let x = cx.input(0)?;
@@ -291,6 +294,9 @@ fn parse_ms_dequantize(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
 }
 
 impl Op for DequantizeLinear {
+    fn is_elementwise(&self) -> bool {
+        true
+    }
     op_common!("DequantizeLinear");
     fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
         let x = cx.input(0)?;
@@ -814,6 +820,9 @@ pub struct QLinearBinary {
 }
 
 impl Op for QLinearBinary {
+    fn is_elementwise(&self) -> bool {
+        true
+    }
     fn name(&self) -> &'static str {
         match self.op {
             QBinOp::Add => "QLinearAdd",
@@ -856,6 +865,9 @@ pub struct QLinearLookup {
 }
 
 impl Op for QLinearLookup {
+    fn is_elementwise(&self) -> bool {
+        true
+    }
     fn name(&self) -> &'static str {
         match self.kind {
             LookupKind::Sigmoid => "QLinearSigmoid",
@@ -887,6 +899,39 @@ impl Op for QLinearLookup {
             }
         };
         Ok(vec![k::apply_table(x, &table)?.into()])
+    }
+}
+
+/// `LookupTable` (internal, made by `passes::lut`, not an ONNX op): maps each byte of an
+/// 8-bit input through a 256-entry table, y[i] = table[x[i] as byte]. The table holds
+/// what a chain of pointwise ops computes for each of the 256 inputs, so the chain
+/// runs as one gather. `rank` is the output rank: scalar constants of higher rank in the
+/// chain broadcast the input up to it (leading 1s).
+#[derive(Debug, Clone)]
+pub struct LookupTable {
+    pub table: Tensor,
+    pub rank: usize,
+}
+
+impl Op for LookupTable {
+    crate::op_common!("LookupTable");
+    fn is_elementwise(&self) -> bool {
+        true
+    }
+    fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
+        let x = cx.input(0)?;
+        check_8bit(Some(x), self.name())?;
+        let shape = x.shape.clone().map(|s| {
+            let mut v = vec![crate::graph::Dim::Known(1); self.rank.saturating_sub(s.len())];
+            v.extend(s);
+            v
+        });
+        Ok(vec![Fact::new(Some(self.table.dtype()), shape)])
+    }
+    fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
+        Ok(vec![
+            k::gather_table(args.t(0)?, &self.table, self.rank)?.into()
+        ])
     }
 }
 

@@ -42,6 +42,7 @@ pub fn run(g: &mut Graph) -> Result<usize> {
             let mut cx = RunCx {
                 options: &options,
                 depth: 0,
+                profile: None,
             };
             // A failure here (say, a bad index in a constant) is reported when the node
             // runs, with its run-time context, so folding just skips it.

@@ -5,6 +5,7 @@ pub mod const_fold;
 pub mod dce;
 pub mod fuse;
 pub mod inline_functions;
+pub mod lut;
 pub mod prepack;
 pub mod qdq;
 
@@ -16,6 +17,9 @@ use crate::error::Result;
 pub fn optimize(g: &mut Graph) -> Result<()> {
     qdq::run(g);
     const_fold::run(g)?;
+    // QDQ fusion leaves DQs nobody reads; the table pass must not count them as readers.
+    dce::run(g);
+    lut::run(g);
     fuse::run(g);
     dce::run(g);
     let Graph {
