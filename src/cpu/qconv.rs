@@ -95,8 +95,34 @@ pub fn qdepthwise_with(
         }
     }
     let lay = Layout::new(g);
-    let mut plane = crate::tensor::alloc_vec::<i16>(lay.len)?;
     let xz = x.zps()[0];
+    if f32_exact(ksz) {
+        // Centred 8-bit values times centred 8-bit weights, summed over at most 64 taps,
+        // stay below 2^22: f32 holds every partial sum exactly, and a float multiply-add
+        // is cheaper than a widening i32 multiply on every SIMD target.
+        let mut plane = crate::tensor::alloc_vec::<f32>(lay.len)?;
+        let mut acc = vec![0f32; osz];
+        let mut wc = vec![0f32; ksz];
+        for b in 0..n {
+            for ci in 0..c {
+                lay.fill(&x, (b * c + ci) * isz, xz, g, &mut plane);
+                for mo in 0..mult {
+                    let o = ci * mult + mo;
+                    let z = if wz.len() == 1 { wz[0] } else { wz[o] };
+                    for (t, v) in wc.iter_mut().enumerate() {
+                        *v = f32::from(w.centered(o * ksz + t, z));
+                    }
+                    run_plane(isa, &lay, &plane, &wc, g, &mut acc);
+                    let yp = &mut y[(b * m + o) * osz..(b * m + o + 1) * osz];
+                    for (d, &v) in yp.iter_mut().zip(&acc) {
+                        *d = exact_f32_to_i32(v);
+                    }
+                }
+            }
+        }
+        return Ok(());
+    }
+    let mut plane = crate::tensor::alloc_vec::<i16>(lay.len)?;
     let mut wc = vec![0i32; ksz];
     for b in 0..n {
         for ci in 0..c {
@@ -108,12 +134,7 @@ pub fn qdepthwise_with(
                     *v = w.centered(o * ksz + t, z) as i32;
                 }
                 let yp = &mut y[(b * m + o) * osz..(b * m + o + 1) * osz];
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `usable` returned Avx2, so AVX2 was detected.
-                    Isa::Avx2 => unsafe { plane_avx2(&lay, &plane, &wc, g, yp) },
-                    _ => plane_kernel(&lay, &plane, &wc, g, yp),
-                }
+                run_plane(isa, &lay, &plane, &wc, g, yp);
             }
         }
     }
@@ -147,22 +168,29 @@ impl Layout {
     }
 
     /// Centers one input plane (starting at `x[off]`) into `out`, zeros elsewhere.
-    fn fill(&self, x: &QMat, off: usize, zp: i32, g: &Geom, out: &mut [i16]) {
+    fn fill<P: From<i16> + Default + Copy>(
+        &self,
+        x: &QMat,
+        off: usize,
+        zp: i32,
+        g: &Geom,
+        out: &mut [P],
+    ) {
         match *x {
             QMat::U8(d, _) => self.fill_as(d, off, zp, g, out),
             QMat::I8(d, _) => self.fill_as(d, off, zp, g, out),
         }
     }
 
-    fn fill_as<T: Copy + Into<i32>>(
+    fn fill_as<T: Copy + Into<i32>, P: From<i16> + Default + Copy>(
         &self,
         x: &[T],
         off: usize,
         zp: i32,
         g: &Geom,
-        out: &mut [i16],
+        out: &mut [P],
     ) {
-        out.fill(0);
+        out.fill(P::default());
         let [id, ih, iw] = g.input;
         let pw = g.pad_begin[2];
         for d in 0..id {
@@ -172,12 +200,13 @@ impl Layout {
                 if self.s == 1 {
                     // Unit stride: the row is contiguous (the common case, vectorized).
                     for (o, &v) in out[r + pw..r + pw + iw].iter_mut().zip(src) {
-                        *o = (v.into() - zp) as i16;
+                        *o = P::from((v.into() - zp) as i16);
                     }
                 } else {
                     for (wi, &v) in src.iter().enumerate() {
                         let zw = wi + pw;
-                        out[r + (zw % self.s) * self.ph + zw / self.s] = (v.into() - zp) as i16;
+                        out[r + (zw % self.s) * self.ph + zw / self.s] =
+                            P::from((v.into() - zp) as i16);
                     }
                 }
             }
@@ -185,14 +214,52 @@ impl Layout {
     }
 }
 
+/// Whether a depthwise kernel of `ksz` taps can accumulate in f32 exactly: every product
+/// of centred 8-bit values is at most 255·255, and the sums must stay below 2^22 (where
+/// [`exact_f32_to_i32`] is exact too).
+fn f32_exact(ksz: usize) -> bool {
+    ksz.saturating_mul(255 * 255) < 1 << 22
+}
+
+/// An integer-valued f32 below 2^22 in magnitude to i32, in integer ops only (so loops
+/// over it vectorize; `as` saturates and stays scalar).
 #[inline(always)]
-fn plane_body(lay: &Layout, plane: &[i16], w: &[i32], g: &Geom, y: &mut [i32]) {
+fn exact_f32_to_i32(v: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + MAGIC).to_bits() as i32 - 0x4B40_0000
+}
+
+/// A plane element and its accumulator: i16 into wrapping i32, or f32 into f32 (exact
+/// under [`f32_exact`]).
+trait Tap: Copy {
+    type Acc: Copy + Default + PartialEq;
+    fn mac(acc: Self::Acc, w: Self::Acc, x: Self) -> Self::Acc;
+}
+
+impl Tap for i16 {
+    type Acc = i32;
+    #[inline(always)]
+    fn mac(acc: i32, w: i32, x: i16) -> i32 {
+        acc.wrapping_add(w * i32::from(x))
+    }
+}
+
+impl Tap for f32 {
+    type Acc = f32;
+    #[inline(always)]
+    fn mac(acc: f32, w: f32, x: f32) -> f32 {
+        acc + w * x
+    }
+}
+
+#[inline(always)]
+fn plane_body<T: Tap>(lay: &Layout, plane: &[T], w: &[T::Acc], g: &Geom, y: &mut [T::Acc]) {
     let [od, oh, ow] = g.output;
     let [kd, kh, kw] = g.kernel;
     for a in 0..od {
         for b in 0..oh {
             let yr = &mut y[(a * oh + b) * ow..(a * oh + b + 1) * ow];
-            yr.fill(0);
+            yr.fill(T::Acc::default());
             for p in 0..kd {
                 let zd = a * g.stride[0] + p * g.dilation[0];
                 for q in 0..kh {
@@ -200,13 +267,13 @@ fn plane_body(lay: &Layout, plane: &[i16], w: &[i32], g: &Geom, y: &mut [i32]) {
                     let base = (zd * lay.hp + zh) * lay.row;
                     for e in 0..kw {
                         let wv = w[(p * kh + q) * kw + e];
-                        if wv == 0 {
+                        if wv == T::Acc::default() {
                             continue;
                         }
                         let off = e * g.dilation[2];
                         let st = base + (off % lay.s) * lay.ph + off / lay.s;
                         for (yv, &xv) in yr.iter_mut().zip(&plane[st..st + ow]) {
-                            *yv = yv.wrapping_add(wv * xv as i32);
+                            *yv = T::mac(*yv, wv, xv);
                         }
                     }
                 }
@@ -215,17 +282,30 @@ fn plane_body(lay: &Layout, plane: &[i16], w: &[i32], g: &Geom, y: &mut [i32]) {
     }
 }
 
-fn plane_kernel(lay: &Layout, plane: &[i16], w: &[i32], g: &Geom, y: &mut [i32]) {
-    plane_body(lay, plane, w, g, y)
+/// One plane on the best loop build for `isa`.
+fn run_plane<T: Tap>(
+    isa: Isa,
+    lay: &Layout,
+    plane: &[T],
+    w: &[T::Acc],
+    g: &Geom,
+    y: &mut [T::Acc],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: callers pass an `isa` from `usable`, so Avx2 means AVX2 was detected.
+        Isa::Avx2 => unsafe { plane_avx2(lay, plane, w, g, y) },
+        _ => plane_body(lay, plane, w, g, y),
+    }
 }
 
-/// The same loops compiled for AVX2 (8 i32 lanes instead of SSE2's 4).
+/// The same loops compiled for AVX2 (8 lanes instead of SSE2's 4).
 ///
 /// # Safety
 /// AVX2 must be available.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn plane_avx2(lay: &Layout, plane: &[i16], w: &[i32], g: &Geom, y: &mut [i32]) {
+unsafe fn plane_avx2<T: Tap>(lay: &Layout, plane: &[T], w: &[T::Acc], g: &Geom, y: &mut [T::Acc]) {
     plane_body(lay, plane, w, g, y)
 }
 
@@ -331,6 +411,10 @@ mod tests {
                 1,
             ),
             (&[6, 40], &[3, 3], &[1, 1], &[1, 1, 1, 1], &[1, 1], 1, 2, 1),
+            // 81 taps: beyond the exact-f32 bound, so the i16/i32 loops run.
+            (&[12, 14], &[9, 9], &[1, 1], &[4, 4, 4, 4], &[1, 1], 1, 2, 1),
+            // 64 taps: the largest f32 kernel, with extreme values.
+            (&[10, 10], &[8, 8], &[1, 1], &[3, 3, 4, 4], &[1, 1], 1, 2, 1),
         ];
         for (t, &(sp, k, s, p, dl, n, c, mult)) in cases.iter().enumerate() {
             let win = Window {
@@ -365,6 +449,30 @@ mod tests {
                     assert_eq!(y, want, "case {t} {isa:?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn largest_f32_sums_stay_exact() {
+        // 64 taps of (0 − 255)·(−128 − 127): the largest sum the f32 path accepts.
+        let g = Window::default().resolve(&[8, 8], &[8, 8]).unwrap();
+        assert!(f32_exact(g.k_size()) && !f32_exact(g.k_size() + 1));
+        let x = [0u8; 64];
+        let w = [-128i8; 64];
+        for isa in simd::available() {
+            let mut y = [0i32; 1];
+            qdepthwise_with(
+                isa,
+                QMat::U8(&x, &[255]),
+                1,
+                1,
+                QMat::I8(&w, &[127]),
+                1,
+                &g,
+                &mut y,
+            )
+            .unwrap();
+            assert_eq!(y[0], 64 * 255 * 255, "{isa:?}");
         }
     }
 
