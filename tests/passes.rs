@@ -33,15 +33,7 @@ fn attr_ints(name: &str, v: &[i64]) -> Vec<u8> {
 /// Loads twice (optimised and not), runs both on `x`, checks equal outputs; returns the
 /// op types left in the optimised graph.
 fn before_after(bytes: &[u8], x: Tensor) -> Vec<String> {
-    let plain = Model::load_with(
-        bytes,
-        &LoadOptions {
-            optimize: false,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let opt = Model::load(bytes).unwrap();
+    let (plain, opt) = plain_and_optimized(bytes);
     let a = plain.run(&[("x", x.clone())]).unwrap();
     let b = opt.run(&[("x", x)]).unwrap();
     let (a, b) = (a[0].1.to_f32_vec().unwrap(), b[0].1.to_f32_vec().unwrap());
@@ -308,6 +300,19 @@ fn qdq_conv_model() -> Vec<u8> {
     ))
 }
 
+/// The model loaded without and with the optimization passes.
+fn plain_and_optimized(bytes: &[u8]) -> (Model, Model) {
+    let plain = Model::load_with(
+        bytes,
+        &LoadOptions {
+            optimize: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (plain, Model::load(bytes).unwrap())
+}
+
 #[test]
 fn qdq_conv_becomes_qlinear_conv() {
     let bytes = qdq_conv_model();
@@ -318,15 +323,7 @@ fn qdq_conv_becomes_qlinear_conv() {
     .unwrap();
     // The integer path may differ from float-then-requantize by one output step where the
     // float sum lands next to a rounding boundary; compare in steps of the output scale.
-    let plain = Model::load_with(
-        &bytes,
-        &LoadOptions {
-            optimize: false,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let opt = Model::load(&bytes).unwrap();
+    let (plain, opt) = plain_and_optimized(&bytes);
     let a = plain.run(&[("x", x.clone())]).unwrap()[0]
         .1
         .to_f32_vec()
@@ -418,15 +415,7 @@ fn pointwise_chain_on_8bit_becomes_one_table() {
         (0..30).map(|i| (i as f32 - 12.0) * 0.37).collect(),
     )
     .unwrap();
-    let plain = Model::load_with(
-        &bytes,
-        &LoadOptions {
-            optimize: false,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let opt = Model::load(&bytes).unwrap();
+    let (plain, opt) = plain_and_optimized(&bytes);
     let a = plain.run(&[("x", x.clone())]).unwrap()[0].1.clone();
     let b = opt.run(&[("x", x)]).unwrap()[0].1.clone();
     // The table holds what the same kernels compute, so the result is bit-identical.

@@ -53,7 +53,6 @@ pub fn qdepthwise_with(
             "qdepthwise: {m} output channels for {c} input channels"
         )));
     }
-    let mult = m / c;
     let (isz, osz, ksz) = (g.in_size(), g.out_size(), g.k_size());
     let mul = |a: usize, b: usize| {
         a.checked_mul(b)
@@ -95,46 +94,63 @@ pub fn qdepthwise_with(
         }
     }
     let lay = Layout::new(g);
-    let xz = x.zps()[0];
     if f32_exact(ksz) {
         // Centred 8-bit values times centred 8-bit weights, summed over at most 64 taps,
         // stay below 2^22: f32 holds every partial sum exactly, and a float multiply-add
         // is cheaper than a widening i32 multiply on every SIMD target.
-        let mut plane = crate::tensor::alloc_vec::<f32>(lay.len)?;
-        let mut acc = vec![0f32; osz];
-        let mut wc = vec![0f32; ksz];
-        for b in 0..n {
-            for ci in 0..c {
-                lay.fill(&x, (b * c + ci) * isz, xz, g, &mut plane);
-                for mo in 0..mult {
-                    let o = ci * mult + mo;
-                    let z = if wz.len() == 1 { wz[0] } else { wz[o] };
-                    for (t, v) in wc.iter_mut().enumerate() {
-                        *v = f32::from(w.centered(o * ksz + t, z));
-                    }
-                    run_plane(isa, &lay, &plane, &wc, g, &mut acc);
-                    let yp = &mut y[(b * m + o) * osz..(b * m + o + 1) * osz];
-                    for (d, &v) in yp.iter_mut().zip(&acc) {
-                        *d = exact_f32_to_i32(v);
-                    }
-                }
-            }
-        }
-        return Ok(());
+        channels::<f32>(
+            isa,
+            &lay,
+            &x,
+            n,
+            c,
+            &w,
+            m,
+            g,
+            y,
+            f32::from,
+            exact_f32_to_i32,
+        )
+    } else {
+        channels::<i16>(isa, &lay, &x, n, c, &w, m, g, y, i32::from, |v| v)
     }
-    let mut plane = crate::tensor::alloc_vec::<i16>(lay.len)?;
-    let mut wc = vec![0i32; ksz];
+}
+
+/// The loop over planes shared by both accumulators: fills each input plane, centres each
+/// output channel's weights (`weight`), runs the plane and stores its row (`store`).
+#[allow(clippy::too_many_arguments)]
+fn channels<T: Tap + crate::tensor::Elem + From<i16>>(
+    isa: Isa,
+    lay: &Layout,
+    x: &QMat,
+    n: usize,
+    c: usize,
+    w: &QMat,
+    m: usize,
+    g: &Geom,
+    y: &mut [i32],
+    weight: impl Fn(i16) -> T::Acc,
+    store: impl Fn(T::Acc) -> i32,
+) -> Result<()> {
+    let (isz, osz, ksz) = (g.in_size(), g.out_size(), g.k_size());
+    let (mult, xz, wz) = (m / c, x.zps()[0], w.zps());
+    let mut plane = crate::tensor::alloc_vec::<T>(lay.len)?;
+    let mut acc = vec![T::Acc::default(); osz];
+    let mut wc = vec![T::Acc::default(); ksz];
     for b in 0..n {
         for ci in 0..c {
-            lay.fill(&x, (b * c + ci) * isz, xz, g, &mut plane);
+            lay.fill(x, (b * c + ci) * isz, xz, g, &mut plane);
             for mo in 0..mult {
                 let o = ci * mult + mo;
                 let z = if wz.len() == 1 { wz[0] } else { wz[o] };
                 for (t, v) in wc.iter_mut().enumerate() {
-                    *v = w.centered(o * ksz + t, z) as i32;
+                    *v = weight(w.centered(o * ksz + t, z));
                 }
+                run_plane(isa, lay, &plane, &wc, g, &mut acc);
                 let yp = &mut y[(b * m + o) * osz..(b * m + o + 1) * osz];
-                run_plane(isa, &lay, &plane, &wc, g, yp);
+                for (d, &v) in yp.iter_mut().zip(&acc) {
+                    *d = store(v);
+                }
             }
         }
     }
