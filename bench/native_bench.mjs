@@ -9,24 +9,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { MODELS, variants, makeFeeds, writeNpy } from './inputs.mjs';
+import { opt, QUICK, only, RESULTS, median } from './common.mjs';
 import { ROOT } from './runtimes.mjs';
 
-const args = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : dflt;
-};
-const QUICK = args.includes('--quick');
-const only = opt('--models', null)?.split(',');
-const RESULTS = path.join(ROOT, 'bench/results');
 const CLI = process.env.EDGEPREDICT_BIN || path.join(ROOT, 'target/release/edgepredict');
 const PYTHON = process.env.PYTHON || path.join(ROOT, '.cache/venv/bin/python');
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
 const short = (s) => String(s).replace(/^error: /, '').replace(/\s+/g, ' ').trim().slice(0, 160);
 
 /** Runs a command that prints one JSON line; returns it or {error}. */

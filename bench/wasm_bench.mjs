@@ -8,16 +8,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { MODELS, variants, makeFeeds, writeNpy } from './inputs.mjs';
+import { opt, QUICK, only, RESULTS, median } from './common.mjs';
 import { ROOT, ours, ortWeb, compare } from './runtimes.mjs';
 
-const args = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : dflt;
-};
-const QUICK = args.includes('--quick');
-const only = opt('--models', null)?.split(',');
-const RESULTS = path.join(ROOT, 'bench/results');
 const NODE_FLAGS = process.execArgv;
 
 // Fewer, shorter runs with --quick; otherwise at least 20 timed runs per cell (10 for a
@@ -35,11 +28,6 @@ function runsFor(iterMs) {
   return Math.max(20, Math.min(200, Math.floor(TARGET_MS / iterMs)));
 }
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
 const short = (e) => String(e?.message ?? e).replace(/\s+/g, ' ').slice(0, 160);
 
 async function main() {

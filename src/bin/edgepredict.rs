@@ -1,7 +1,7 @@
 //! The native CLI: `info` describes a model, `run` predicts on .npy/.pb inputs, `bench`
 //! times a model single-threaded on given or synthesized inputs.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use edgepredict::api::io::{read_npy, read_pb, write_npy};
 use edgepredict::graph::{ops, Dim};
 use edgepredict::{DType, Model, Tensor};
@@ -41,44 +41,7 @@ enum Cmd {
     /// Times a model: load, warm up, then N timed runs on one thread; prints median/min ms
     /// and peak RSS. Inputs come from NAME=FILE or are synthesized (seeded) from the
     /// model's declared input types, with --dim/--shape for symbolic dims.
-    Bench {
-        model: PathBuf,
-        /// An input from a file (.npy or TensorProto .pb); other inputs are synthesized.
-        #[arg(long = "input", short = 'i', value_name = "NAME=FILE")]
-        inputs: Vec<String>,
-        /// Size of a symbolic dim of the declared inputs, e.g. `--dim batch_size=1`.
-        #[arg(long = "dim", value_name = "SYMBOL=N")]
-        dims: Vec<String>,
-        /// Full shape of a synthesized input (for unnamed dims), e.g. `--shape x=1,3,48,320`.
-        #[arg(long = "shape", value_name = "NAME=D0,D1,..")]
-        shapes: Vec<String>,
-        /// Value range of a synthesized input, uniform in [LO, HI) (default [0,1) for
-        /// floats, [0,100) for integers).
-        #[arg(long = "range", value_name = "NAME=LO,HI")]
-        ranges: Vec<String>,
-        /// Fills a synthesized input with one value, e.g. `--fill sr=16000`.
-        #[arg(long = "fill", value_name = "NAME=V")]
-        fills: Vec<String>,
-        /// Seed of the synthesized inputs.
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// Untimed runs before timing.
-        #[arg(long, default_value_t = 3)]
-        warmup: usize,
-        /// Timed runs.
-        #[arg(long, default_value_t = 20)]
-        runs: usize,
-        /// Write the outputs of the last run to DIR/<name>.npy.
-        #[arg(long)]
-        output: Option<PathBuf>,
-        /// Print one JSON object (every run time included) instead of text.
-        #[arg(long)]
-        json: bool,
-        /// Also time every node and print where the time goes: per op type and the
-        /// slowest nodes (medians over the timed runs).
-        #[arg(long)]
-        profile: bool,
-    },
+    Bench(BenchArgs),
     /// Lists every supported operator.
     Ops,
     /// Predicts handwritten digits with the embedded default model (a scikit-learn MLP
@@ -104,33 +67,7 @@ fn main() -> ExitCode {
             output,
             repeat,
         } => run(&model, &inputs, output.as_deref(), repeat),
-        Cmd::Bench {
-            model,
-            inputs,
-            dims,
-            shapes,
-            ranges,
-            fills,
-            seed,
-            warmup,
-            runs,
-            output,
-            json,
-            profile,
-        } => bench(&BenchArgs {
-            model,
-            inputs,
-            dims,
-            shapes,
-            ranges,
-            fills,
-            seed,
-            warmup,
-            runs,
-            output,
-            json,
-            profile,
-        }),
+        Cmd::Bench(a) => bench(&a),
         Cmd::Demo { show } => demo(show),
         Cmd::Ops => {
             for d in ops::all() {
@@ -355,18 +292,43 @@ fn write_outputs(dir: &Path, outs: &[(String, Tensor)]) -> Result<(), String> {
     Ok(())
 }
 
+#[derive(Args)]
 struct BenchArgs {
     model: PathBuf,
+    /// An input from a file (.npy or TensorProto .pb); other inputs are synthesized.
+    #[arg(long = "input", short = 'i', value_name = "NAME=FILE")]
     inputs: Vec<String>,
+    /// Size of a symbolic dim of the declared inputs, e.g. `--dim batch_size=1`.
+    #[arg(long = "dim", value_name = "SYMBOL=N")]
     dims: Vec<String>,
+    /// Full shape of a synthesized input (for unnamed dims), e.g. `--shape x=1,3,48,320`.
+    #[arg(long = "shape", value_name = "NAME=D0,D1,..")]
     shapes: Vec<String>,
+    /// Value range of a synthesized input, uniform in [LO, HI) (default [0,1) for
+    /// floats, [0,100) for integers).
+    #[arg(long = "range", value_name = "NAME=LO,HI")]
     ranges: Vec<String>,
+    /// Fills a synthesized input with one value, e.g. `--fill sr=16000`.
+    #[arg(long = "fill", value_name = "NAME=V")]
     fills: Vec<String>,
+    /// Seed of the synthesized inputs.
+    #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Untimed runs before timing.
+    #[arg(long, default_value_t = 3)]
     warmup: usize,
+    /// Timed runs.
+    #[arg(long, default_value_t = 20)]
     runs: usize,
+    /// Write the outputs of the last run to DIR/<name>.npy.
+    #[arg(long)]
     output: Option<PathBuf>,
+    /// Print one JSON object (every run time included) instead of text.
+    #[arg(long)]
     json: bool,
+    /// Also time every node and print where the time goes: per op type and the
+    /// slowest nodes (medians over the timed runs).
+    #[arg(long)]
     profile: bool,
 }
 

@@ -592,15 +592,20 @@ fn pick<T: Copy>(v: &[T], i: usize) -> T {
 /// `acc * mult` (in f32), plus the zero point, saturated to `[lo, hi]`.
 #[inline(always)]
 pub fn requant(acc: i32, mult: f32, zp: i32, lo: i32, hi: i32) -> i32 {
-    // Written with integer ops only after the multiply, so loops over it vectorize (a
-    // float→int `as` is saturating and stays scalar). Beyond ±2^22 every result
-    // saturates anyway (|zp|, |lo|, |hi| ≤ 65535); inside, adding 1.5·2^23 rounds half
-    // to even to an integer held in the low mantissa bits. (NaN lands on a limit.)
+    (round_to_int(acc as f32 * mult) + zp).clamp(lo, hi)
+}
+
+/// Round half to even to an integer, limited to ±2^22, for values that are then saturated
+/// to an 8/16-bit range (|zero point|, |limits| ≤ 65535, so the limit changes nothing).
+/// Written with integer ops only, so loops over it vectorize (a float→int `as` is
+/// saturating and stays scalar): adding 1.5·2^23 leaves the rounded integer in the low
+/// mantissa bits. (NaN lands on a limit.)
+#[inline(always)]
+pub fn round_to_int(v: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
     const MAGIC_BITS: i32 = 0x4B40_0000;
-    let x = (acc as f32 * mult).clamp(-4_194_304.0, 4_194_304.0);
-    let r = (x + MAGIC).to_bits() as i32 - MAGIC_BITS;
-    (r + zp).clamp(lo, hi)
+    let x = v.clamp(-4_194_304.0, 4_194_304.0);
+    (x + MAGIC).to_bits() as i32 - MAGIC_BITS
 }
 
 /// Builds a uint8/int8/uint16/int16 tensor from values already in range.
@@ -1334,7 +1339,6 @@ pub fn qlinear_binary(
         )));
     }
     let (lo, hi) = int_range(a.dtype())?;
-    let (lo, hi) = (lo as f32, hi as f32);
     let zc = pc.zp as f32;
     match op {
         QBinOp::Add => {
@@ -1359,12 +1363,12 @@ pub fn qlinear_binary(
 fn qbin_dispatch<F: Fn(i32, i32) -> f32 + Copy>(
     a: &Tensor,
     b: &Tensor,
-    lo: f32,
-    hi: f32,
+    lo: i32,
+    hi: i32,
     op: QBinOp,
     f: F,
 ) -> Result<Tensor> {
-    let q = move |v: f32| round_even_f32(v).clamp(lo, hi);
+    let q = move |v: f32| round_to_int(v).clamp(lo, hi);
     match a.dtype() {
         DType::U8 => qbin_apply::<u8>(a, b, move |x, y| q(f(i32::from(x), i32::from(y))) as u8),
         DType::I8 => qbin_apply::<i8>(a, b, move |x, y| q(f(i32::from(x), i32::from(y))) as i8),

@@ -20,7 +20,7 @@
 //! and scalar tails could differ in the last float bit before a final rounding).
 
 use super::fuse::Uses;
-use crate::graph::ops::quant::{DequantizeLinear, LookupTable, QLinearLookup};
+use crate::graph::ops::quant::{DequantizeLinear, LookupTable};
 use crate::graph::{Args, Graph, Node, RunCx, Value, ValueId};
 use crate::plan::RunOptions;
 use crate::tensor::{DType, Tensor};
@@ -47,12 +47,9 @@ pub fn run(g: &mut Graph) -> usize {
         let Some((chain, source)) = find_chain(g, &uses, &producer, &dead, sink) else {
             continue;
         };
-        // A lone table op is already a table, and a lone DQ (one multiply-add per
-        // element, vectorized) is no slower than a gather.
-        if chain.len() == 1
-            && (super::fuse::op::<QLinearLookup>(&g.nodes[sink]).is_some()
-                || super::fuse::op::<DequantizeLinear>(&g.nodes[sink]).is_some())
-        {
+        // A lone DQ (one multiply-add per element, vectorized) is no slower than a
+        // gather. (A lone QLinearSigmoid is worth it: its table is then built once.)
+        if chain.len() == 1 && super::fuse::op::<DequantizeLinear>(&g.nodes[sink]).is_some() {
             continue;
         }
         let Some(table) = evaluate(g, &chain, source) else {
@@ -64,12 +61,7 @@ pub fn run(g: &mut Graph) -> usize {
         if g.values[out].fact.dtype != Some(table.dtype()) {
             continue;
         }
-        let rank = g.values[out]
-            .fact
-            .shape
-            .as_ref()
-            .map_or(0, |s| s.len())
-            .max(const_rank(g, &chain));
+        let rank = const_rank(g, &chain);
         for &j in &chain[1..] {
             dead[j] = true;
             removed += 1;
@@ -92,12 +84,18 @@ pub fn run(g: &mut Graph) -> usize {
     removed
 }
 
-/// A value the chain may read as a constant: load-time, not an overridable input.
-fn scalar_const(g: &Graph, v: ValueId) -> Option<&Tensor> {
+/// A load-time constant (not an overridable graph input).
+fn load_const(g: &Graph, v: ValueId) -> Option<&Tensor> {
     if g.inputs.contains(&v) {
         return None;
     }
-    g.const_tensor(v).filter(|t| t.len() == 1)
+    g.const_tensor(v)
+}
+
+/// A constant the chain may read: one element, so it cannot change which element meets
+/// which.
+fn scalar_const(g: &Graph, v: ValueId) -> Option<&Tensor> {
+    load_const(g, v).filter(|t| t.len() == 1)
 }
 
 fn is_8bit(g: &Graph, v: ValueId) -> bool {
@@ -125,12 +123,11 @@ fn find_chain(
             return false;
         }
         for &v in n.inputs.iter().flatten() {
-            if g.const_tensor(v).is_some() && !g.inputs.contains(&v) {
-                if scalar_const(g, v).is_none() {
-                    return false;
-                }
-            } else if !sources.contains(&v) {
-                sources.push(v);
+            match load_const(g, v) {
+                Some(t) if t.len() != 1 => return false,
+                Some(_) => {}
+                None if !sources.contains(&v) => sources.push(v),
+                None => {}
             }
         }
         chain.push(i);
@@ -187,7 +184,8 @@ fn private(g: &Graph, uses: &Uses, chain: &[usize]) -> bool {
     })
 }
 
-/// Rank of the chain's highest-rank constant (they broadcast the input up to it).
+/// Rank of the chain's highest-rank constant: they broadcast the input up to it (the
+/// table op keeps the input's rank where that is higher).
 fn const_rank(g: &Graph, chain: &[usize]) -> usize {
     chain
         .iter()
