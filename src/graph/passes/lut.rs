@@ -5,7 +5,8 @@
 //!
 //! In quantized models this catches what QDQ fusion leaves in float or spreads over
 //! several integer ops: hard-swish (`QLinearAdd(x, 3)` → `QLinearMul(x, ·)` → DQ → Div →
-//! Q), hard-sigmoid, GELU and friends between a DQ and a Q, requantizations, lone DQs.
+//! Q), hard-sigmoid, GELU and friends between a DQ and a Q, requantizations, and
+//! the lookup-table ops (QLinearSigmoid), whose table is then built once instead of per run.
 //! Rules for a chain (a connected set of nodes ending at one sink):
 //! - every node is pointwise (`Op::is_elementwise`) with one output;
 //! - every other input is a load-time constant with one element, so it cannot change
