@@ -31,6 +31,9 @@ pub enum ErrorKind {
     Runtime,
     /// Reading or writing files (CLI and tests only).
     Io,
+    /// The GPU failed during a run (device lost, out of GPU memory, a kernel the driver
+    /// refused). The model falls back to the CPU for the next run.
+    Device,
 }
 
 impl ErrorKind {
@@ -48,6 +51,7 @@ impl ErrorKind {
             ErrorKind::MemoryLimit => "MemoryLimit",
             ErrorKind::Runtime => "Runtime",
             ErrorKind::Io => "Io",
+            ErrorKind::Device => "Device",
         }
     }
 }
@@ -123,6 +127,9 @@ impl Error {
     }
     pub fn runtime(m: impl Into<String>) -> Self {
         Self::new(ErrorKind::Runtime, m)
+    }
+    pub fn device(m: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Device, m)
     }
     pub fn io(m: impl Into<String>) -> Self {
         Self::new(ErrorKind::Io, m)

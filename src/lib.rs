@@ -15,6 +15,8 @@ pub mod tensor;
 
 pub mod api;
 pub mod cpu;
+#[cfg(feature = "webgpu")]
+pub mod gpu;
 pub mod graph;
 pub mod onnx;
 pub mod plan;

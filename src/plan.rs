@@ -77,6 +77,8 @@ mod js {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {
     Cpu,
+    /// WebGPU (wgpu), decided by `gpu::place` when the model loads with a GPU backend.
+    Gpu,
 }
 
 /// The schedule of one graph.
@@ -86,7 +88,7 @@ pub struct Plan {
     /// graph output, which lives to the end).
     pub last_use: Vec<Option<usize>>,
     /// For each node: where it runs and why.
-    pub placement: Vec<(Placement, &'static str)>,
+    pub placement: Vec<(Placement, String)>,
     /// For each value produced by a node: the buffer slot it is assigned.
     pub slot: Vec<Option<usize>>,
     pub n_slots: usize,
@@ -131,7 +133,7 @@ impl Plan {
         let placement = g
             .nodes
             .iter()
-            .map(|_| (Placement::Cpu, "only CPU backend in this build"))
+            .map(|_| (Placement::Cpu, "CPU backend".to_string()))
             .collect();
         Plan {
             last_use,
@@ -168,7 +170,7 @@ impl fmt::Display for PlanDisplay<'_> {
             self.plan.n_slots
         )?;
         for (i, n) in self.g.nodes.iter().enumerate() {
-            let (place, why) = self.plan.placement[i];
+            let (place, why) = &self.plan.placement[i];
             let outs: Vec<String> = n
                 .outputs
                 .iter()

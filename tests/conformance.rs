@@ -8,12 +8,18 @@
 //! - `CONFORMANCE_FILTER=substr` — only cases whose path contains substr;
 //! - `CONFORMANCE_UPDATE=1` — rewrite passing.txt with today's passing set;
 //! - `CONFORMANCE_VERBOSE=1` — print every failure reason.
+//!
+//! With the `webgpu` feature a second test runs the same cases on the GPU backend
+//! (Mesa lavapipe in CI) against `tests/conformance/passing_webgpu.txt`; there a case
+//! passes only if every node of the model was placed on the GPU and the outputs match.
+//! `CONFORMANCE_SUITE=cpu|webgpu` runs one of the two.
 
+use edgepredict::api::Backend;
 use edgepredict::graph::shape::ValueKind;
 use edgepredict::onnx::proto::{self, ValueProto};
 use edgepredict::onnx::tensor_from_proto;
 use edgepredict::tensor::Data;
-use edgepredict::{Model, Tensor, Value};
+use edgepredict::{LoadOptions, Model, Tensor, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -156,9 +162,37 @@ fn compare(got: &Value, want: &Value) -> Result<(), String> {
     }
 }
 
-fn run_case(dir: &Path) -> Result<(), String> {
+fn load(bytes: &[u8], backend: Backend) -> Result<Model, String> {
+    let opts = LoadOptions {
+        backend,
+        ..Default::default()
+    };
+    let model = Model::load_with(bytes, &opts).map_err(|e| format!("load: {e}"))?;
+    if backend == Backend::WebGpu {
+        let b = model.backend();
+        if b.gpu_nodes == 0 || b.gpu_nodes < b.nodes {
+            let left: Vec<String> = model
+                .plan()
+                .placement
+                .iter()
+                .zip(&model.graph().nodes)
+                .filter(|((p, _), _)| *p != edgepredict::plan::Placement::Gpu)
+                .map(|((_, why), n)| format!("{}: {why}", n.op_type))
+                .collect();
+            return Err(format!(
+                "not on the GPU: {} of {} nodes placed ({})",
+                b.gpu_nodes,
+                b.nodes,
+                left.join("; ")
+            ));
+        }
+    }
+    Ok(model)
+}
+
+fn run_case(dir: &Path, backend: Backend) -> Result<(), String> {
     let bytes = std::fs::read(dir.join("model.onnx")).map_err(|e| e.to_string())?;
-    let model = Model::load(&bytes).map_err(|e| format!("load: {e}"))?;
+    let model = load(&bytes, backend)?;
     let mut sets: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -201,9 +235,9 @@ fn run_case(dir: &Path) -> Result<(), String> {
 
 /// A `light/` case: a real topology with constant weights; the input is the onnx
 /// runner's dummy (arange(n)/n, unknown dims as 1) and the output is stored beside it.
-fn run_light_case(model_path: &Path) -> Result<(), String> {
+fn run_light_case(model_path: &Path, backend: Backend) -> Result<(), String> {
     let bytes = std::fs::read(model_path).map_err(|e| e.to_string())?;
-    let model = Model::load(&bytes).map_err(|e| format!("load: {e}"))?;
+    let model = load(&bytes, backend)?;
     let mut inputs = Vec::new();
     for info in model.inputs().iter().filter(|i| !i.optional) {
         let shape: Vec<usize> = info
@@ -250,6 +284,26 @@ fn case_op(dir: &Path) -> String {
 
 #[test]
 fn onnx_backend_suite() {
+    if std::env::var("CONFORMANCE_SUITE").is_ok_and(|s| s != "cpu") {
+        return;
+    }
+    suite(Backend::Cpu, "passing.txt", "conformance-report.txt");
+}
+
+#[cfg(feature = "webgpu")]
+#[test]
+fn onnx_backend_suite_webgpu() {
+    if std::env::var("CONFORMANCE_SUITE").is_ok_and(|s| s != "webgpu") {
+        return;
+    }
+    suite(
+        Backend::WebGpu,
+        "passing_webgpu.txt",
+        "conformance-report-webgpu.txt",
+    );
+}
+
+fn suite(backend: Backend, list_name: &str, report_name: &str) {
     let data = data_dir();
     assert!(
         data.join("node").is_dir(),
@@ -297,9 +351,9 @@ fn onnx_backend_suite() {
     for (name, dir) in &cases {
         let r = std::panic::catch_unwind(|| {
             if dir.is_dir() {
-                run_case(dir)
+                run_case(dir, backend)
             } else {
-                run_light_case(dir)
+                run_light_case(dir, backend)
             }
         });
         let op = case_op(dir);
@@ -351,7 +405,7 @@ fn onnx_backend_suite() {
         report.push_str(&format!("suite {s}: {p}/{t} passed\n"));
     }
     report.push_str(&format!(
-        "conformance total: {}/{} cases passed\n",
+        "conformance total ({backend:?}): {}/{} cases passed\n",
         passed.len(),
         cases.len()
     ));
@@ -363,11 +417,11 @@ fn onnx_backend_suite() {
         .map(|(n, m)| format!("{n}: {m}\n"))
         .collect();
     let _ = std::fs::write(
-        root.join("target/conformance-report.txt"),
+        root.join("target").join(report_name),
         format!("{report}\n{failures_txt}"),
     );
 
-    let list_path = root.join("tests/conformance/passing.txt");
+    let list_path = root.join("tests/conformance").join(list_name);
     let listed: BTreeSet<String> = std::fs::read_to_string(&list_path)
         .unwrap_or_default()
         .lines()

@@ -17,6 +17,35 @@ use std::collections::{BTreeMap, HashMap};
 /// Outputs by name, in model order.
 pub type Named<T> = Vec<(String, T)>;
 
+/// Which backend runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The CPU kernels (f32 and int8, wasm SIMD in the browser).
+    #[default]
+    Cpu,
+    /// WebGPU when an adapter and device come up, the adapter is a real GPU and every
+    /// node that computes on floats is placed on it; otherwise the CPU, with the reason
+    /// recorded ([`Model::backend`]).
+    Auto,
+    /// WebGPU, with nodes that have no GPU kernel on the CPU; loading fails (a `Device`
+    /// error) when no GPU comes up.
+    WebGpu,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Backend> {
+        match s {
+            "cpu" => Ok(Backend::Cpu),
+            "auto" => Ok(Backend::Auto),
+            "webgpu" | "gpu" => Ok(Backend::WebGpu),
+            _ => Err(Error::input(format!(
+                "unknown backend '{s}' (auto, webgpu or cpu)"
+            ))),
+        }
+    }
+}
+
 /// Options for loading.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -24,6 +53,7 @@ pub struct LoadOptions {
     pub optimize: bool,
     /// Largest tensor a model may declare or produce, in bytes.
     pub memory_budget: usize,
+    pub backend: Backend,
 }
 
 impl Default for LoadOptions {
@@ -31,8 +61,24 @@ impl Default for LoadOptions {
         LoadOptions {
             optimize: true,
             memory_budget: crate::tensor::DEFAULT_BUDGET,
+            backend: Backend::Cpu,
         }
     }
+}
+
+/// Which backend a model runs on and why (`info --backend`, the JS API).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendInfo {
+    /// "webgpu" or "cpu".
+    pub active: &'static str,
+    pub requested: Backend,
+    /// The adapter, when a GPU came up.
+    pub adapter: Option<String>,
+    /// Why the CPU runs the model (None when the GPU does).
+    pub fallback_reason: Option<String>,
+    /// Nodes placed on the GPU, of all nodes.
+    pub gpu_nodes: usize,
+    pub nodes: usize,
 }
 
 /// A model input or output as declared.
@@ -65,6 +111,11 @@ pub struct Model {
     outputs: Vec<IoInfo>,
     meta: ModelMeta,
     options: RunOptions,
+    backend: BackendInfo,
+    #[cfg(feature = "webgpu")]
+    gpu: Option<crate::gpu::GpuSession>,
+    /// Set when a GPU run failed on the device: later runs use the CPU.
+    gpu_failed: std::sync::Mutex<Option<String>>,
 }
 
 /// Restores the previous budget when dropped, so the thread-wide setting is scoped.
@@ -110,7 +161,10 @@ impl Model {
         if opts.optimize {
             passes::optimize(&mut graph)?;
         }
-        let plan = Plan::new(&graph);
+        let mut plan = Plan::new(&graph);
+        let (backend, gpu) = choose_backend(opts.backend, &graph, &mut plan)?;
+        #[cfg(not(feature = "webgpu"))]
+        let _ = gpu;
         let io = |ids: &[usize]| -> Vec<IoInfo> {
             ids.iter()
                 .map(|&id| IoInfo {
@@ -145,7 +199,21 @@ impl Model {
             outputs,
             meta,
             options,
+            backend,
+            #[cfg(feature = "webgpu")]
+            gpu,
+            gpu_failed: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The backend this model runs on, and why.
+    pub fn backend(&self) -> BackendInfo {
+        let mut b = self.backend.clone();
+        if let Some(why) = self.gpu_failed.lock().ok().and_then(|g| g.clone()) {
+            b.active = "cpu";
+            b.fallback_reason = Some(why);
+        }
+        b
     }
 
     pub fn inputs(&self) -> &[IoInfo] {
@@ -243,7 +311,10 @@ impl Model {
             depth: 0,
             profile: profile.then(Vec::new),
         };
-        let outs = run_graph(&self.graph, &self.plan, &mut cx, bound, &[])?;
+        let outs = match self.gpu_session() {
+            Some(s) => self.run_on_gpu(s, &mut cx, bound)?,
+            None => run_graph(&self.graph, &self.plan, &mut cx, bound, &[])?,
+        };
         let named = self
             .outputs
             .iter()
@@ -252,6 +323,205 @@ impl Model {
             .collect();
         Ok((named, cx.profile.unwrap_or_default()))
     }
+}
+
+#[cfg(feature = "webgpu")]
+type GpuSessionRef<'a> = &'a crate::gpu::GpuSession;
+#[cfg(not(feature = "webgpu"))]
+type GpuSessionRef<'a> = &'a ();
+
+impl Model {
+    /// The GPU session, unless the model runs on the CPU or a GPU run failed before.
+    fn gpu_session(&self) -> Option<GpuSessionRef<'_>> {
+        #[cfg(feature = "webgpu")]
+        {
+            if self.gpu_failed.lock().map(|g| g.is_some()).unwrap_or(true) {
+                return None;
+            }
+            self.gpu.as_ref()
+        }
+        #[cfg(not(feature = "webgpu"))]
+        {
+            None
+        }
+    }
+
+    #[allow(unused_variables)]
+    fn run_on_gpu(
+        &self,
+        s: GpuSessionRef<'_>,
+        cx: &mut RunCx,
+        bound: Vec<Option<Value>>,
+    ) -> Result<Vec<Value>> {
+        #[cfg(all(feature = "webgpu", not(target_arch = "wasm32")))]
+        {
+            let r = pollster::block_on(s.run(&self.graph, &self.plan, cx, bound));
+            match r {
+                Ok((outs, _stats)) => Ok(outs),
+                Err(e) => {
+                    if e.kind() == crate::ErrorKind::Device {
+                        if let Ok(mut f) = self.gpu_failed.lock() {
+                            *f = Some(format!(
+                                "a GPU run failed, the CPU runs from now on: {}",
+                                e.message()
+                            ));
+                        }
+                    }
+                    Err(e)
+                }
+            }
+        }
+        #[cfg(not(all(feature = "webgpu", not(target_arch = "wasm32"))))]
+        {
+            Err(Error::device(
+                "GPU runs are asynchronous in the browser: use runAsync",
+            ))
+        }
+    }
+}
+
+/// Sets up the requested backend: the GPU session when one is used, and what was
+/// decided either way. Plan placements are updated to match.
+#[allow(unused_variables, unused_mut)]
+fn choose_backend(
+    want: Backend,
+    g: &Graph,
+    plan: &mut Plan,
+) -> Result<(BackendInfo, Option<GpuSessionOwned>)> {
+    let nodes = g.nodes.len();
+    let cpu = |why: String| BackendInfo {
+        active: "cpu",
+        requested: want,
+        adapter: None,
+        fallback_reason: Some(why),
+        gpu_nodes: 0,
+        nodes,
+    };
+    if want == Backend::Cpu {
+        return Ok((cpu("the CPU backend was requested".into()), None));
+    }
+    #[cfg(not(feature = "webgpu"))]
+    {
+        let why = "this build has no WebGPU backend".to_string();
+        if want == Backend::WebGpu {
+            return Err(Error::device(why));
+        }
+        Ok((cpu(why), None))
+    }
+    #[cfg(all(feature = "webgpu", target_arch = "wasm32"))]
+    {
+        let why = "WebGPU in wasm needs the async loader (loadAsync)".to_string();
+        if want == Backend::WebGpu {
+            return Err(Error::device(why));
+        }
+        Ok((cpu(why), None))
+    }
+    #[cfg(all(feature = "webgpu", not(target_arch = "wasm32")))]
+    {
+        let cx = match crate::gpu::device::shared() {
+            Ok(cx) => cx,
+            Err(why) => {
+                if want == Backend::WebGpu {
+                    return Err(Error::device(why.to_string()));
+                }
+                return Ok((cpu(why.to_string()), None));
+            }
+        };
+        gpu_backend(want, g, plan, cx)
+    }
+}
+
+#[cfg(feature = "webgpu")]
+type GpuSessionOwned = crate::gpu::GpuSession;
+#[cfg(not(feature = "webgpu"))]
+type GpuSessionOwned = ();
+
+/// Places the graph on a context that came up and decides, for `auto`, whether to use it.
+#[cfg(feature = "webgpu")]
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))] // used by the async wasm loader
+pub(crate) fn gpu_backend(
+    want: Backend,
+    g: &Graph,
+    plan: &mut Plan,
+    cx: std::sync::Arc<crate::gpu::GpuContext>,
+) -> Result<(BackendInfo, Option<GpuSessionOwned>)> {
+    use crate::plan::Placement;
+    if let Some(why) = cx.lost() {
+        let why = format!("the GPU device was lost: {why}");
+        if want == Backend::WebGpu {
+            return Err(Error::device(why));
+        }
+        return Ok((
+            BackendInfo {
+                active: "cpu",
+                requested: want,
+                adapter: Some(cx.summary.to_string()),
+                fallback_reason: Some(why),
+                gpu_nodes: 0,
+                nodes: g.nodes.len(),
+            },
+            None,
+        ));
+    }
+    let session = crate::gpu::GpuSession::new(cx.clone(), g);
+    let gpu_nodes = session.plan.gpu_nodes();
+    let mut info = BackendInfo {
+        active: "webgpu",
+        requested: want,
+        adapter: Some(cx.summary.to_string()),
+        fallback_reason: None,
+        gpu_nodes,
+        nodes: g.nodes.len(),
+    };
+    if want == Backend::Auto {
+        // Auto takes the GPU only where it should win: a real GPU, and every node that
+        // computes on floats placed there (integer shape arithmetic may stay behind).
+        let why = if cx.summary.device_type == "Cpu" {
+            Some(format!(
+                "the adapter is a software renderer ({}): the CPU path is faster",
+                cx.summary.name
+            ))
+        } else {
+            let left: Vec<&str> = g
+                .nodes
+                .iter()
+                .zip(&session.plan.kernels)
+                .filter(|(n, k)| {
+                    k.is_none()
+                        && n.outputs
+                            .iter()
+                            .flatten()
+                            .any(|&o| g.values[o].fact.dtype.is_some_and(|d| d.is_float()))
+                })
+                .map(|(n, _)| n.op_type.as_str())
+                .collect();
+            (!left.is_empty()).then(|| {
+                format!(
+                    "{} float node(s) have no GPU kernel ({})",
+                    left.len(),
+                    left.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+                )
+            })
+        };
+        if let Some(why) = why {
+            info.active = "cpu";
+            info.fallback_reason = Some(why);
+            info.gpu_nodes = 0;
+            return Ok((info, None));
+        }
+    }
+    for (p, (k, why)) in plan
+        .placement
+        .iter_mut()
+        .zip(session.plan.kernels.iter().zip(&session.plan.reasons))
+    {
+        *p = if k.is_some() {
+            (Placement::Gpu, "webgpu".into())
+        } else {
+            (Placement::Cpu, why.clone())
+        };
+    }
+    Ok((info, Some(session)))
 }
 
 /// Kernels are written not to panic; should one still do so (a bug), native callers get

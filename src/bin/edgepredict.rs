@@ -15,6 +15,20 @@ use std::time::Instant;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Backend: cpu, webgpu (Vulkan/GL; nodes without a GPU kernel run on the CPU), or
+    /// auto (the GPU only where it should be faster; prints why not).
+    #[arg(long, global = true, default_value = "cpu")]
+    backend: String,
+}
+
+static BACKEND: std::sync::OnceLock<edgepredict::api::Backend> = std::sync::OnceLock::new();
+
+fn load(bytes: &[u8]) -> Result<Model, String> {
+    let opts = edgepredict::LoadOptions {
+        backend: BACKEND.get().copied().unwrap_or_default(),
+        ..Default::default()
+    };
+    Model::load_with(bytes, &opts).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -59,6 +73,15 @@ const DEMO_Y: &[u8] = include_bytes!("../../models/digits_test_labels.npy");
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match cli.backend.parse() {
+        Ok(b) => {
+            let _ = BACKEND.set(b);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let r = match cli.cmd {
         Cmd::Info { model, plan } => info(&model, plan),
         Cmd::Run {
@@ -142,7 +165,7 @@ fn info(path: &Path, show_plan: bool) -> Result<(), String> {
     let bytes = read(path)?;
     println!("model: {} ({} bytes)", path.display(), bytes.len());
     let missing = unsupported_ops(&bytes);
-    let model = match Model::load(&bytes) {
+    let model = match load(&bytes) {
         Ok(m) => m,
         Err(e) => {
             if !missing.is_empty() {
@@ -197,6 +220,22 @@ fn info(path: &Path, show_plan: bool) -> Result<(), String> {
             if v.chars().count() > 60 { "…" } else { "" }
         );
     }
+    let b = model.backend();
+    println!(
+        "backend: {} (requested {:?}){}",
+        b.active,
+        b.requested,
+        b.adapter
+            .as_ref()
+            .map(|a| format!(", adapter {a}"))
+            .unwrap_or_default()
+    );
+    if b.active == "webgpu" {
+        println!("  {} of {} nodes on the GPU", b.gpu_nodes, b.nodes);
+    }
+    if let Some(why) = &b.fallback_reason {
+        println!("  CPU because: {why}");
+    }
     if show_plan {
         print!("{}", model.plan().describe(g));
     }
@@ -238,7 +277,7 @@ fn summary(t: &Tensor) -> String {
 fn run(path: &Path, specs: &[String], out_dir: Option<&Path>, repeat: usize) -> Result<(), String> {
     let bytes = read(path)?;
     let t0 = Instant::now();
-    let model = Model::load(&bytes).map_err(|e| e.to_string())?;
+    let model = load(&bytes)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let inputs: Vec<(String, Tensor)> = specs
         .iter()
@@ -481,7 +520,7 @@ fn peak_rss_bytes() -> Option<u64> {
 fn bench(a: &BenchArgs) -> Result<(), String> {
     let bytes = read(&a.model)?;
     let t0 = Instant::now();
-    let model = Model::load(&bytes).map_err(|e| e.to_string())?;
+    let model = load(&bytes)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut given: Vec<(String, Tensor)> = a
         .inputs
@@ -631,7 +670,7 @@ fn print_profile(runs: &[Vec<edgepredict::plan::NodeTime>]) {
 
 fn demo(show: usize) -> Result<(), String> {
     let t0 = Instant::now();
-    let model = Model::load(DEMO_MODEL).map_err(|e| e.to_string())?;
+    let model = load(DEMO_MODEL)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let x = read_npy(DEMO_X).map_err(|e| e.to_string())?;
     let y = read_npy(DEMO_Y)

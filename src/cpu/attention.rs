@@ -57,7 +57,7 @@ pub struct AttnOut {
 }
 
 fn div_heads(hidden: usize, heads: usize, what: &str) -> Result<usize> {
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(Error::shape(format!(
             "Attention: {what} hidden size {hidden} is not divisible by {heads} heads"
         )));
@@ -620,7 +620,7 @@ pub fn linear_attention(
     let (&[b, t, qh], &[kb, kt, kh], &[vb, vt, vh]) = (q.shape(), k.shape(), v.shape()) else {
         return bad("query, key and value must be 3-D".into());
     };
-    if hq == 0 || hkv == 0 || hq % hkv != 0 || qh % hq != 0 || vh % hkv != 0 {
+    if hq == 0 || hkv == 0 || !hq.is_multiple_of(hkv) || qh % hq != 0 || vh % hkv != 0 {
         return bad(format!("heads {hq}/{hkv} do not divide the hidden sizes"));
     }
     let (dk, dv) = (qh / hq, vh / hkv);

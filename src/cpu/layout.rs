@@ -1539,7 +1539,7 @@ pub fn unique(t: &Tensor, axis: Option<usize>, sorted: bool) -> Result<[Tensor; 
 pub fn depth_to_space(t: &Tensor, b: usize, crd: bool) -> Result<Tensor> {
     let s = t.shape();
     let bb = b.checked_mul(b).unwrap_or(0);
-    if s.len() != 4 || bb == 0 || s[1] % bb != 0 {
+    if s.len() != 4 || bb == 0 || !s[1].is_multiple_of(bb) {
         return Err(Error::shape(format!(
             "DepthToSpace: bad input {s:?} for blocksize {b}"
         )));
@@ -1556,7 +1556,12 @@ pub fn depth_to_space(t: &Tensor, b: usize, crd: bool) -> Result<Tensor> {
 
 pub fn space_to_depth(t: &Tensor, b: usize) -> Result<Tensor> {
     let s = t.shape();
-    if s.len() != 4 || b == 0 || s[2] % b != 0 || s[3] % b != 0 || b.checked_mul(b).is_none() {
+    if s.len() != 4
+        || b == 0
+        || !s[2].is_multiple_of(b)
+        || !s[3].is_multiple_of(b)
+        || b.checked_mul(b).is_none()
+    {
         return Err(Error::shape(format!(
             "SpaceToDepth: bad input {s:?} for blocksize {b}"
         )));

@@ -453,7 +453,7 @@ pub struct ConvPacked {
 /// kernel would not use them (depthwise).
 pub fn pack_conv_weights(w: &Tensor, group: usize) -> Result<Option<ConvPacked>> {
     let ws = w.shape();
-    if ws.len() < 3 || group == 0 || ws[0] % group != 0 {
+    if ws.len() < 3 || group == 0 || !ws[0].is_multiple_of(group) {
         return Err(Error::shape(format!(
             "Conv weights {ws:?} do not fit group {group}"
         )));

@@ -48,7 +48,7 @@ pub fn qdepthwise_with(
     y: &mut [i32],
 ) -> Result<()> {
     let isa = simd::f32k::usable(isa);
-    if c == 0 || m % c != 0 {
+    if c == 0 || !m.is_multiple_of(c) {
         return Err(Error::shape(format!(
             "qdepthwise: {m} output channels for {c} input channels"
         )));

@@ -1017,7 +1017,7 @@ pub fn qgemm_op(
 /// (M/group rows of C/group·k taps), with scalar or per-output-channel zero points.
 pub fn pack_conv_weights(w: &Tensor, w_zp: Option<&Tensor>, group: usize) -> Result<Vec<QPacked>> {
     let ws = w.shape();
-    if ws.len() < 3 || group == 0 || ws[0] % group != 0 {
+    if ws.len() < 3 || group == 0 || !ws[0].is_multiple_of(group) {
         return Err(Error::shape(format!(
             "conv weights {ws:?} do not fit group {group}"
         )));

@@ -497,7 +497,7 @@ fn gather_nearest<T: Elem>(
     let out_w = out_shape[last];
     let in_w = in_shape[last];
     // Integer upsampling factor of the last axis (each source repeated `rep` times).
-    let rep = if in_w > 0 && out_w % in_w == 0 {
+    let rep = if in_w > 0 && out_w.is_multiple_of(in_w) {
         let k = out_w / in_w;
         let ok = maps[last]
             .iter()
@@ -1368,7 +1368,7 @@ pub fn col2im(
         .iter()
         .try_fold(1usize, |a, &b| a.checked_mul(b))
         .ok_or_else(|| Error::shape("Col2Im: block too large"))?;
-    if xs[1] % ksize != 0 {
+    if !xs[1].is_multiple_of(ksize) {
         return Err(Error::shape(format!(
             "Col2Im: input dim 1 ({}) is not a multiple of the block size {ksize}",
             xs[1]

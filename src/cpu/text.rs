@@ -889,7 +889,7 @@ pub fn optimizer(
         return Err(Error::runtime(format!("{what}: bad optimizer arity")));
     }
     let n_in = args.len();
-    if n_in < 2 + groups || (n_in - 2) % groups != 0 {
+    if n_in < 2 + groups || !(n_in - 2).is_multiple_of(groups) {
         return Err(Error::input(format!(
             "{what}: expected 2 + {groups}*N inputs, got {n_in}"
         )));

@@ -317,7 +317,7 @@ fn reshape_dims(input: Option<&[Dim]>, spec: &[i64], allowzero: bool) -> Result<
             }
         }
         if ok && kout != 0 {
-            if in_syms.is_empty() && kin % kout == 0 {
+            if in_syms.is_empty() && kin.is_multiple_of(kout) {
                 outd[m] = Dim::Known(kin / kout);
             } else if in_syms.len() == 1 && kin == kout {
                 outd[m] = in_syms[0].clone();

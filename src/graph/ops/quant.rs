@@ -944,7 +944,7 @@ pub struct QLinearConcat {
 
 fn parse_qlinear_concat(cx: &mut NodeCx) -> Result<Box<dyn Op>> {
     let n = cx.n_inputs();
-    if n < 5 || (n - 2) % 3 != 0 {
+    if n < 5 || !(n - 2).is_multiple_of(3) {
         return Err(Error::invalid_model(format!(
             "QLinearConcat needs Y_scale, Y_zero_point and (X, scale, zero point) triples, got {n} inputs"
         )));

@@ -355,7 +355,7 @@ impl Op for Det {
 /// `groups - 1` blocks (X and the state tensors: everything but G).
 fn optimizer_infer(cx: &InferCx, groups: usize, what: &str) -> Result<Vec<Fact>> {
     let n_in = cx.inputs.len();
-    if n_in < 2 + groups || (n_in - 2) % groups != 0 {
+    if n_in < 2 + groups || !(n_in - 2).is_multiple_of(groups) {
         return Err(Error::invalid_model(format!(
             "{what}: expected 2 + {groups}*N inputs, got {n_in}"
         )));

@@ -1,0 +1,457 @@
+//! Data movement on the GPU. Reshape, Flatten, Squeeze, Unsqueeze and Identity are
+//! views (same buffer, new shape); Shape and Size read only metadata and answer on the
+//! host. Transpose, Slice, Expand and Concat are one strided-copy kernel
+//! (`Y[wbase + Σ c·ws] = X[rbase + Σ c·rs]` over a region), and Gather has its own.
+//! Every GPU dtype is 32 bits wide, so the copies move words and share one pipeline
+//! per rank whatever the dtype.
+
+use super::record::{Recorder, LINEAR};
+use super::{In, Kernel, Lowered, NodeFacts, Out, Storage};
+use crate::cpu::layout::norm_axis;
+use crate::error::{Error, Result};
+use crate::graph::ops::layout::{
+    Concat, Expand, Flatten, Gather, Reshape, Shape, Size, Slice, Squeeze, Transpose, Unsqueeze,
+};
+use crate::graph::Value;
+use crate::tensor::{DType, Tensor};
+
+/// Output = input's buffer under the output shape.
+#[derive(Debug)]
+struct View {
+    host: Vec<usize>,
+}
+
+impl Kernel for View {
+    fn host_inputs(&self) -> &[usize] {
+        &self.host
+    }
+    fn encode(
+        &self,
+        _r: &mut Recorder,
+        ins: &[In],
+        outs: &[(DType, Vec<usize>)],
+    ) -> Result<Vec<Out>> {
+        let x = ins
+            .first()
+            .ok_or_else(|| Error::runtime("missing input"))?
+            .dev()?;
+        let (dt, shape) = outs
+            .first()
+            .ok_or_else(|| Error::runtime("missing output"))?;
+        if shape.iter().product::<usize>() != x.len() {
+            return Err(Error::shape("view changes the element count"));
+        }
+        Ok(vec![Out::Dev(super::GpuTensor {
+            buf: x.buf.clone(),
+            shape: shape.clone(),
+            dtype: *dt,
+        })])
+    }
+}
+
+/// Shape / Size: the answer is in the output facts already (the shape rule saw the
+/// concrete input shape); only the value is built here.
+#[derive(Debug)]
+struct Metadata {
+    size: bool,
+    start: i64,
+    end: Option<i64>,
+}
+
+impl Kernel for Metadata {
+    fn encode(
+        &self,
+        _r: &mut Recorder,
+        ins: &[In],
+        _outs: &[(DType, Vec<usize>)],
+    ) -> Result<Vec<Out>> {
+        let x = ins
+            .first()
+            .ok_or_else(|| Error::runtime("missing input"))?
+            .dev()?;
+        let dims: Vec<i64> = x.shape.iter().map(|&d| d as i64).collect();
+        let t = if self.size {
+            Tensor::scalar(dims.iter().product::<i64>())
+        } else {
+            let r = dims.len() as i64;
+            let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+            let s = clamp(self.start);
+            let e = clamp(self.end.unwrap_or(r));
+            Tensor::vector(dims.get(s..e.max(s)).unwrap_or(&[]).to_vec())
+        };
+        Ok(vec![Out::Host(Value::from(t))])
+    }
+}
+
+/// The strided copy: `region` dims, read strides (may be negative) and write strides.
+fn copy_source(rank: usize) -> String {
+    format!(
+        "{LINEAR}
+@group(0) @binding(0) var<storage, read> X: array<u32>;
+@group(0) @binding(1) var<storage, read_write> Y: array<u32>;
+@group(0) @binding(2) var<storage, read> P: array<u32>;
+// P: n rbase wbase | dims[R] | rs[R] (i32 bits) | ws[R]
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{
+    let i = linear_id(gid, nwg);
+    if (i >= P[0]) {{ return; }}
+    var rem = i;
+    var ro = i32(P[1]);
+    var wo = P[2];
+    for (var d = {r1}i; d >= 0; d--) {{
+        let dim = P[3u + u32(d)];
+        let c = rem % dim;
+        rem = rem / dim;
+        ro += i32(c) * bitcast<i32>(P[3u + {rank}u + u32(d)]);
+        wo += c * P[3u + {r2}u + u32(d)];
+    }}
+    Y[wo] = X[u32(ro)];
+}}
+",
+        r1 = rank as i64 - 1,
+        r2 = 2 * rank,
+    )
+}
+
+fn contiguous(shape: &[usize]) -> Vec<usize> {
+    let mut st = vec![0; shape.len()];
+    let mut acc = 1;
+    for d in (0..shape.len()).rev() {
+        st[d] = acc;
+        acc *= shape[d];
+    }
+    st
+}
+
+/// A copy region: its dims, and where each element is read and written.
+struct Region<'a> {
+    dims: &'a [usize],
+    rbase: i64,
+    rs: &'a [i64],
+    wbase: usize,
+    ws: &'a [usize],
+}
+
+/// Records one strided copy of a region's elements.
+fn strided_copy(r: &mut Recorder, x: &wgpu::Buffer, y: &wgpu::Buffer, g: Region) -> Result<()> {
+    let Region {
+        dims: region,
+        rbase,
+        rs,
+        wbase,
+        ws,
+    } = g;
+    let n: usize = region.iter().product();
+    if n == 0 {
+        return Ok(());
+    }
+    // Drop unit dims: fewer ranks, fewer pipelines.
+    let keep: Vec<usize> = (0..region.len()).filter(|&d| region[d] != 1).collect();
+    let rank = keep.len().max(1);
+    let mut p = vec![n as u32, rbase as i32 as u32, wbase as u32];
+    let pick = |v: &dyn Fn(usize) -> u32| -> Vec<u32> {
+        if keep.is_empty() {
+            vec![v(usize::MAX)]
+        } else {
+            keep.iter().map(|&d| v(d)).collect()
+        }
+    };
+    p.extend(pick(&|d| {
+        if d == usize::MAX {
+            1
+        } else {
+            region[d] as u32
+        }
+    }));
+    p.extend(pick(&|d| {
+        if d == usize::MAX {
+            0
+        } else {
+            rs[d] as i32 as u32
+        }
+    }));
+    p.extend(pick(&|d| if d == usize::MAX { 0 } else { ws[d] as u32 }));
+    let grid = r.grid(n);
+    r.dispatch(&copy_source(rank), &[x, y], &p, grid)
+}
+
+#[derive(Debug)]
+enum CopyKind {
+    Transpose(Option<Vec<usize>>),
+    Slice { legacy: bool },
+    Expand,
+}
+
+#[derive(Debug)]
+struct Copy {
+    kind: CopyKind,
+    host: Vec<usize>,
+}
+
+impl Kernel for Copy {
+    fn host_inputs(&self) -> &[usize] {
+        &self.host
+    }
+    fn encode(
+        &self,
+        r: &mut Recorder,
+        ins: &[In],
+        outs: &[(DType, Vec<usize>)],
+    ) -> Result<Vec<Out>> {
+        let x = ins
+            .first()
+            .ok_or_else(|| Error::runtime("missing input"))?
+            .dev()?;
+        let (dt, oshape) = outs
+            .first()
+            .ok_or_else(|| Error::runtime("missing output"))?;
+        let y = r.alloc(*dt, oshape.clone())?;
+        let xs = contiguous(&x.shape);
+        let ws = contiguous(oshape);
+        let (rbase, rs): (i64, Vec<i64>) = match &self.kind {
+            CopyKind::Transpose(perm) => {
+                let rank = x.shape.len();
+                let perm: Vec<usize> = perm.clone().unwrap_or_else(|| (0..rank).rev().collect());
+                if perm.len() != rank {
+                    return Err(Error::shape("Transpose perm length differs from rank"));
+                }
+                (0, perm.iter().map(|&p| xs[p] as i64).collect())
+            }
+            CopyKind::Expand => {
+                let r = oshape.len();
+                let off = r - x.shape.len();
+                let mut rs = vec![0i64; r];
+                for (k, &d) in x.shape.iter().enumerate() {
+                    rs[off + k] = if d == 1 { 0 } else { xs[k] as i64 };
+                }
+                (0, rs)
+            }
+            CopyKind::Slice { legacy } => {
+                if *legacy {
+                    return Err(Error::runtime("legacy Slice on the GPU"));
+                }
+                let get = |i: usize| -> Result<Option<Vec<i64>>> {
+                    match ins.get(i) {
+                        Some(In::Host(t)) => Ok(Some(t.to_i64_vec()?)),
+                        _ => Ok(None),
+                    }
+                };
+                let starts = get(1)?.ok_or_else(|| Error::input("Slice needs starts"))?;
+                let ends = get(2)?.ok_or_else(|| Error::input("Slice needs ends"))?;
+                let rank = x.shape.len();
+                let axes: Vec<usize> = match get(3)? {
+                    Some(a) => a
+                        .iter()
+                        .map(|&v| norm_axis(v, rank, "Slice"))
+                        .collect::<Result<_>>()?,
+                    None => (0..starts.len()).collect(),
+                };
+                let steps = get(4)?.unwrap_or_else(|| vec![1; axes.len()]);
+                if starts.len() != axes.len()
+                    || ends.len() != axes.len()
+                    || steps.len() != axes.len()
+                {
+                    return Err(Error::shape("Slice: parameter lists differ in length"));
+                }
+                let mut rs: Vec<i64> = xs.iter().map(|&s| s as i64).collect();
+                let mut base = 0i64;
+                for (k, &a) in axes.iter().enumerate() {
+                    let (b, len) =
+                        crate::cpu::layout::slice_axis(x.shape[a], starts[k], ends[k], steps[k])?;
+                    if len != oshape[a] {
+                        return Err(Error::shape("Slice length disagrees with the shape rule"));
+                    }
+                    base += (b * xs[a]) as i64;
+                    rs[a] *= steps[k];
+                }
+                (base, rs)
+            }
+        };
+        let g = Region {
+            dims: oshape,
+            rbase,
+            rs: &rs,
+            wbase: 0,
+            ws: &ws,
+        };
+        strided_copy(r, x.buffer(), y.buffer(), g)?;
+        Ok(vec![Out::Dev(y)])
+    }
+}
+
+#[derive(Debug)]
+struct ConcatKernel {
+    axis: i64,
+}
+
+impl Kernel for ConcatKernel {
+    fn encode(
+        &self,
+        r: &mut Recorder,
+        ins: &[In],
+        outs: &[(DType, Vec<usize>)],
+    ) -> Result<Vec<Out>> {
+        let (dt, oshape) = outs
+            .first()
+            .ok_or_else(|| Error::runtime("missing output"))?;
+        let axis = norm_axis(self.axis, oshape.len(), "Concat")?;
+        let y = r.alloc(*dt, oshape.clone())?;
+        let ws = contiguous(oshape);
+        let mut at = 0usize;
+        for inp in ins {
+            let x = inp.dev()?;
+            let xs: Vec<i64> = contiguous(&x.shape).iter().map(|&s| s as i64).collect();
+            let g = Region {
+                dims: &x.shape,
+                rbase: 0,
+                rs: &xs,
+                wbase: at * ws[axis],
+                ws: &ws,
+            };
+            strided_copy(r, x.buffer(), y.buffer(), g)?;
+            at += x.shape.get(axis).copied().unwrap_or(0);
+        }
+        Ok(vec![Out::Dev(y)])
+    }
+}
+
+const GATHER: &str = "
+@group(0) @binding(0) var<storage, read> X: array<u32>;
+@group(0) @binding(1) var<storage, read> I: array<i32>;
+@group(0) @binding(2) var<storage, read_write> Y: array<u32>;
+@group(0) @binding(3) var<storage, read> P: array<u32>;
+// P: n inner nidx dim | bad (set by a bad index: the output is undefined, the CPU errors)
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(gid, nwg);
+    if (i >= P[0]) { return; }
+    let inner = P[1]; let nidx = P[2]; let dim = P[3];
+    let c = i % inner;
+    let j = (i / inner) % nidx;
+    let o = i / (inner * nidx);
+    var k = I[j];
+    if (k < 0) { k += i32(dim); }
+    k = clamp(k, 0, i32(dim) - 1);
+    Y[i] = X[(o * dim + u32(k)) * inner + c];
+}
+";
+
+#[derive(Debug)]
+struct GatherKernel {
+    axis: i64,
+}
+
+impl Kernel for GatherKernel {
+    fn encode(
+        &self,
+        r: &mut Recorder,
+        ins: &[In],
+        outs: &[(DType, Vec<usize>)],
+    ) -> Result<Vec<Out>> {
+        let x = ins
+            .first()
+            .ok_or_else(|| Error::runtime("missing data"))?
+            .dev()?;
+        let idx = ins
+            .get(1)
+            .ok_or_else(|| Error::runtime("missing indices"))?
+            .dev()?;
+        let (dt, oshape) = outs
+            .first()
+            .ok_or_else(|| Error::runtime("missing output"))?;
+        let axis = norm_axis(self.axis, x.shape.len(), "Gather")?;
+        let dim = x.shape[axis];
+        if dim == 0 && !idx.is_empty() {
+            return Err(Error::runtime("Gather from an empty axis"));
+        }
+        let inner: usize = x.shape[axis + 1..].iter().product();
+        let y = r.alloc(*dt, oshape.clone())?;
+        let n = y.len();
+        if n == 0 {
+            return Ok(vec![Out::Dev(y)]);
+        }
+        let src = format!("{LINEAR}{GATHER}");
+        let grid = r.grid(n);
+        r.dispatch(
+            &src,
+            &[x.buffer(), idx.buffer(), y.buffer()],
+            &[
+                n as u32,
+                inner.max(1) as u32,
+                idx.len().max(1) as u32,
+                dim as u32,
+            ],
+            grid,
+        )?;
+        Ok(vec![Out::Dev(y)])
+    }
+}
+
+pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
+    let any = f.node.op.as_any();
+    let data_ok = f.in_dtype(0).and_then(Storage::of).is_some();
+    let k = |b: Box<dyn Kernel>| {
+        if data_ok {
+            Lowered::Kernel(b)
+        } else {
+            Lowered::Cpu(format!("{} on this dtype stays on the CPU", f.node.op_type))
+        }
+    };
+    if let Some(s) = any.downcast_ref::<Shape>() {
+        return k(Box::new(Metadata {
+            size: false,
+            start: s.start,
+            end: s.end,
+        }));
+    }
+    if any.is::<Size>() {
+        return k(Box::new(Metadata {
+            size: true,
+            start: 0,
+            end: None,
+        }));
+    }
+    if any.is::<Reshape>() || any.is::<Squeeze>() || any.is::<Unsqueeze>() {
+        return k(Box::new(View {
+            host: (1..f.ins.len()).collect(),
+        }));
+    }
+    if any.is::<Flatten>() {
+        return k(Box::new(View { host: Vec::new() }));
+    }
+    if let Some(t) = any.downcast_ref::<Transpose>() {
+        return k(Box::new(Copy {
+            kind: CopyKind::Transpose(t.perm.clone()),
+            host: Vec::new(),
+        }));
+    }
+    if let Some(s) = any.downcast_ref::<Slice>() {
+        if s.attrs.is_some() {
+            return Lowered::Cpu("Slice-1 (attributes) stays on the CPU".into());
+        }
+        return k(Box::new(Copy {
+            kind: CopyKind::Slice { legacy: false },
+            host: (1..f.ins.len()).collect(),
+        }));
+    }
+    if any.is::<Expand>() {
+        return k(Box::new(Copy {
+            kind: CopyKind::Expand,
+            host: vec![1],
+        }));
+    }
+    if let Some(c) = any.downcast_ref::<Concat>() {
+        let all = (0..f.ins.len()).all(|i| f.in_dtype(i).and_then(Storage::of).is_some());
+        if !all {
+            return Lowered::Cpu("Concat on this dtype stays on the CPU".into());
+        }
+        return Lowered::Kernel(Box::new(ConcatKernel { axis: c.axis }));
+    }
+    if let Some(g) = any.downcast_ref::<Gather>() {
+        if !matches!(f.in_dtype(1), Some(DType::I64 | DType::I32)) {
+            return Lowered::Cpu("Gather indices of this dtype stay on the CPU".into());
+        }
+        return k(Box::new(GatherKernel { axis: g.axis }));
+    }
+    Lowered::NotMine
+}

@@ -1,0 +1,508 @@
+//! The WebGPU backend (wgpu): Vulkan/GL natively, the browser's WebGPU in wasm.
+//!
+//! The same graph and plan as the CPU path. At load, [`place`] asks each op family
+//! (one file each, WGSL next to its pipeline code) for a [`Kernel`] for every node; a
+//! node no family claims stays on the CPU with the reason recorded. At run time,
+//! [`run`] walks the node order: GPU nodes append dispatches to one command encoder,
+//! CPU nodes read their inputs back first (the only reason to submit before the end),
+//! and values move between the two only where a consumer needs them. Output shapes come
+//! from the ops' own shape rules evaluated on the concrete input shapes, so kernels and
+//! the CPU agree on them by construction.
+
+pub mod device;
+mod elementwise;
+mod layout;
+mod matmul;
+pub mod record;
+pub mod tensor;
+#[cfg(target_arch = "wasm32")]
+mod web;
+
+pub use device::{AdapterSummary, GpuContext, Unavailable};
+pub use record::Recorder;
+pub use tensor::{GpuTensor, Storage};
+
+use crate::error::{Error, Result};
+use crate::graph::{Fact, Graph, InferCx, Node, RunCx, Value, ValueId};
+use crate::plan::Plan;
+use crate::tensor::{DType, Tensor};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+/// One kernel input, where the kernel wants it.
+pub enum In<'a> {
+    Dev(&'a GpuTensor),
+    /// Inputs listed by [`Kernel::host_inputs`] (shapes, axes, pads…).
+    Host(&'a Tensor),
+    /// An optional input the model leaves out.
+    Absent,
+}
+
+impl<'a> In<'a> {
+    pub fn dev(&self) -> Result<&'a GpuTensor> {
+        match self {
+            In::Dev(t) => Ok(t),
+            _ => Err(Error::runtime("expected a GPU tensor input")),
+        }
+    }
+    pub fn host(&self) -> Option<&'a Tensor> {
+        match self {
+            In::Host(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// One kernel output: a GPU tensor, or a host value for metadata ops (Shape, Size)
+/// that read only shapes.
+pub enum Out {
+    Dev(GpuTensor),
+    Host(Value),
+}
+
+/// The GPU form of one node, made at load by an op family.
+pub trait Kernel: Send + Sync + fmt::Debug {
+    /// Inputs read on the host (by index); the others arrive as GPU tensors.
+    fn host_inputs(&self) -> &[usize] {
+        &[]
+    }
+    /// Records the node's work. `outs` are the output dtypes and shapes from the op's
+    /// shape rule on the concrete inputs.
+    fn encode(
+        &self,
+        r: &mut Recorder,
+        ins: &[In],
+        outs: &[(DType, Vec<usize>)],
+    ) -> Result<Vec<Out>>;
+}
+
+/// What an op family says about a node at load.
+pub enum Lowered {
+    /// Not an op of this family.
+    NotMine,
+    Kernel(Box<dyn Kernel>),
+    /// This family's op, but this instance stays on the CPU, because…
+    Cpu(String),
+}
+
+/// The load-time facts of a node.
+pub struct NodeFacts<'a> {
+    pub node: &'a Node,
+    pub ins: Vec<Option<&'a Fact>>,
+    pub outs: Vec<Option<&'a Fact>>,
+    /// Constant inputs (initializers and folded values).
+    pub consts: Vec<Option<&'a Tensor>>,
+}
+
+impl<'a> NodeFacts<'a> {
+    pub fn in_dtype(&self, i: usize) -> Option<DType> {
+        self.ins.get(i).copied().flatten().and_then(|f| f.dtype)
+    }
+    pub fn out_dtype(&self, i: usize) -> Option<DType> {
+        self.outs.get(i).copied().flatten().and_then(|f| f.dtype)
+    }
+    pub fn in_rank(&self, i: usize) -> Option<usize> {
+        self.ins.get(i).copied().flatten().and_then(|f| f.rank())
+    }
+    pub fn out_rank(&self, i: usize) -> Option<usize> {
+        self.outs.get(i).copied().flatten().and_then(|f| f.rank())
+    }
+    pub fn has_input(&self, i: usize) -> bool {
+        self.ins.get(i).copied().flatten().is_some()
+    }
+}
+
+/// Each node's kernel (None: CPU) and the reason for its placement.
+#[derive(Debug, Default)]
+pub struct GpuPlan {
+    pub kernels: Vec<Option<Box<dyn Kernel>>>,
+    pub reasons: Vec<String>,
+}
+
+impl GpuPlan {
+    pub fn gpu_nodes(&self) -> usize {
+        self.kernels.iter().filter(|k| k.is_some()).count()
+    }
+    /// Op types left on the CPU that do real work (not shape arithmetic), with counts.
+    pub fn cpu_ops(&self, g: &Graph) -> Vec<(String, usize)> {
+        let mut m: std::collections::BTreeMap<String, usize> = Default::default();
+        for (n, k) in g.nodes.iter().zip(&self.kernels) {
+            if k.is_none() {
+                *m.entry(n.op_type.clone()).or_default() += 1;
+            }
+        }
+        m.into_iter().collect()
+    }
+}
+
+type Family = fn(&NodeFacts, &GpuContext) -> Lowered;
+const FAMILIES: &[Family] = &[elementwise::lower, matmul::lower, layout::lower];
+
+/// Decides, for every node, whether it runs on the GPU.
+pub fn place(g: &Graph, cx: &GpuContext) -> GpuPlan {
+    let mut plan = GpuPlan::default();
+    for n in &g.nodes {
+        let facts = NodeFacts {
+            node: n,
+            ins: n
+                .inputs
+                .iter()
+                .map(|i| i.map(|id| &g.values[id].fact))
+                .collect(),
+            outs: n
+                .outputs
+                .iter()
+                .map(|o| o.map(|id| &g.values[id].fact))
+                .collect(),
+            consts: n
+                .inputs
+                .iter()
+                .map(|i| i.and_then(|id| g.const_tensor(id)))
+                .collect(),
+        };
+        let mut found = None;
+        for fam in FAMILIES {
+            match fam(&facts, cx) {
+                Lowered::NotMine => continue,
+                Lowered::Kernel(k) => found = Some(Ok(k)),
+                Lowered::Cpu(why) => found = Some(Err(why)),
+            }
+            break;
+        }
+        match found {
+            Some(Ok(k)) => {
+                plan.kernels.push(Some(k));
+                plan.reasons.push("webgpu".into());
+            }
+            Some(Err(why)) => {
+                plan.kernels.push(None);
+                plan.reasons.push(why);
+            }
+            None => {
+                plan.kernels.push(None);
+                plan.reasons
+                    .push(format!("no GPU kernel for {}", n.op_type));
+            }
+        }
+    }
+    plan
+}
+
+/// A value during a GPU run: on the host, on the GPU, or both.
+#[derive(Default, Clone)]
+struct Slot {
+    host: Option<Value>,
+    dev: Option<GpuTensor>,
+}
+
+/// Per-model GPU state kept between runs: the placement and the constants already
+/// uploaded.
+#[derive(Debug)]
+pub struct GpuSession {
+    pub cx: Arc<GpuContext>,
+    pub plan: GpuPlan,
+    consts: Mutex<HashMap<ValueId, GpuTensor>>,
+}
+
+/// What one GPU run did, for `bench` and tests.
+#[derive(Debug, Clone, Default)]
+pub struct RunStats {
+    pub submissions: usize,
+    pub uploaded: u64,
+    pub downloaded: u64,
+}
+
+impl GpuSession {
+    pub fn new(cx: Arc<GpuContext>, g: &Graph) -> GpuSession {
+        let plan = place(g, &cx);
+        GpuSession {
+            cx,
+            plan,
+            consts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Runs the top-level graph. Subgraph ops (If/Loop/Scan) run on the CPU.
+    pub async fn run(
+        &self,
+        g: &Graph,
+        plan: &Plan,
+        cx: &mut RunCx<'_>,
+        inputs: Vec<Option<Value>>,
+    ) -> Result<(Vec<Value>, RunStats)> {
+        if let Some(why) = self.cx.lost() {
+            return Err(Error::device(format!("the GPU device was lost: {why}")));
+        }
+        // Stale errors from an earlier failed run must not be blamed on this one.
+        self.cx.take_uncaptured();
+        let mut r = Recorder::new(&self.cx);
+        let mut vals: Vec<Slot> = g
+            .consts
+            .iter()
+            .map(|c| Slot {
+                host: c.clone(),
+                dev: None,
+            })
+            .collect();
+        for (k, &id) in g.inputs.iter().enumerate() {
+            match inputs.get(k).cloned().flatten() {
+                Some(v) => vals[id].host = Some(v),
+                None if vals[id].host.is_some() => {}
+                None => {
+                    return Err(Error::input(format!(
+                        "missing input '{}'",
+                        g.value_name(id)
+                    )))
+                }
+            }
+        }
+        if let Ok(cache) = self.consts.lock() {
+            for (&id, t) in cache.iter() {
+                vals[id].dev = Some(t.clone());
+            }
+        }
+        for (i, node) in g.nodes.iter().enumerate() {
+            let outs: Vec<Slot> = match &self.plan.kernels[i] {
+                Some(k) => self
+                    .run_gpu_node(g, node, k.as_ref(), &mut vals, &mut r)
+                    .await
+                    .map_err(|e| e.at_node(&node.name, &node.op_type))?,
+                None => {
+                    let host = fetch_host(g, node, &mut vals, &mut r).await?;
+                    let args_in: Vec<Option<&Value>> = host.iter().map(|v| v.as_ref()).collect();
+                    let mut implicit: Vec<(&str, &Value)> = Vec::new();
+                    for &id in &node.implicit_inputs {
+                        let v = vals[id].host.as_ref().ok_or_else(|| {
+                            Error::runtime(format!("value '{}' was not computed", g.value_name(id)))
+                        })?;
+                        implicit.push((g.value_name(id), v));
+                    }
+                    let args = crate::graph::Args {
+                        inputs: &args_in,
+                        implicit: &implicit,
+                    };
+                    let outs = node
+                        .op
+                        .run(cx, &args)
+                        .map_err(|e| e.at_node(&node.name, &node.op_type))?;
+                    outs.into_iter()
+                        .map(|v| Slot {
+                            host: Some(v),
+                            dev: None,
+                        })
+                        .collect()
+                }
+            };
+            for (k, o) in node.outputs.iter().enumerate() {
+                if let Some(id) = o {
+                    let s = outs.get(k).cloned().ok_or_else(|| {
+                        Error::runtime(format!(
+                            "produced {} outputs, the model reads output {k}",
+                            outs.len()
+                        ))
+                        .at_node(&node.name, &node.op_type)
+                    })?;
+                    vals[*id] = s;
+                }
+            }
+            for &id in node.inputs.iter().flatten().chain(&node.implicit_inputs) {
+                if plan.last_use[id] == Some(i) && g.consts[id].is_none() {
+                    vals[id] = Slot::default();
+                }
+            }
+        }
+        // Graph outputs still on the GPU come back in one submission.
+        let want: Vec<(usize, GpuTensor)> = g
+            .outputs
+            .iter()
+            .enumerate()
+            .filter_map(|(k, &id)| match &vals[id] {
+                Slot {
+                    host: None,
+                    dev: Some(t),
+                } => Some((k, t.clone())),
+                _ => None,
+            })
+            .collect();
+        let refs: Vec<&GpuTensor> = want.iter().map(|(_, t)| t).collect();
+        let got = r.download(&refs).await?;
+        let mut outs: Vec<Option<Value>> =
+            g.outputs.iter().map(|&id| vals[id].host.clone()).collect();
+        for ((k, _), t) in want.iter().zip(got) {
+            outs[*k] = Some(Value::from(t));
+        }
+        let stats = RunStats {
+            submissions: r.submissions,
+            uploaded: r.uploaded,
+            downloaded: r.downloaded,
+        };
+        let outs = outs
+            .into_iter()
+            .zip(&g.outputs)
+            .map(|(v, &id)| {
+                v.ok_or_else(|| {
+                    Error::runtime(format!(
+                        "graph output '{}' was not computed",
+                        g.value_name(id)
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((outs, stats))
+    }
+
+    async fn run_gpu_node(
+        &self,
+        g: &Graph,
+        node: &Node,
+        k: &dyn Kernel,
+        vals: &mut [Slot],
+        r: &mut Recorder<'_>,
+    ) -> Result<Vec<Slot>> {
+        let host_idx = k.host_inputs();
+        // Host inputs first: a readback submits, and must come before this node's work.
+        let mut need_down: Vec<ValueId> = Vec::new();
+        for (j, inp) in node.inputs.iter().enumerate() {
+            if let Some(id) = inp {
+                if host_idx.contains(&j) && vals[*id].host.is_none() {
+                    need_down.push(*id);
+                }
+            }
+        }
+        download_into(vals, &need_down, r).await?;
+        for (j, inp) in node.inputs.iter().enumerate() {
+            if let Some(id) = *inp {
+                if !host_idx.contains(&j) && vals[id].dev.is_none() {
+                    let t = vals[id]
+                        .host
+                        .as_ref()
+                        .ok_or_else(|| {
+                            Error::runtime(format!("value '{}' was not computed", g.value_name(id)))
+                        })?
+                        .tensor()?;
+                    let d = r.upload(t)?;
+                    if g.consts[id].is_some() {
+                        if let Ok(mut c) = self.consts.lock() {
+                            c.insert(id, d.clone());
+                        }
+                    }
+                    vals[id].dev = Some(d);
+                }
+            }
+        }
+        // Concrete facts for the op's shape rule: shapes of every input, values of host
+        // inputs (Reshape's shape, Slice's starts…).
+        let facts: Vec<Fact> = node
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(j, inp)| match inp {
+                None => Fact::absent(),
+                Some(id) => {
+                    let s = &vals[*id];
+                    match (&s.host, &s.dev) {
+                        (Some(v), _) if host_idx.contains(&j) || s.dev.is_none() => {
+                            Fact::from_value(v)
+                        }
+                        (_, Some(t)) => Fact::known(t.dtype, &t.shape),
+                        (Some(v), None) => Fact::from_value(v),
+                        (None, None) => Fact::unknown(),
+                    }
+                }
+            })
+            .collect();
+        let out_facts = node.op.infer(&InferCx {
+            inputs: &facts,
+            opset: node.opset,
+        })?;
+        let mut outs = Vec::with_capacity(out_facts.len());
+        for f in &out_facts {
+            let shape = f.concrete_shape().ok_or_else(|| {
+                Error::runtime("output shape unknown at run time on the GPU path")
+            })?;
+            let dt = f
+                .dtype
+                .ok_or_else(|| Error::runtime("output dtype unknown on the GPU path"))?;
+            crate::tensor::numel(&shape, dt)?;
+            outs.push((dt, shape));
+        }
+        let ins: Vec<In> = node
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(j, inp)| match inp {
+                None => In::Absent,
+                Some(id) if host_idx.contains(&j) => match vals[*id].host.as_ref() {
+                    Some(v) => v.tensor().map(In::Host).unwrap_or(In::Absent),
+                    None => In::Absent,
+                },
+                Some(id) => vals[*id].dev.as_ref().map_or(In::Absent, In::Dev),
+            })
+            .collect();
+        let produced = k.encode(r, &ins, &outs)?;
+        Ok(produced
+            .into_iter()
+            .map(|o| match o {
+                Out::Dev(t) => Slot {
+                    host: None,
+                    dev: Some(t),
+                },
+                Out::Host(v) => Slot {
+                    host: Some(v),
+                    dev: None,
+                },
+            })
+            .collect())
+    }
+}
+
+/// Brings the listed values back to the host, in one submission.
+async fn download_into(vals: &mut [Slot], ids: &[ValueId], r: &mut Recorder<'_>) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut pairs: Vec<(ValueId, GpuTensor)> = Vec::new();
+    for &id in ids {
+        if let Some(t) = &vals[id].dev {
+            if !pairs.iter().any(|(p, _)| *p == id) {
+                pairs.push((id, t.clone()));
+            }
+        }
+    }
+    let refs: Vec<&GpuTensor> = pairs.iter().map(|(_, t)| t).collect();
+    let got = r.download(&refs).await?;
+    for ((id, _), t) in pairs.iter().zip(got) {
+        let id = *id;
+        vals[id].host = Some(Value::from(t));
+    }
+    Ok(())
+}
+
+/// The host values of a CPU node's inputs, reading back what only the GPU has.
+async fn fetch_host(
+    g: &Graph,
+    node: &Node,
+    vals: &mut [Slot],
+    r: &mut Recorder<'_>,
+) -> Result<Vec<Option<Value>>> {
+    let need: Vec<ValueId> = node
+        .inputs
+        .iter()
+        .flatten()
+        .chain(&node.implicit_inputs)
+        .copied()
+        .filter(|&id| vals[id].host.is_none() && vals[id].dev.is_some())
+        .collect();
+    download_into(vals, &need, r).await?;
+    node.inputs
+        .iter()
+        .map(|inp| match inp {
+            None => Ok(None),
+            Some(id) => vals[*id].host.clone().map(Some).ok_or_else(|| {
+                Error::runtime(format!("value '{}' was not computed", g.value_name(*id)))
+                    .at_node(&node.name, &node.op_type)
+            }),
+        })
+        .collect()
+}
