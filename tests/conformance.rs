@@ -165,6 +165,7 @@ fn compare(got: &Value, want: &Value) -> Result<(), String> {
 fn load(bytes: &[u8], backend: Backend) -> Result<Model, String> {
     let opts = LoadOptions {
         backend,
+        gpu_greedy: true,
         ..Default::default()
     };
     let model = Model::load_with(bytes, &opts).map_err(|e| format!("load: {e}"))?;

@@ -84,17 +84,46 @@ fn meta(dir: &Path) -> Json {
 }
 
 /// Loads the variant; a missing op fails here with the loader's list of all of them.
+/// The backend under test: `EDGEPREDICT_BACKEND=webgpu` runs these tests on the GPU
+/// (nodes without GPU kernels stay on the CPU), against the same references.
+fn load_opts() -> edgepredict::LoadOptions {
+    let backend = std::env::var("EDGEPREDICT_BACKEND")
+        .ok()
+        .map(|b| b.parse().expect("EDGEPREDICT_BACKEND: cpu, auto or webgpu"))
+        .unwrap_or_default();
+    edgepredict::LoadOptions {
+        backend,
+        ..Default::default()
+    }
+}
+
+fn describe_backend(name: &str, m: &Model) {
+    let b = m.backend();
+    if b.requested != edgepredict::api::Backend::Cpu {
+        eprintln!(
+            "{name}: backend {}, {} of {} nodes on the GPU{}",
+            b.active,
+            b.gpu_nodes,
+            b.nodes,
+            b.fallback_reason
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+    }
+}
+
 fn load_variant(name: &str, m: &Json) -> Model {
     let p = root().join(m["model"].as_str().unwrap());
     let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let t = Instant::now();
-    let model = Model::load(&bytes).unwrap_or_else(|e| {
+    let model = Model::load_with(&bytes, &load_opts()).unwrap_or_else(|e| {
         panic!(
             "{name}: does not load: {e}\n  ops of this variant (onnxruntime.quantization output): {}",
             m["ops"]
         )
     });
     eprintln!("{name}: loaded in {:.2}s", t.elapsed().as_secs_f64());
+    describe_backend(name, &model);
     model
 }
 

@@ -23,6 +23,34 @@ fn reference(id: &str) -> PathBuf {
     d
 }
 
+/// The backend under test: `EDGEPREDICT_BACKEND=webgpu` runs these tests on the GPU
+/// (nodes without GPU kernels stay on the CPU), against the same references.
+fn load_opts() -> edgepredict::LoadOptions {
+    let backend = std::env::var("EDGEPREDICT_BACKEND")
+        .ok()
+        .map(|b| b.parse().expect("EDGEPREDICT_BACKEND: cpu, auto or webgpu"))
+        .unwrap_or_default();
+    edgepredict::LoadOptions {
+        backend,
+        ..Default::default()
+    }
+}
+
+fn describe_backend(name: &str, m: &Model) {
+    let b = m.backend();
+    if b.requested != edgepredict::api::Backend::Cpu {
+        eprintln!(
+            "{name}: backend {}, {} of {} nodes on the GPU{}",
+            b.active,
+            b.gpu_nodes,
+            b.nodes,
+            b.fallback_reason
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+    }
+}
+
 fn load_model(id: &str) -> Model {
     let p = if id == "digits_mlp" {
         root().join("models/digits_mlp.onnx")
@@ -30,7 +58,9 @@ fn load_model(id: &str) -> Model {
         root().join(".cache/models").join(format!("{id}.onnx"))
     };
     let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    Model::load(&bytes).unwrap_or_else(|e| panic!("loading {id}: {e}"))
+    let m = Model::load_with(&bytes, &load_opts()).unwrap_or_else(|e| panic!("loading {id}: {e}"));
+    describe_backend(id, &m);
+    m
 }
 
 fn npy(p: &Path) -> Tensor {

@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
+# The GPU backend's tests run on Mesa lavapipe (software Vulkan; GL as a fallback) and in
+# headless Chromium (SwiftShader WebGPU).
+[ -f /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || need_apt+=(mesa-vulkan-drivers libvulkan1)
+[ -f /usr/lib/x86_64-linux-gnu/libEGL_mesa.so.0 ] || need_apt+=(libegl1 libegl-mesa0 libgl1-mesa-dri)
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
@@ -23,6 +28,11 @@ if [ ! -x .cache/venv/bin/python ] || ! .cache/venv/bin/python -c "import onnxru
   python3 -m venv .cache/venv
   .cache/venv/bin/pip install -q --disable-pip-version-check numpy==2.4.6 onnxruntime==1.32.0 pillow==13.0.0 \
     onnx==1.22.0 sympy==1.14.0 mpmath==1.3.0
+fi
+# npm: playwright-core (drives /usr/bin/chromium; never downloads a browser), deno,
+# binaryen's wasm-opt, onnxruntime-web for the benchmark.
+if [ ! -f node_modules/playwright-core/package.json ] || [ ! -x node_modules/.bin/deno ]; then
+  npm ci --no-audit --no-fund >/dev/null
 fi
 tools/fetch_onnx_suite.sh
 tools/fetch_models.sh

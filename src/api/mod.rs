@@ -54,6 +54,10 @@ pub struct LoadOptions {
     /// Largest tensor a model may declare or produce, in bytes.
     pub memory_budget: usize,
     pub backend: Backend,
+    /// With a GPU backend: put every node that has a GPU kernel on the GPU, even data
+    /// movement and shape arithmetic on CPU values (for testing kernel coverage). By
+    /// default such nodes stay where their inputs are.
+    pub gpu_greedy: bool,
 }
 
 impl Default for LoadOptions {
@@ -62,6 +66,7 @@ impl Default for LoadOptions {
             optimize: true,
             memory_budget: crate::tensor::DEFAULT_BUDGET,
             backend: Backend::Cpu,
+            gpu_greedy: false,
         }
     }
 }
@@ -162,7 +167,7 @@ impl Model {
             passes::optimize(&mut graph)?;
         }
         let mut plan = Plan::new(&graph);
-        let (backend, gpu) = choose_backend(opts.backend, &graph, &mut plan)?;
+        let (backend, gpu) = choose_backend(opts, &graph, &mut plan)?;
         #[cfg(not(feature = "webgpu"))]
         let _ = gpu;
         let io = |ids: &[usize]| -> Vec<IoInfo> {
@@ -204,6 +209,16 @@ impl Model {
             gpu,
             gpu_failed: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Marks the GPU device as lost, as a driver reset would (tests of the fallback).
+    /// Every model of the process shares the device, so all of them see the loss.
+    #[doc(hidden)]
+    pub fn simulate_device_loss(&self) {
+        #[cfg(feature = "webgpu")]
+        if let Some(s) = &self.gpu {
+            s.cx.mark_lost("simulated device loss");
+        }
     }
 
     /// The backend this model runs on, and why.
@@ -283,12 +298,8 @@ impl Model {
         Ok((outs, prof))
     }
 
-    fn run_inner(
-        &self,
-        inputs: Vec<(&str, Value)>,
-        profile: bool,
-    ) -> Result<(Named<Value>, Vec<NodeTime>)> {
-        let _guard = BudgetGuard(set_memory_budget(self.options.memory_budget));
+    /// Checks and binds the inputs in graph order.
+    fn bind_inputs(&self, inputs: Vec<(&str, Value)>) -> Result<Vec<Option<Value>>> {
         let mut bound: Vec<Option<Value>> = vec![None; self.graph.inputs.len()];
         for (name, v) in inputs {
             let k = self
@@ -306,6 +317,24 @@ impl Model {
                 None => return Err(Error::input(format!("missing input '{}'", info.name))),
             }
         }
+        Ok(bound)
+    }
+
+    fn name_outputs(&self, outs: Vec<Value>) -> Named<Value> {
+        self.outputs
+            .iter()
+            .map(|o| o.name.clone())
+            .zip(outs)
+            .collect()
+    }
+
+    fn run_inner(
+        &self,
+        inputs: Vec<(&str, Value)>,
+        profile: bool,
+    ) -> Result<(Named<Value>, Vec<NodeTime>)> {
+        let _guard = BudgetGuard(set_memory_budget(self.options.memory_budget));
+        let bound = self.bind_inputs(inputs)?;
         let mut cx = RunCx {
             options: &self.options,
             depth: 0,
@@ -315,13 +344,86 @@ impl Model {
             Some(s) => self.run_on_gpu(s, &mut cx, bound)?,
             None => run_graph(&self.graph, &self.plan, &mut cx, bound, &[])?,
         };
-        let named = self
-            .outputs
+        Ok((self.name_outputs(outs), cx.profile.unwrap_or_default()))
+    }
+
+    /// Loads like [`Model::load_with`]; in wasm this is the way to WebGPU, whose
+    /// adapter and device only come asynchronously.
+    pub async fn load_async(bytes: &[u8], opts: &LoadOptions) -> Result<Model> {
+        #[cfg(all(feature = "webgpu", target_arch = "wasm32"))]
+        if opts.backend != Backend::Cpu {
+            let cpu_opts = LoadOptions {
+                backend: Backend::Cpu,
+                ..opts.clone()
+            };
+            let mut m = Model::load_with(bytes, &cpu_opts)?;
+            m.backend.requested = opts.backend;
+            match crate::gpu::device::shared_web().await {
+                Ok(cx) => {
+                    let (info, sess) = gpu_backend(opts, &m.graph, &mut m.plan, cx)?;
+                    m.backend = info;
+                    m.gpu = sess;
+                }
+                Err(why) => {
+                    if opts.backend == Backend::WebGpu {
+                        return Err(Error::device(why.to_string()));
+                    }
+                    m.backend.fallback_reason = Some(why.to_string());
+                }
+            }
+            return Ok(m);
+        }
+        Model::load_with(bytes, opts)
+    }
+
+    /// Runs like [`Model::run`]; on WebGPU in wasm the readback is awaited instead of
+    /// blocked on (the browser cannot block).
+    pub async fn run_async(&self, inputs: &[(&str, Tensor)]) -> Result<Named<Tensor>> {
+        let vals: Vec<(&str, Value)> = inputs
             .iter()
-            .map(|o| o.name.clone())
-            .zip(outs)
+            .map(|(n, t)| (*n, Value::from(t.clone())))
             .collect();
-        Ok((named, cx.profile.unwrap_or_default()))
+        let _guard = BudgetGuard(set_memory_budget(self.options.memory_budget));
+        let bound = self.bind_inputs(vals)?;
+        let mut cx = RunCx {
+            options: &self.options,
+            depth: 0,
+            profile: None,
+        };
+        let outs = match self.gpu_session() {
+            #[cfg(feature = "webgpu")]
+            Some(s) => {
+                let r = s.run(&self.graph, &self.plan, &mut cx, bound).await;
+                self.note_gpu_result(r.map(|(o, _)| o))?
+            }
+            _ => guard_panics(|| run_graph(&self.graph, &self.plan, &mut cx, bound, &[]))?,
+        };
+        self.name_outputs(outs)
+            .into_iter()
+            .map(|(n, v)| {
+                let t = v
+                    .into_tensor()
+                    .map_err(|_| Error::runtime(format!("output '{n}' is not a tensor")))?;
+                Ok((n, t))
+            })
+            .collect()
+    }
+
+    /// Passes a GPU run's result through; a device failure also switches later runs
+    /// to the CPU.
+    #[cfg(feature = "webgpu")]
+    fn note_gpu_result(&self, r: Result<Vec<Value>>) -> Result<Vec<Value>> {
+        if let Err(e) = &r {
+            if e.kind() == crate::ErrorKind::Device {
+                if let Ok(mut f) = self.gpu_failed.lock() {
+                    *f = Some(format!(
+                        "a GPU run failed, the CPU runs from now on: {}",
+                        e.message()
+                    ));
+                }
+            }
+        }
+        r
     }
 }
 
@@ -384,10 +486,11 @@ impl Model {
 /// decided either way. Plan placements are updated to match.
 #[allow(unused_variables, unused_mut)]
 fn choose_backend(
-    want: Backend,
+    opts: &LoadOptions,
     g: &Graph,
     plan: &mut Plan,
 ) -> Result<(BackendInfo, Option<GpuSessionOwned>)> {
+    let want = opts.backend;
     let nodes = g.nodes.len();
     let cpu = |why: String| BackendInfo {
         active: "cpu",
@@ -427,7 +530,7 @@ fn choose_backend(
                 return Ok((cpu(why.to_string()), None));
             }
         };
-        gpu_backend(want, g, plan, cx)
+        gpu_backend(opts, g, plan, cx)
     }
 }
 
@@ -438,14 +541,14 @@ type GpuSessionOwned = ();
 
 /// Places the graph on a context that came up and decides, for `auto`, whether to use it.
 #[cfg(feature = "webgpu")]
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))] // used by the async wasm loader
 pub(crate) fn gpu_backend(
-    want: Backend,
+    opts: &LoadOptions,
     g: &Graph,
     plan: &mut Plan,
     cx: std::sync::Arc<crate::gpu::GpuContext>,
 ) -> Result<(BackendInfo, Option<GpuSessionOwned>)> {
     use crate::plan::Placement;
+    let want = opts.backend;
     if let Some(why) = cx.lost() {
         let why = format!("the GPU device was lost: {why}");
         if want == Backend::WebGpu {
@@ -463,7 +566,12 @@ pub(crate) fn gpu_backend(
             None,
         ));
     }
-    let session = crate::gpu::GpuSession::new(cx.clone(), g);
+    let how = if opts.gpu_greedy {
+        crate::gpu::Placement::Greedy
+    } else {
+        crate::gpu::Placement::Balanced
+    };
+    let session = crate::gpu::GpuSession::new(cx.clone(), g, how);
     let gpu_nodes = session.plan.gpu_nodes();
     let mut info = BackendInfo {
         active: "webgpu",

@@ -3,9 +3,10 @@
 //! `op`, so JS can branch on the kind. Nothing here panics; a failed call leaves the
 //! instance serving.
 
-use super::Model;
+use super::{Backend, LoadOptions, Model};
 use crate::error::Error;
 use crate::tensor::{DType, Tensor};
+use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 
 /// A typed error for JS.
@@ -137,7 +138,8 @@ impl Outputs {
 /// A loaded model.
 #[wasm_bindgen]
 pub struct EdgeModel {
-    model: Model,
+    // Shared with the futures of `runAsync`, which outlive the borrow of `self`.
+    model: Rc<Model>,
 }
 
 #[wasm_bindgen]
@@ -146,7 +148,63 @@ impl EdgeModel {
     #[wasm_bindgen(constructor)]
     pub fn new(bytes: &[u8]) -> Result<EdgeModel, EdgeError> {
         Ok(EdgeModel {
-            model: Model::load(bytes)?,
+            model: Rc::new(Model::load(bytes)?),
+        })
+    }
+
+    /// Loads with a backend, "cpu", "auto" or "webgpu" (a Promise). `auto` uses WebGPU
+    /// only where it should win and says why not in `fallbackReason`; `webgpu` fails
+    /// with a `Device` error when no GPU comes up.
+    pub async fn create(bytes: Vec<u8>, backend: String) -> Result<EdgeModel, EdgeError> {
+        let backend: Backend = backend.parse()?;
+        let opts = LoadOptions {
+            backend,
+            ..Default::default()
+        };
+        Ok(EdgeModel {
+            model: Rc::new(Model::load_async(&bytes, &opts).await?),
+        })
+    }
+
+    /// "webgpu" or "cpu": where runs go now (a GPU failure switches to "cpu").
+    pub fn backend(&self) -> String {
+        self.model.backend().active.to_string()
+    }
+    /// Why the CPU runs the model (no navigator.gpu, no adapter, software adapter,
+    /// nodes without GPU kernels, device lost…), or undefined.
+    #[wasm_bindgen(js_name = fallbackReason)]
+    pub fn fallback_reason(&self) -> Option<String> {
+        self.model.backend().fallback_reason
+    }
+    /// The GPU adapter, when one came up.
+    pub fn adapter(&self) -> Option<String> {
+        self.model.backend().adapter
+    }
+    /// Nodes placed on the GPU.
+    #[wasm_bindgen(js_name = gpuNodes)]
+    pub fn gpu_nodes(&self) -> usize {
+        self.model.backend().gpu_nodes
+    }
+    /// The execution plan: node order, placement (GPU/CPU and why), buffer slots.
+    #[wasm_bindgen(js_name = planText)]
+    pub fn plan_text(&self) -> String {
+        self.model.plan().describe(self.model.graph())
+    }
+
+    /// Runs without blocking (a Promise of Outputs): the way to run on WebGPU.
+    #[wasm_bindgen(js_name = runAsync)]
+    pub fn run_async(&self, feeds: &Feeds) -> js_sys::Promise {
+        let model = self.model.clone();
+        let inputs = feeds.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let refs: Vec<(&str, Tensor)> = inputs
+                .iter()
+                .map(|(n, t)| (n.as_str(), t.clone()))
+                .collect();
+            match model.run_async(&refs).await {
+                Ok(o) => Ok(JsValue::from(Outputs { inner: o })),
+                Err(e) => Err(JsValue::from(EdgeError::from(e))),
+            }
         })
     }
     #[wasm_bindgen(js_name = inputNames)]

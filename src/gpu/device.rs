@@ -232,7 +232,6 @@ impl GpuContext {
         }
     }
 
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) fn mark_lost(&self, why: &str) {
         if let Ok(mut w) = self.lost_reason.lock() {
             *w = why.to_string();
@@ -267,4 +266,23 @@ pub fn shared() -> Result<Arc<GpuContext>, Unavailable> {
             })
     })
     .clone()
+}
+
+/// The page's (or worker's) context, created on first use and kept while it lives;
+/// a lost device is replaced on the next load.
+#[cfg(target_arch = "wasm32")]
+pub async fn shared_web() -> Result<Arc<GpuContext>, Unavailable> {
+    use std::cell::RefCell;
+    thread_local! {
+        static CX: RefCell<Option<Result<Arc<GpuContext>, Unavailable>>> = const { RefCell::new(None) };
+    }
+    if let Some(r) = CX.with(|c| c.borrow().clone()) {
+        match &r {
+            Ok(cx) if cx.lost().is_some() => {}
+            _ => return r,
+        }
+    }
+    let r = GpuContext::new().await.map(Arc::new);
+    CX.with(|c| *c.borrow_mut() = Some(r.clone()));
+    r
 }

@@ -369,6 +369,9 @@ impl Kernel for Pointwise {
 struct Alias;
 
 impl Kernel for Alias {
+    fn moves_only(&self) -> bool {
+        true
+    }
     fn encode(
         &self,
         _r: &mut Recorder,

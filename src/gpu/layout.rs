@@ -10,7 +10,8 @@ use super::{In, Kernel, Lowered, NodeFacts, Out, Storage};
 use crate::cpu::layout::norm_axis;
 use crate::error::{Error, Result};
 use crate::graph::ops::layout::{
-    Concat, Expand, Flatten, Gather, Reshape, Shape, Size, Slice, Squeeze, Transpose, Unsqueeze,
+    Concat, ConstantOfShape, Expand, Flatten, Gather, Reshape, Shape, Size, Slice, Squeeze, Tile,
+    Transpose, Unsqueeze,
 };
 use crate::graph::Value;
 use crate::tensor::{DType, Tensor};
@@ -22,6 +23,9 @@ struct View {
 }
 
 impl Kernel for View {
+    fn moves_only(&self) -> bool {
+        true
+    }
     fn host_inputs(&self) -> &[usize] {
         &self.host
     }
@@ -59,6 +63,9 @@ struct Metadata {
 }
 
 impl Kernel for Metadata {
+    fn moves_only(&self) -> bool {
+        true
+    }
     fn encode(
         &self,
         _r: &mut Recorder,
@@ -178,8 +185,12 @@ fn strided_copy(r: &mut Recorder, x: &wgpu::Buffer, y: &wgpu::Buffer, g: Region)
 #[derive(Debug)]
 enum CopyKind {
     Transpose(Option<Vec<usize>>),
-    Slice { legacy: bool },
+    Slice {
+        legacy: bool,
+    },
     Expand,
+    /// Tile: each axis becomes (repeat, dim) in a region of twice the rank.
+    Tile,
 }
 
 #[derive(Debug)]
@@ -189,6 +200,9 @@ struct Copy {
 }
 
 impl Kernel for Copy {
+    fn moves_only(&self) -> bool {
+        true
+    }
     fn host_inputs(&self) -> &[usize] {
         &self.host
     }
@@ -208,6 +222,8 @@ impl Kernel for Copy {
         let y = r.alloc(*dt, oshape.clone())?;
         let xs = contiguous(&x.shape);
         let ws = contiguous(oshape);
+        let mut dims = oshape.clone();
+        let mut ws = ws;
         let (rbase, rs): (i64, Vec<i64>) = match &self.kind {
             CopyKind::Transpose(perm) => {
                 let rank = x.shape.len();
@@ -224,6 +240,19 @@ impl Kernel for Copy {
                 for (k, &d) in x.shape.iter().enumerate() {
                     rs[off + k] = if d == 1 { 0 } else { xs[k] as i64 };
                 }
+                (0, rs)
+            }
+            CopyKind::Tile => {
+                let (mut rs, mut wsv) = (Vec::new(), Vec::new());
+                dims.clear();
+                for k in 0..x.shape.len() {
+                    let d = x.shape[k];
+                    let rep = if d == 0 { 0 } else { oshape[k] / d };
+                    dims.extend([rep, d]);
+                    rs.extend([0i64, xs[k] as i64]);
+                    wsv.extend([d * ws[k], ws[k]]);
+                }
+                ws = wsv;
                 (0, rs)
             }
             CopyKind::Slice { legacy } => {
@@ -268,7 +297,7 @@ impl Kernel for Copy {
             }
         };
         let g = Region {
-            dims: oshape,
+            dims: &dims,
             rbase,
             rs: &rs,
             wbase: 0,
@@ -279,12 +308,58 @@ impl Kernel for Copy {
     }
 }
 
+/// ConstantOfShape: a fill of the op's one value.
+#[derive(Debug)]
+struct Fill {
+    word: u32,
+}
+
+const FILL: &str = "
+@group(0) @binding(0) var<storage, read_write> Y: array<u32>;
+@group(0) @binding(1) var<storage, read> P: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(gid, nwg);
+    if (i >= P[0]) { return; }
+    Y[i] = P[1];
+}
+";
+
+impl Kernel for Fill {
+    fn host_inputs(&self) -> &[usize] {
+        &[0]
+    }
+    fn encode(
+        &self,
+        r: &mut Recorder,
+        _ins: &[In],
+        outs: &[(DType, Vec<usize>)],
+    ) -> Result<Vec<Out>> {
+        let (dt, oshape) = outs
+            .first()
+            .ok_or_else(|| Error::runtime("missing output"))?;
+        let y = r.alloc(*dt, oshape.clone())?;
+        let n = y.len();
+        let grid = r.grid(n);
+        r.dispatch(
+            &format!("{LINEAR}{FILL}"),
+            &[y.buffer()],
+            &[n as u32, self.word],
+            grid,
+        )?;
+        Ok(vec![Out::Dev(y)])
+    }
+}
+
 #[derive(Debug)]
 struct ConcatKernel {
     axis: i64,
 }
 
 impl Kernel for ConcatKernel {
+    fn moves_only(&self) -> bool {
+        true
+    }
     fn encode(
         &self,
         r: &mut Recorder,
@@ -342,6 +417,9 @@ struct GatherKernel {
 }
 
 impl Kernel for GatherKernel {
+    fn moves_only(&self) -> bool {
+        true
+    }
     fn encode(
         &self,
         r: &mut Recorder,
@@ -439,6 +517,21 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
             kind: CopyKind::Expand,
             host: vec![1],
         }));
+    }
+    if any.is::<Tile>() {
+        return k(Box::new(Copy {
+            kind: CopyKind::Tile,
+            host: vec![1],
+        }));
+    }
+    if let Some(c) = any.downcast_ref::<ConstantOfShape>() {
+        return match (
+            Storage::of(c.value.dtype()),
+            super::tensor::to_words(&c.value),
+        ) {
+            (Some(_), Ok(w)) if w.len() == 1 => Lowered::Kernel(Box::new(Fill { word: w[0] })),
+            _ => Lowered::Cpu("ConstantOfShape of this dtype stays on the CPU".into()),
+        };
     }
     if let Some(c) = any.downcast_ref::<Concat>() {
         let all = (0..f.ins.len()).all(|i| f.in_dtype(i).and_then(Storage::of).is_some());

@@ -67,6 +67,11 @@ pub trait Kernel: Send + Sync + fmt::Debug {
     fn host_inputs(&self) -> &[usize] {
         &[]
     }
+    /// True for kernels that only move or relabel data (views, copies, gathers, shape
+    /// reads): worth running on the GPU only when their input is already there.
+    fn moves_only(&self) -> bool {
+        false
+    }
     /// Records the node's work. `outs` are the output dtypes and shapes from the op's
     /// shape rule on the concrete inputs.
     fn encode(
@@ -139,9 +144,23 @@ impl GpuPlan {
 type Family = fn(&NodeFacts, &GpuContext) -> Lowered;
 const FAMILIES: &[Family] = &[elementwise::lower, matmul::lower, layout::lower];
 
+/// How eagerly nodes go to the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// Every node with a GPU kernel, wherever its inputs are (measures kernel coverage:
+    /// the GPU conformance run uses it).
+    Greedy,
+    /// Also keeps on the CPU what would only cost transfers: data movement and integer
+    /// (shape) arithmetic whose inputs are all on the CPU.
+    #[default]
+    Balanced,
+}
+
 /// Decides, for every node, whether it runs on the GPU.
-pub fn place(g: &Graph, cx: &GpuContext) -> GpuPlan {
+pub fn place(g: &Graph, cx: &GpuContext, how: Placement) -> GpuPlan {
     let mut plan = GpuPlan::default();
+    // Where each value will live: true once a GPU node makes it.
+    let mut on_gpu = vec![false; g.values.len()];
     for n in &g.nodes {
         let facts = NodeFacts {
             node: n,
@@ -170,8 +189,35 @@ pub fn place(g: &Graph, cx: &GpuContext) -> GpuPlan {
             }
             break;
         }
+        if let (Some(Ok(k)), Placement::Balanced) = (&found, how) {
+            let host = k.host_inputs();
+            let data: Vec<usize> = n
+                .inputs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| !host.contains(j))
+                .filter_map(|(_, i)| *i)
+                .filter(|&id| g.consts[id].is_none())
+                .collect();
+            let float_out = n
+                .outputs
+                .iter()
+                .flatten()
+                .any(|&o| g.values[o].fact.dtype.is_some_and(|d| d.is_float()));
+            let inputs_on_cpu = !data.iter().any(|&id| on_gpu[id]);
+            if inputs_on_cpu && (k.moves_only() || !float_out) {
+                found = Some(Err(if k.moves_only() {
+                    "its input is on the CPU: moving it there costs more than the op".into()
+                } else {
+                    "integer (shape) arithmetic on CPU values stays on the CPU".into()
+                }));
+            }
+        }
         match found {
             Some(Ok(k)) => {
+                for &o in n.outputs.iter().flatten() {
+                    on_gpu[o] = true;
+                }
                 plan.kernels.push(Some(k));
                 plan.reasons.push("webgpu".into());
             }
@@ -214,8 +260,8 @@ pub struct RunStats {
 }
 
 impl GpuSession {
-    pub fn new(cx: Arc<GpuContext>, g: &Graph) -> GpuSession {
-        let plan = place(g, &cx);
+    pub fn new(cx: Arc<GpuContext>, g: &Graph, how: Placement) -> GpuSession {
+        let plan = place(g, &cx, how);
         GpuSession {
             cx,
             plan,

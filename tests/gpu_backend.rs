@@ -1,0 +1,100 @@
+//! The backend choice and the GPU path's contract: `auto` says why it picks the CPU,
+//! `webgpu` runs the model (mixed with the CPU where kernels are missing) and agrees
+//! with the CPU, the plan shows the placement, bad input still gets typed errors.
+//! On a machine without any GPU (not even lavapipe) the GPU cases check the typed
+//! `Device` error instead, unless `EDGEPREDICT_REQUIRE_GPU=1` (CI) makes that a failure.
+#![cfg(feature = "webgpu")]
+
+use edgepredict::api::io::read_npy;
+use edgepredict::api::Backend;
+use edgepredict::{ErrorKind, LoadOptions, Model, Tensor};
+
+const DIGITS: &[u8] = include_bytes!("../models/digits_mlp.onnx");
+const X: &[u8] = include_bytes!("../models/digits_test.npy");
+
+fn with(backend: Backend) -> LoadOptions {
+    LoadOptions {
+        backend,
+        ..Default::default()
+    }
+}
+
+/// The GPU model, or None where no adapter exists (allowed unless CI requires one).
+fn gpu_model(bytes: &[u8]) -> Option<Model> {
+    match Model::load_with(bytes, &with(Backend::WebGpu)) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::Device, "{e}");
+            assert!(
+                std::env::var_os("EDGEPREDICT_REQUIRE_GPU").is_none(),
+                "no GPU (install mesa-vulkan-drivers for lavapipe): {e}"
+            );
+            eprintln!("no GPU here: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn auto_records_why_it_uses_the_cpu() {
+    let m = Model::load_with(DIGITS, &with(Backend::Auto)).unwrap();
+    let b = m.backend();
+    // Software adapters (lavapipe, SwiftShader) and machines without a GPU both land on
+    // the CPU, and say which it was.
+    if b.active == "cpu" {
+        let why = b.fallback_reason.expect("a reason");
+        assert!(!why.is_empty());
+        eprintln!("auto → cpu: {why}");
+    } else {
+        assert_eq!(b.active, "webgpu");
+        assert!(b.fallback_reason.is_none());
+    }
+    let cpu = Model::load(DIGITS).unwrap().backend();
+    assert_eq!(cpu.active, "cpu");
+    assert_eq!(cpu.requested, Backend::Cpu);
+}
+
+#[test]
+fn webgpu_matches_the_cpu_and_shows_its_plan() {
+    let Some(gpu) = gpu_model(DIGITS) else { return };
+    let b = gpu.backend();
+    assert_eq!(b.active, "webgpu");
+    assert!(b.gpu_nodes > 0 && b.gpu_nodes <= b.nodes, "{b:?}");
+    assert!(b.adapter.is_some());
+    let plan = gpu.plan().describe(gpu.graph());
+    assert!(plan.contains("Gpu (webgpu)"), "{plan}");
+    let x = read_npy(X).unwrap();
+    let cpu = Model::load(DIGITS).unwrap();
+    for _ in 0..2 {
+        // Twice: the second run reuses cached pipelines, constants and pooled buffers.
+        let a = cpu.run(&[("X", x.clone())]).unwrap();
+        let g = gpu.run(&[("X", x.clone())]).unwrap();
+        assert_eq!(a[0].1, g[0].1, "labels differ");
+        let (pa, pg) = (a[1].1.to_f32_vec().unwrap(), g[1].1.to_f32_vec().unwrap());
+        let worst = pa
+            .iter()
+            .zip(&pg)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "probabilities differ by {worst}");
+    }
+}
+
+#[test]
+fn bad_input_on_the_gpu_path_is_a_typed_error() {
+    let Some(gpu) = gpu_model(DIGITS) else { return };
+    let wrong = Tensor::from_vec(vec![2, 63], vec![0f32; 126]).unwrap();
+    let e = gpu.run(&[("X", wrong)]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    // The model keeps serving.
+    let ok = Tensor::from_vec(vec![1, 64], vec![0f32; 64]).unwrap();
+    assert!(gpu.run(&[("X", ok)]).is_ok());
+    assert_eq!(gpu.backend().active, "webgpu");
+}
+
+#[test]
+fn unknown_backend_name_is_an_input_error() {
+    let e = "tpu".parse::<Backend>().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert_eq!("webgpu".parse::<Backend>().unwrap(), Backend::WebGpu);
+}
