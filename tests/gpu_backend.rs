@@ -98,3 +98,33 @@ fn unknown_backend_name_is_an_input_error() {
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
     assert_eq!("webgpu".parse::<Backend>().unwrap(), Backend::WebGpu);
 }
+
+#[test]
+fn a_gpu_only_model_runs_in_one_submission() {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/onnx-suite/onnx/backend/test/data/node/test_gemm_default_single_elem_vector_bias/model.onnx");
+    let Ok(bytes) = std::fs::read(&p) else {
+        eprintln!("{} missing: run tools/fetch_onnx_suite.sh", p.display());
+        return;
+    };
+    let Some(m) = gpu_model(&bytes) else { return };
+    let b = m.backend();
+    assert_eq!(b.gpu_nodes, b.nodes, "{b:?}");
+    let feeds: Vec<(String, Tensor)> = m
+        .inputs()
+        .iter()
+        .map(|i| {
+            let shape = i.fact.concrete_shape().unwrap();
+            let n = shape.iter().product();
+            (
+                i.name.clone(),
+                Tensor::from_vec(shape, vec![0.5f32; n]).unwrap(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, Tensor)> = feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    m.run(&refs).unwrap();
+    let s = m.last_gpu_run().unwrap();
+    assert_eq!(s.submissions, 1, "{s:?}");
+    assert!(s.uploaded > 0 && s.downloaded > 0, "{s:?}");
+}

@@ -221,6 +221,13 @@ impl Model {
         }
     }
 
+    /// Command submissions and bytes uploaded/read back by the last GPU run (None on
+    /// the CPU): one submission per run unless a CPU node needs a GPU value midway.
+    #[cfg(feature = "webgpu")]
+    pub fn last_gpu_run(&self) -> Option<crate::gpu::RunStats> {
+        self.gpu.as_ref().and_then(|s| s.last_run())
+    }
+
     /// The backend this model runs on, and why.
     pub fn backend(&self) -> BackendInfo {
         let mut b = self.backend.clone();

@@ -589,10 +589,15 @@ fn bench(a: &BenchArgs) -> Result<(), String> {
             })
             .collect::<Vec<_>>()
             .join(",");
+        let b = model.backend();
         println!(
-            "{{\"load_ms\":{load_ms:.4},\"first_ms\":{first_ms:.4},\"median_ms\":{median:.4},\"min_ms\":{min:.4},\"runs_ms\":[{}],\"peak_rss_bytes\":{},\"inputs\":{{{shapes}}}}}",
+            "{{\"load_ms\":{load_ms:.4},\"first_ms\":{first_ms:.4},\"median_ms\":{median:.4},\"min_ms\":{min:.4},\"runs_ms\":[{}],\"peak_rss_bytes\":{},\"inputs\":{{{shapes}}},\"backend\":{},\"gpu_nodes\":{},\"nodes\":{},\"adapter\":{}}}",
             list(&times),
-            rss.map_or("null".to_string(), |r| r.to_string())
+            rss.map_or("null".to_string(), |r| r.to_string()),
+            json_str(b.active),
+            b.gpu_nodes,
+            b.nodes,
+            b.adapter.as_deref().map_or("null".to_string(), json_str)
         );
     } else {
         for (n, t) in &feeds {

@@ -3,7 +3,7 @@
 //! strides, so transposes and broadcast batches cost nothing; Gemm's C, MatMul's fused
 //! bias and the fused activation are applied as the tile is written.
 
-use super::elementwise::{activation_helpers, activation_wgsl, lit};
+use super::elementwise::{activation_helpers, activation_wgsl};
 use super::record::Recorder;
 use super::{In, Kernel, Lowered, NodeFacts, Out};
 use crate::error::{Error, Result};
@@ -273,7 +273,6 @@ impl Kernel for MatMulKernel {
             bufs.push(c.buffer());
         }
         r.dispatch(&src, &bufs, &params, grid)?;
-        let _ = lit;
         Ok(vec![Out::Dev(y)])
     }
 }

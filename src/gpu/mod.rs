@@ -249,6 +249,7 @@ pub struct GpuSession {
     pub cx: Arc<GpuContext>,
     pub plan: GpuPlan,
     consts: Mutex<HashMap<ValueId, GpuTensor>>,
+    last: Mutex<Option<RunStats>>,
 }
 
 /// What one GPU run did, for `bench` and tests.
@@ -266,7 +267,13 @@ impl GpuSession {
             cx,
             plan,
             consts: Mutex::new(HashMap::new()),
+            last: Mutex::new(None),
         }
+    }
+
+    /// What the last completed run did (submissions, bytes moved).
+    pub fn last_run(&self) -> Option<RunStats> {
+        self.last.lock().ok().and_then(|l| l.clone())
     }
 
     /// Runs the top-level graph. Subgraph ops (If/Loop/Scan) run on the CPU.
@@ -309,36 +316,31 @@ impl GpuSession {
             }
         }
         for (i, node) in g.nodes.iter().enumerate() {
-            let outs: Vec<Slot> = match &self.plan.kernels[i] {
+            let gpu = match &self.plan.kernels[i] {
                 Some(k) => self
                     .run_gpu_node(g, node, k.as_ref(), &mut vals, &mut r)
                     .await
                     .map_err(|e| e.at_node(&node.name, &node.op_type))?,
-                None => {
-                    let host = fetch_host(g, node, &mut vals, &mut r).await?;
-                    let args_in: Vec<Option<&Value>> = host.iter().map(|v| v.as_ref()).collect();
-                    let mut implicit: Vec<(&str, &Value)> = Vec::new();
-                    for &id in &node.implicit_inputs {
-                        let v = vals[id].host.as_ref().ok_or_else(|| {
-                            Error::runtime(format!("value '{}' was not computed", g.value_name(id)))
-                        })?;
-                        implicit.push((g.value_name(id), v));
+                None => None,
+            };
+            let outs: Vec<Slot> = match gpu {
+                Some(outs) => {
+                    if check_mode() {
+                        self.check_node(g, node, cx, &mut vals, &outs, &mut r)
+                            .await
+                            .map_err(|e| e.at_node(&node.name, &node.op_type))?;
                     }
-                    let args = crate::graph::Args {
-                        inputs: &args_in,
-                        implicit: &implicit,
-                    };
-                    let outs = node
-                        .op
-                        .run(cx, &args)
-                        .map_err(|e| e.at_node(&node.name, &node.op_type))?;
-                    outs.into_iter()
-                        .map(|v| Slot {
-                            host: Some(v),
-                            dev: None,
-                        })
-                        .collect()
+                    outs
                 }
+                // No kernel, or a tensor over the GPU's binding limit.
+                None => run_cpu_node(g, node, cx, &mut vals, &mut r)
+                    .await?
+                    .into_iter()
+                    .map(|v| Slot {
+                        host: Some(v),
+                        dev: None,
+                    })
+                    .collect(),
             };
             for (k, o) in node.outputs.iter().enumerate() {
                 if let Some(id) = o {
@@ -378,11 +380,18 @@ impl GpuSession {
         for ((k, _), t) in want.iter().zip(got) {
             outs[*k] = Some(Value::from(t));
         }
+        // Values freed during the run go to the shared pool now that the GPU is done.
+        drop(vals);
+        drop(want);
+        r.finish();
         let stats = RunStats {
             submissions: r.submissions,
             uploaded: r.uploaded,
             downloaded: r.downloaded,
         };
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some(stats.clone());
+        }
         let outs = outs
             .into_iter()
             .zip(&g.outputs)
@@ -405,7 +414,7 @@ impl GpuSession {
         k: &dyn Kernel,
         vals: &mut [Slot],
         r: &mut Recorder<'_>,
-    ) -> Result<Vec<Slot>> {
+    ) -> Result<Option<Vec<Slot>>> {
         let host_idx = k.host_inputs();
         // Host inputs first: a readback submits, and must come before this node's work.
         let mut need_down: Vec<ValueId> = Vec::new();
@@ -417,6 +426,18 @@ impl GpuSession {
             }
         }
         download_into(vals, &need_down, r).await?;
+        // A data input over the binding limit cannot be bound: this node runs on the CPU.
+        for (j, inp) in node.inputs.iter().enumerate() {
+            if let Some(id) = *inp {
+                if !host_idx.contains(&j) && vals[id].dev.is_none() {
+                    if let Some(Ok(t)) = vals[id].host.as_ref().map(|v| v.tensor()) {
+                        if tensor::buffer_bytes(t.len()) > self.cx.max_binding {
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+        }
         for (j, inp) in node.inputs.iter().enumerate() {
             if let Some(id) = *inp {
                 if !host_idx.contains(&j) && vals[id].dev.is_none() {
@@ -470,7 +491,10 @@ impl GpuSession {
             let dt = f
                 .dtype
                 .ok_or_else(|| Error::runtime("output dtype unknown on the GPU path"))?;
-            crate::tensor::numel(&shape, dt)?;
+            let n = crate::tensor::numel(&shape, dt)?;
+            if tensor::buffer_bytes(n) > self.cx.max_binding {
+                return Ok(None);
+            }
             outs.push((dt, shape));
         }
         let ins: Vec<In> = node
@@ -487,19 +511,110 @@ impl GpuSession {
             })
             .collect();
         let produced = k.encode(r, &ins, &outs)?;
-        Ok(produced
-            .into_iter()
-            .map(|o| match o {
-                Out::Dev(t) => Slot {
-                    host: None,
-                    dev: Some(t),
-                },
-                Out::Host(v) => Slot {
-                    host: Some(v),
-                    dev: None,
-                },
-            })
-            .collect())
+        Ok(Some(
+            produced
+                .into_iter()
+                .map(|o| match o {
+                    Out::Dev(t) => Slot {
+                        host: None,
+                        dev: Some(t),
+                    },
+                    Out::Host(v) => Slot {
+                        host: Some(v),
+                        dev: None,
+                    },
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// `EDGEPREDICT_GPU_CHECK=1` (native): every GPU node's outputs are read back and
+/// compared with the CPU kernel on the same inputs; the first disagreement is an error
+/// naming the node. Slow; for finding a kernel bug in a real model.
+fn check_mode() -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::sync::OnceLock;
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| std::env::var_os("EDGEPREDICT_GPU_CHECK").is_some_and(|v| v != "0"))
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        false
+    }
+}
+
+/// Runs one node's CPU kernel, reading back its inputs that only the GPU has.
+async fn run_cpu_node(
+    g: &Graph,
+    node: &Node,
+    cx: &mut RunCx<'_>,
+    vals: &mut [Slot],
+    r: &mut Recorder<'_>,
+) -> Result<Vec<Value>> {
+    let host = fetch_host(g, node, vals, r).await?;
+    let args_in: Vec<Option<&Value>> = host.iter().map(|v| v.as_ref()).collect();
+    let mut implicit: Vec<(&str, &Value)> = Vec::new();
+    for &id in &node.implicit_inputs {
+        let v = vals[id].host.as_ref().ok_or_else(|| {
+            Error::runtime(format!("value '{}' was not computed", g.value_name(id)))
+        })?;
+        implicit.push((g.value_name(id), v));
+    }
+    let args = crate::graph::Args {
+        inputs: &args_in,
+        implicit: &implicit,
+    };
+    node.op
+        .run(cx, &args)
+        .map_err(|e| e.at_node(&node.name, &node.op_type))
+}
+
+impl GpuSession {
+    async fn check_node(
+        &self,
+        g: &Graph,
+        node: &Node,
+        cx: &mut RunCx<'_>,
+        vals: &mut [Slot],
+        outs: &[Slot],
+        r: &mut Recorder<'_>,
+    ) -> Result<()> {
+        let want = run_cpu_node(g, node, cx, vals, r).await?;
+        for (k, (o, w)) in outs.iter().zip(&want).enumerate() {
+            let got = match (&o.host, &o.dev) {
+                (Some(v), _) => v.tensor()?.clone(),
+                (None, Some(t)) => r.download(&[t]).await?.remove(0),
+                (None, None) => continue,
+            };
+            let w = w.tensor()?;
+            if got.shape() != w.shape() || got.dtype() != w.dtype() {
+                return Err(Error::runtime(format!(
+                    "GPU check: output {k} is {}{:?}, the CPU gives {}{:?}",
+                    got.dtype(),
+                    got.shape(),
+                    w.dtype(),
+                    w.shape()
+                )));
+            }
+            let (a, b) = (got.to_f64_vec()?, w.to_f64_vec()?);
+            let tol = if w.dtype().is_float() { 1e-3 } else { 0.0 };
+            let bad = a.iter().zip(&b).position(|(x, y)| {
+                let d = (x - y).abs();
+                !(d <= tol * (1.0 + y.abs()) || (x.is_nan() && y.is_nan()))
+            });
+            if let Some(p) = bad {
+                return Err(Error::runtime(format!(
+                    "GPU check: output {k} element {p} is {} on the GPU, {} on the CPU ({}{:?})",
+                    a[p],
+                    b[p],
+                    w.dtype(),
+                    w.shape()
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 /// Threads per workgroup of the 1-D kernels.
 pub const WG: u32 = 256;
 
-/// The WGSL prelude of 1-D kernels: `gid_linear(gid, nwg)` turns a 2-D dispatch (needed
+/// The WGSL prelude of 1-D kernels: `linear_id(gid, nwg)` turns a 2-D dispatch (needed
 /// past 65535 workgroups) back into one index.
 pub const LINEAR: &str = "
 fn linear_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
@@ -31,6 +31,9 @@ pub struct Recorder<'a> {
     /// Bytes uploaded and read back this run.
     pub uploaded: u64,
     pub downloaded: u64,
+    /// Buffers freed during this run: reused by this run at once, given to the shared
+    /// pool by [`Recorder::finish`] once the work is done.
+    local: Arc<super::tensor::Pool>,
 }
 
 impl<'a> Recorder<'a> {
@@ -42,7 +45,14 @@ impl<'a> Recorder<'a> {
             submissions: 0,
             uploaded: 0,
             downloaded: 0,
+            local: Arc::new(super::tensor::Pool::default()),
         }
+    }
+
+    /// Call after the last readback completed: this run's freed buffers become
+    /// available to every run.
+    pub fn finish(&mut self) {
+        self.local.drain_into(&self.cx.pool);
     }
 
     fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
@@ -65,7 +75,7 @@ impl<'a> Recorder<'a> {
                 self.cx.max_binding
             )));
         }
-        let buf = match self.cx.pool.take(size) {
+        let buf = match self.local.take(size).or_else(|| self.cx.pool.take(size)) {
             Some(b) => b,
             None => self.cx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: None,
@@ -77,7 +87,7 @@ impl<'a> Recorder<'a> {
             }),
         };
         Ok(GpuTensor {
-            buf: Arc::new(PooledBuffer::new(buf, size, &self.cx.pool)),
+            buf: Arc::new(PooledBuffer::new(buf, size, &self.local)),
             shape,
             dtype,
         })
@@ -117,7 +127,7 @@ impl<'a> Recorder<'a> {
         buf.unmap();
         self.uploaded += size;
         Ok(GpuTensor {
-            buf: Arc::new(PooledBuffer::new(buf, size, &self.cx.pool)),
+            buf: Arc::new(PooledBuffer::new(buf, size, &self.local)),
             shape: t.shape().to_vec(),
             dtype: t.dtype(),
         })

@@ -39,6 +39,10 @@ impl Storage {
 
 /// Buffers of dead values, by byte size, for the next value of the same size. Shapes
 /// repeat from run to run, so exact sizes match well and nothing is over-allocated.
+///
+/// Each run frees into its own pool and hands it to the context's shared pool only once
+/// its work has completed: a buffer freed while the run still has commands recorded
+/// against it must not be written by another run (another thread) that submits first.
 #[derive(Default)]
 pub struct Pool {
     free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
@@ -53,6 +57,19 @@ impl Pool {
     }
     pub(crate) fn take(&self, size: u64) -> Option<wgpu::Buffer> {
         self.free.lock().ok()?.get_mut(&size)?.pop()
+    }
+    /// Moves every buffer into `to`.
+    pub(crate) fn drain_into(&self, to: &Pool) {
+        let drained = self
+            .free
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default();
+        for (size, bufs) in drained {
+            for b in bufs {
+                to.give(size, b);
+            }
+        }
     }
     fn give(&self, size: u64, b: wgpu::Buffer) {
         if let Ok(mut f) = self.free.lock() {
