@@ -13,7 +13,9 @@ pub mod device;
 mod elementwise;
 mod layout;
 mod matmul;
+mod norm;
 pub mod record;
+mod reduce;
 pub mod tensor;
 #[cfg(target_arch = "wasm32")]
 mod web;
@@ -137,7 +139,13 @@ impl GpuPlan {
 }
 
 type Family = fn(&NodeFacts, &GpuContext) -> Lowered;
-const FAMILIES: &[Family] = &[elementwise::lower, matmul::lower, layout::lower];
+const FAMILIES: &[Family] = &[
+    elementwise::lower,
+    matmul::lower,
+    layout::lower,
+    reduce::lower,
+    norm::lower,
+];
 
 /// Decides, for every node, whether it runs on the GPU.
 pub fn place(g: &Graph, cx: &GpuContext) -> GpuPlan {
