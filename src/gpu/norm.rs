@@ -36,7 +36,11 @@ fn u32s(v: impl IntoIterator<Item = usize>) -> Result<Vec<u32>> {
 /// Strides of parameter `p` broadcast (unidirectionally, right-aligned) to `target`,
 /// 0 on broadcast dims; the checks of `cpu::norm::expand_param`.
 fn param_strides(p: &[usize], target: &[usize], what: &str) -> Result<Vec<usize>> {
-    let bad = || Error::shape(format!("{what} of shape {p:?} does not broadcast to {target:?}"));
+    let bad = || {
+        Error::shape(format!(
+            "{what} of shape {p:?} does not broadcast to {target:?}"
+        ))
+    };
     let extra = p.len().saturating_sub(target.len());
     if p[..extra].iter().any(|&d| d != 1) {
         return Err(bad());

@@ -76,19 +76,15 @@ impl Rows {
 
     /// The params prefix the row helpers read: nrows n nk nr | kd ks | rd rs.
     pub fn params(&self) -> Result<Vec<u32>> {
-        let mut p = vec![
-            self.nrows,
-            self.n,
-            self.kept.len(),
-            self.red.len(),
-        ];
+        let mut p = vec![self.nrows, self.n, self.kept.len(), self.red.len()];
         p.extend(self.kept.iter().map(|k| k.0));
         p.extend(self.kept.iter().map(|k| k.1));
         p.extend(self.red.iter().map(|k| k.0));
         p.extend(self.red.iter().map(|k| k.1));
         p.into_iter()
             .map(|v| {
-                u32::try_from(v).map_err(|_| Error::shape("tensor too large for the GPU's 32-bit indices"))
+                u32::try_from(v)
+                    .map_err(|_| Error::shape("tensor too large for the GPU's 32-bit indices"))
             })
             .collect()
     }
@@ -181,14 +177,14 @@ fn mxi(a: f32, b: f32) -> f32 { return select(a, b, b > a); }
 ",
         );
     } else {
-        out.push_str(
+        out.push_str(&format!(
             "
-fn isn(x: i32) -> bool { return false; }
-fn mx(a: i32, b: i32) -> i32 { return max(a, b); }
-fn mn(a: i32, b: i32) -> i32 { return min(a, b); }
-fn mxi(a: i32, b: i32) -> i32 { return max(a, b); }
-",
-        );
+fn isn(x: {s}) -> bool {{ return false; }}
+fn mx(a: {s}, b: {s}) -> {s} {{ return max(a, b); }}
+fn mn(a: {s}, b: {s}) -> {s} {{ return min(a, b); }}
+fn mxi(a: {s}, b: {s}) -> {s} {{ return max(a, b); }}
+"
+        ));
     }
     let trees = [
         ("wsum", "a + b"),
@@ -225,7 +221,9 @@ fn {name}(v: {s}, t: u32) -> {s} {{
     } else {
         out.push_str("const T: u32 = 1u;\n");
         for (name, _) in trees {
-            out.push_str(&format!("fn {name}(v: {s}, t: u32) -> {s} {{ return v; }}\n"));
+            out.push_str(&format!(
+                "fn {name}(v: {s}, t: u32) -> {s} {{ return v; }}\n"
+            ));
         }
     }
     out
@@ -291,6 +289,14 @@ fn reduce_body(kind: ReduceKind, s: &str) -> String {
             "1.0".to_string(),
             flit(f32::NEG_INFINITY),
             flit(f32::INFINITY),
+        )
+    } else if s == "u32" {
+        // bool: Max is any, Min is all (true over the empty set, like the CPU).
+        (
+            "0u".to_string(),
+            "1u".to_string(),
+            "0u".to_string(),
+            "1u".to_string(),
         )
     } else {
         (
@@ -660,6 +666,9 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
         let st = match (dt, st) {
             (Some(DType::F32), _) => Storage::F32,
             (Some(DType::I32 | DType::I64), _) if int_ok => Storage::I32,
+            (Some(DType::Bool), _) if matches!(op.kind, ReduceKind::Max | ReduceKind::Min) => {
+                Storage::U32
+            }
             (Some(d), _) => {
                 return Lowered::Cpu(format!("{} on {d} stays on the CPU", op.kind.op_name()))
             }
@@ -673,10 +682,7 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
     }
     if let Some(op) = any.downcast_ref::<ArgExtreme>() {
         return match st {
-            Some(st @ (Storage::F32 | Storage::I32)) => Lowered::Kernel(Box::new(ArgKernel {
-                op: op.clone(),
-                st,
-            })),
+            Some(st) => Lowered::Kernel(Box::new(ArgKernel { op: op.clone(), st })),
             _ => Lowered::Cpu(format!("{} on {dt:?} stays on the CPU", op_name(op))),
         };
     }
@@ -688,10 +694,9 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
     }
     if let Some(op) = any.downcast_ref::<Cumulative>() {
         return match st {
-            Some(st @ (Storage::F32 | Storage::I32)) => Lowered::Kernel(Box::new(CumKernel {
-                op: op.clone(),
-                st,
-            })),
+            Some(st @ (Storage::F32 | Storage::I32)) => {
+                Lowered::Kernel(Box::new(CumKernel { op: op.clone(), st }))
+            }
             _ => Lowered::Cpu(format!("cumulative op on {dt:?} stays on the CPU")),
         };
     }
