@@ -13,7 +13,9 @@ pub mod device;
 mod elementwise;
 mod layout;
 mod matmul;
+mod norm;
 pub mod record;
+mod reduce;
 pub mod tensor;
 #[cfg(target_arch = "wasm32")]
 mod web;
@@ -142,7 +144,13 @@ impl GpuPlan {
 }
 
 type Family = fn(&NodeFacts, &GpuContext) -> Lowered;
-const FAMILIES: &[Family] = &[elementwise::lower, matmul::lower, layout::lower];
+const FAMILIES: &[Family] = &[
+    elementwise::lower,
+    matmul::lower,
+    layout::lower,
+    reduce::lower,
+    norm::lower,
+];
 
 /// How eagerly nodes go to the GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
