@@ -9,11 +9,14 @@
 //! from the ops' own shape rules evaluated on the concrete input shapes, so kernels and
 //! the CPU agree on them by construction.
 
+mod conv;
 pub mod device;
 mod elementwise;
 mod layout;
 mod matmul;
+mod pool;
 pub mod record;
+mod resize;
 pub mod tensor;
 #[cfg(target_arch = "wasm32")]
 mod web;
@@ -137,7 +140,14 @@ impl GpuPlan {
 }
 
 type Family = fn(&NodeFacts, &GpuContext) -> Lowered;
-const FAMILIES: &[Family] = &[elementwise::lower, matmul::lower, layout::lower];
+const FAMILIES: &[Family] = &[
+    elementwise::lower,
+    matmul::lower,
+    layout::lower,
+    conv::lower,
+    pool::lower,
+    resize::lower,
+];
 
 /// Decides, for every node, whether it runs on the GPU.
 pub fn place(g: &Graph, cx: &GpuContext) -> GpuPlan {
