@@ -9,13 +9,16 @@
 //! from the ops' own shape rules evaluated on the concrete input shapes, so kernels and
 //! the CPU agree on them by construction.
 
+mod conv;
 pub mod device;
 mod elementwise;
 mod layout;
 mod matmul;
 mod norm;
+mod pool;
 pub mod record;
 mod reduce;
+mod resize;
 pub mod tensor;
 #[cfg(target_arch = "wasm32")]
 mod web;
@@ -150,6 +153,9 @@ const FAMILIES: &[Family] = &[
     layout::lower,
     reduce::lower,
     norm::lower,
+    conv::lower,
+    pool::lower,
+    resize::lower,
 ];
 
 /// How eagerly nodes go to the GPU.
