@@ -43,6 +43,12 @@ fn is_nan_(x: f32) -> bool {
 fn is_inf_(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7fffffffu) == 0x7f800000u;
 }
+fn bf16_round_(x: f32) -> f32 {
+    // Round to nearest even at bit 16; Inf and NaN pass (the readback keeps them).
+    let b = bitcast<u32>(x);
+    if ((b & 0x7f800000u) == 0x7f800000u) { return x; }
+    return bitcast<f32>((b + 0x7fffu + ((b >> 16u) & 1u)) & 0xffff0000u);
+}
 fn tanh_(x: f32) -> f32 {
     // WGSL's tanh may overflow to NaN for large |x| on some drivers.
     let c = clamp(x, -15.0, 15.0);
@@ -161,6 +167,18 @@ fn binary_expr(op: BinOp, st: Storage) -> Option<String> {
         // Integer division truncates like C (and onnxruntime); zero divisors give 0
         // instead of WGSL's undefined-but-safe value.
         Div if st == Storage::I32 => Some("select(a0 / a1, 0, a1 == 0)".into()),
+        Div if st == Storage::U32 => Some("select(a0 / a1, 0u, a1 == 0u)".into()),
+        // fmod: C remainder (sign of the dividend); Mod: the sign of the divisor.
+        Mod { fmod: true } if st == Storage::I32 => Some("select(a0 % a1, 0, a1 == 0)".into()),
+        Mod { fmod: false } if st == Storage::I32 => Some(
+            "select(select(a0 % a1, a0 % a1 + a1, (a0 % a1) != 0 && ((a0 % a1) < 0) != (a1 < 0)), 0, a1 == 0)".into(),
+        ),
+        Mod { .. } if st == Storage::U32 => Some("select(a0 % a1, 0u, a1 == 0u)".into()),
+        BitShift { left: true } if st == Storage::U32 => Some("select(a0 << a1, 0u, a1 >= 32u)".into()),
+        BitShift { left: false } if st == Storage::U32 => Some("select(a0 >> a1, 0u, a1 >= 32u)".into()),
+        BitwiseAnd if st != Storage::F32 => Some("a0 & a1".into()),
+        BitwiseOr if st != Storage::F32 => Some("a0 | a1".into()),
+        BitwiseXor if st != Storage::F32 => Some("a0 ^ a1".into()),
         Pow if f => Some("pow_(a0, a1)".into()),
         Mod { fmod: true } if f => Some("a0 - a1 * trunc(a0 / a1)".into()),
         Mod { fmod: false } if f => {
@@ -200,8 +218,10 @@ pub struct Pointwise {
     expr: String,
     /// Input indices whose GPU tensors feed a0.. in order (absent optionals skipped).
     use_inputs: Vec<usize>,
-    /// Variadic Mean divides by the input count.
     host: Vec<usize>,
+    /// The output dtype when it is narrower than its storage (results are wrapped or
+    /// rounded to it, as the CPU would store them).
+    narrow: Option<DType>,
 }
 
 impl Pointwise {
@@ -213,7 +233,21 @@ impl Pointwise {
             expr,
             use_inputs,
             host: Vec::new(),
+            narrow: None,
         }
+    }
+}
+
+/// `e` brought into the range and precision of `dt` where its storage is wider.
+fn narrow_expr(dt: DType, e: &str) -> String {
+    match dt {
+        DType::I8 => format!("((({e}) << 24u) >> 24u)"),
+        DType::I16 => format!("((({e}) << 16u) >> 16u)"),
+        DType::U8 => format!("(({e}) & 0xffu)"),
+        DType::U16 => format!("(({e}) & 0xffffu)"),
+        DType::F16 => format!("unpack2x16float(pack2x16float(vec2<f32>({e}, 0.0))).x"),
+        DType::BF16 => format!("bf16_round_({e})"),
+        _ => e.to_string(),
     }
 }
 
@@ -354,7 +388,11 @@ impl Kernel for Pointwise {
                 }
             }
         }
-        src.push_str(&format!("out[i] = {};\n}}\n", self.expr));
+        let e = match self.narrow {
+            Some(dt) => narrow_expr(dt, &self.expr),
+            None => self.expr.clone(),
+        };
+        src.push_str(&format!("out[i] = {e};\n}}\n"));
         let grid = r.grid(n);
         let mut bufs: Vec<&wgpu::Buffer> = srcs.iter().map(|t| t.buffer()).collect();
         bufs.push(y.buffer());
@@ -401,23 +439,37 @@ fn storages(f: &NodeFacts, n: usize) -> Option<Vec<Storage>> {
 
 /// Converts a value of storage `from` (named `x`) to the compute type of `to`.
 fn convert(x: &str, from: Storage, to_dt: DType) -> Option<String> {
-    Some(match (from, to_dt) {
-        (Storage::F32, DType::F32) | (Storage::I32, DType::I32 | DType::I64) => x.to_string(),
-        (Storage::U32, DType::Bool) => format!("u32({x} != 0u)"),
-        (Storage::U32, DType::U8) => x.to_string(),
-        (Storage::F32, DType::I32 | DType::I64) => format!("i32(trunc({x}))"),
-        (Storage::F32, DType::Bool) => format!("u32({x} != 0.0)"),
-        (Storage::I32, DType::F32) => format!("f32({x})"),
-        (Storage::I32, DType::Bool) => format!("u32({x} != 0)"),
-        (Storage::U32, DType::F32) => format!("f32({x})"),
-        (Storage::U32, DType::I32 | DType::I64) => format!("i32({x})"),
-        _ => return None,
+    let to = Storage::of(to_dt)?;
+    Some(match (from, to) {
+        _ if to_dt == DType::Bool => match from {
+            Storage::F32 => format!("u32({x} != 0.0)"),
+            Storage::I32 => format!("u32({x} != 0)"),
+            Storage::U32 => format!("u32({x} != 0u)"),
+        },
+        (Storage::F32, Storage::F32)
+        | (Storage::I32, Storage::I32)
+        | (Storage::U32, Storage::U32) => x.to_string(),
+        (Storage::I32 | Storage::U32, Storage::F32) => format!("f32({x})"),
+        (Storage::F32, Storage::I32) => format!("i32(trunc({x}))"),
+        (Storage::U32, Storage::I32) => format!("bitcast<i32>({x})"),
+        (Storage::I32, Storage::U32) => format!("bitcast<u32>({x})"),
+        // Float → unsigned saturates on the CPU; WGSL's conversion of negatives differs.
+        (Storage::F32, Storage::U32) => return None,
     })
 }
 
 pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
     let any = f.node.op.as_any();
-    let k = |p: Pointwise| Lowered::Kernel(Box::new(p));
+    let narrow = f.out_dtype(0).filter(|d| {
+        matches!(
+            d,
+            DType::I8 | DType::I16 | DType::U8 | DType::U16 | DType::F16 | DType::BF16
+        )
+    });
+    let k = |mut p: Pointwise| {
+        p.narrow = narrow;
+        Lowered::Kernel(Box::new(p))
+    };
     let unsupported = || {
         Lowered::Cpu(format!(
             "{} on these dtypes stays on the CPU",
@@ -550,6 +602,7 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
             expr: e,
             use_inputs,
             host: Vec::new(),
+            narrow: None,
         });
     }
     if let Some(c) = any.downcast_ref::<Cast>() {
@@ -570,6 +623,7 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
                     expr: e,
                     use_inputs: vec![0],
                     host: Vec::new(),
+                    narrow: None,
                 })
             }
             None => unsupported(),
@@ -586,11 +640,9 @@ fn cast_kernel(f: &NodeFacts, to: DType) -> Lowered {
     let (Some(e), Some(ost)) = (convert("a0", st, to), Storage::of(to)) else {
         return unsupported();
     };
-    // Float → uint8 saturates on the CPU path; keep that exact there.
-    if to == DType::U8 && st != Storage::U32 {
-        return unsupported();
-    }
-    Lowered::Kernel(Box::new(Pointwise::new(vec![st], ost, e)))
+    let mut p = Pointwise::new(vec![st], ost, e);
+    p.narrow = Some(to);
+    Lowered::Kernel(Box::new(p))
 }
 
 #[cfg(test)]

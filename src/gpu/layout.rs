@@ -10,8 +10,8 @@ use super::{In, Kernel, Lowered, NodeFacts, Out, Storage};
 use crate::cpu::layout::norm_axis;
 use crate::error::{Error, Result};
 use crate::graph::ops::layout::{
-    Concat, ConstantOfShape, Expand, Flatten, Gather, Reshape, Shape, Size, Slice, Squeeze, Tile,
-    Transpose, Unsqueeze,
+    Concat, ConstantOfShape, Expand, Flatten, Gather, Range, Reshape, Shape, Size, Slice, Split,
+    Squeeze, Tile, Transpose, Unsqueeze,
 };
 use crate::graph::Value;
 use crate::tensor::{DType, Tensor};
@@ -308,6 +308,64 @@ impl Kernel for Copy {
     }
 }
 
+/// Range: `start + i·delta` from host scalars (count from the shape rule).
+#[derive(Debug)]
+struct RangeKernel;
+
+const RANGE: &str = "
+@group(0) @binding(0) var<storage, read_write> Y: array<u32>;
+@group(0) @binding(1) var<storage, read> P: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(gid, nwg);
+    if (i >= P[0]) { return; }
+    if (P[3] == 1u) {
+        Y[i] = bitcast<u32>(bitcast<f32>(P[1]) + f32(i) * bitcast<f32>(P[2]));
+    } else {
+        Y[i] = bitcast<u32>(bitcast<i32>(P[1]) + i32(i) * bitcast<i32>(P[2]));
+    }
+}
+";
+
+impl Kernel for RangeKernel {
+    fn host_inputs(&self) -> &[usize] {
+        &[0, 1, 2]
+    }
+    fn encode(
+        &self,
+        r: &mut Recorder,
+        ins: &[In],
+        outs: &[(DType, Vec<usize>)],
+    ) -> Result<Vec<Out>> {
+        let (dt, oshape) = outs
+            .first()
+            .ok_or_else(|| Error::runtime("missing output"))?;
+        let get = |i: usize| -> Result<&Tensor> {
+            ins.get(i)
+                .and_then(|x| x.host())
+                .ok_or_else(|| Error::input("Range needs start, limit and delta"))
+        };
+        let (start, delta) = (get(0)?, get(2)?);
+        let float = *dt == DType::F32;
+        let word = |t: &Tensor| -> Result<u32> {
+            Ok(if float {
+                (t.scalar_f64()? as f32).to_bits()
+            } else {
+                let v = t.scalar_i64()?;
+                i32::try_from(v).map_err(|_| {
+                    Error::unsupported_dtype("Range beyond 32-bit integers on the GPU")
+                })? as u32
+            })
+        };
+        let y = r.alloc(*dt, oshape.clone())?;
+        let n = y.len();
+        let grid = r.grid(n);
+        let p = [n as u32, word(start)?, word(delta)?, float as u32];
+        r.dispatch(&format!("{LINEAR}{RANGE}"), &[y.buffer()], &p, grid)?;
+        Ok(vec![Out::Dev(y)])
+    }
+}
+
 /// ConstantOfShape: a fill of the op's one value.
 #[derive(Debug)]
 struct Fill {
@@ -387,6 +445,57 @@ impl Kernel for ConcatKernel {
             at += x.shape.get(axis).copied().unwrap_or(0);
         }
         Ok(vec![Out::Dev(y)])
+    }
+}
+
+/// Split: each output is a slab of the input along the axis (sizes from the shape rule).
+#[derive(Debug)]
+struct SplitKernel {
+    axis: i64,
+}
+
+impl Kernel for SplitKernel {
+    fn moves_only(&self) -> bool {
+        true
+    }
+    fn host_inputs(&self) -> &[usize] {
+        &[1]
+    }
+    fn encode(
+        &self,
+        r: &mut Recorder,
+        ins: &[In],
+        outs: &[(DType, Vec<usize>)],
+    ) -> Result<Vec<Out>> {
+        let x = ins
+            .first()
+            .ok_or_else(|| Error::runtime("missing input"))?
+            .dev()?;
+        let axis = norm_axis(self.axis, x.shape.len(), "Split")?;
+        let xs: Vec<i64> = contiguous(&x.shape).iter().map(|&s| s as i64).collect();
+        let mut at = 0usize;
+        let mut result = Vec::with_capacity(outs.len());
+        for (dt, oshape) in outs {
+            if oshape.len() != x.shape.len() {
+                return Err(Error::shape("Split output rank differs from the input's"));
+            }
+            let y = r.alloc(*dt, oshape.clone())?;
+            let ws = contiguous(oshape);
+            let g = Region {
+                dims: oshape,
+                rbase: (at * xs[axis] as usize) as i64,
+                rs: &xs,
+                wbase: 0,
+                ws: &ws,
+            };
+            strided_copy(r, x.buffer(), y.buffer(), g)?;
+            at += oshape[axis];
+            result.push(Out::Dev(y));
+        }
+        if at > x.shape[axis] {
+            return Err(Error::shape("Split sizes exceed the axis"));
+        }
+        Ok(result)
     }
 }
 
@@ -517,6 +626,15 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
             kind: CopyKind::Expand,
             host: vec![1],
         }));
+    }
+    if any.is::<Range>() {
+        return match f.out_dtype(0) {
+            Some(DType::F32 | DType::I32 | DType::I64) => Lowered::Kernel(Box::new(RangeKernel)),
+            _ => Lowered::Cpu("Range of this dtype stays on the CPU".into()),
+        };
+    }
+    if let Some(sp) = any.downcast_ref::<Split>() {
+        return k(Box::new(SplitKernel { axis: sp.axis }));
     }
     if any.is::<Tile>() {
         return k(Box::new(Copy {

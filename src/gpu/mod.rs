@@ -195,7 +195,16 @@ pub fn place(g: &Graph, cx: &GpuContext, how: Placement) -> GpuPlan {
                 .collect(),
         };
         let mut found = None;
-        for fam in FAMILIES {
+        let tensors_only = facts
+            .ins
+            .iter()
+            .chain(&facts.outs)
+            .flatten()
+            .all(|f| f.kind == crate::graph::shape::ValueKind::Tensor);
+        if !tensors_only {
+            found = Some(Err("sequences and optionals stay on the CPU".to_string()));
+        }
+        for fam in FAMILIES.iter().filter(|_| tensors_only) {
             match fam(&facts, cx) {
                 Lowered::NotMine => continue,
                 Lowered::Kernel(k) => found = Some(Ok(k)),

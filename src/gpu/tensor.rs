@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// How a dtype is held in a storage buffer: WGSL has 32-bit scalars only (f16 is
-/// optional and not used for storage yet).
+/// optional and not used for storage yet). Narrower types are widened: float16 and
+/// bfloat16 to f32 (kernels round their outputs back to the narrow type), int8/int16 to
+/// sign-extended i32 and uint16/uint32 to u32 (kernels wrap their outputs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Storage {
     F32,
@@ -21,9 +23,9 @@ impl Storage {
     /// The storage of `dt`, or None for dtypes that stay on the CPU.
     pub fn of(dt: DType) -> Option<Storage> {
         match dt {
-            DType::F32 => Some(Storage::F32),
-            DType::I32 | DType::I64 => Some(Storage::I32),
-            DType::Bool | DType::U8 => Some(Storage::U32),
+            DType::F32 | DType::F16 | DType::BF16 => Some(Storage::F32),
+            DType::I8 | DType::I16 | DType::I32 | DType::I64 => Some(Storage::I32),
+            DType::Bool | DType::U8 | DType::U16 | DType::U32 => Some(Storage::U32),
             _ => None,
         }
     }
@@ -163,8 +165,14 @@ pub fn to_words(t: &Tensor) -> Result<Vec<u32>> {
             }
             out
         }
+        Data::F16(v) => v.iter().map(|x| x.to_f32().to_bits()).collect(),
+        Data::BF16(v) => v.iter().map(|x| x.to_f32().to_bits()).collect(),
+        Data::I8(v) => v.iter().map(|&x| x as i32 as u32).collect(),
+        Data::I16(v) => v.iter().map(|&x| x as i32 as u32).collect(),
         Data::Bool(v) => v.iter().map(|&b| b as u32).collect(),
         Data::U8(v) => v.iter().map(|&b| b as u32).collect(),
+        Data::U16(v) => v.iter().map(|&b| b as u32).collect(),
+        Data::U32(v) => v.to_vec(),
         _ => {
             return Err(Error::unsupported_dtype(format!(
                 "{} tensors are not stored on the GPU",
@@ -186,6 +194,20 @@ pub fn from_words(dtype: DType, shape: Vec<usize>, words: &[u32]) -> Result<Tens
         DType::I64 => Data::I64(w.iter().map(|&x| x as i32 as i64).collect()),
         DType::Bool => Data::Bool(w.iter().map(|&x| x != 0).collect()),
         DType::U8 => Data::U8(w.iter().map(|&x| x as u8).collect()),
+        DType::U16 => Data::U16(w.iter().map(|&x| x as u16).collect()),
+        DType::U32 => Data::U32(w.to_vec()),
+        DType::I8 => Data::I8(w.iter().map(|&x| x as i8).collect()),
+        DType::I16 => Data::I16(w.iter().map(|&x| x as i16).collect()),
+        DType::F16 => Data::F16(
+            w.iter()
+                .map(|&x| half::f16::from_f32(f32::from_bits(x)))
+                .collect(),
+        ),
+        DType::BF16 => Data::BF16(
+            w.iter()
+                .map(|&x| half::bf16::from_f32(f32::from_bits(x)))
+                .collect(),
+        ),
         other => {
             return Err(Error::unsupported_dtype(format!(
                 "{other} tensors are not stored on the GPU"
