@@ -13,6 +13,9 @@ pub mod device;
 mod elementwise;
 mod layout;
 mod matmul;
+mod qconv;
+mod qgemm;
+mod quant;
 pub mod record;
 pub mod tensor;
 #[cfg(target_arch = "wasm32")]
@@ -137,7 +140,14 @@ impl GpuPlan {
 }
 
 type Family = fn(&NodeFacts, &GpuContext) -> Lowered;
-const FAMILIES: &[Family] = &[elementwise::lower, matmul::lower, layout::lower];
+const FAMILIES: &[Family] = &[
+    elementwise::lower,
+    matmul::lower,
+    layout::lower,
+    quant::lower,
+    qconv::lower,
+    qgemm::lower,
+];
 
 /// Decides, for every node, whether it runs on the GPU.
 pub fn place(g: &Graph, cx: &GpuContext) -> GpuPlan {

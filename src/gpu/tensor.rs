@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Storage {
     F32,
-    /// int32, and int64 narrowed to 32 bits (checked on upload; results wrap at 32 bits).
+    /// int32, int64 narrowed to 32 bits (checked on upload; results wrap at 32 bits), and
+    /// int8 sign-extended to one i32 per element.
     I32,
     /// bool and uint8 widened to one u32 per element.
     U32,
@@ -22,7 +23,7 @@ impl Storage {
     pub fn of(dt: DType) -> Option<Storage> {
         match dt {
             DType::F32 => Some(Storage::F32),
-            DType::I32 | DType::I64 => Some(Storage::I32),
+            DType::I32 | DType::I64 | DType::I8 => Some(Storage::I32),
             DType::Bool | DType::U8 => Some(Storage::U32),
             _ => None,
         }
@@ -148,6 +149,7 @@ pub fn to_words(t: &Tensor) -> Result<Vec<u32>> {
         }
         Data::Bool(v) => v.iter().map(|&b| b as u32).collect(),
         Data::U8(v) => v.iter().map(|&b| b as u32).collect(),
+        Data::I8(v) => v.iter().map(|&b| i32::from(b) as u32).collect(),
         _ => {
             return Err(Error::unsupported_dtype(format!(
                 "{} tensors are not stored on the GPU",
@@ -169,6 +171,7 @@ pub fn from_words(dtype: DType, shape: Vec<usize>, words: &[u32]) -> Result<Tens
         DType::I64 => Data::I64(w.iter().map(|&x| x as i32 as i64).collect()),
         DType::Bool => Data::Bool(w.iter().map(|&x| x != 0).collect()),
         DType::U8 => Data::U8(w.iter().map(|&x| x as u8).collect()),
+        DType::I8 => Data::I8(w.iter().map(|&x| x as i32 as i8).collect()),
         other => {
             return Err(Error::unsupported_dtype(format!(
                 "{other} tensors are not stored on the GPU"
