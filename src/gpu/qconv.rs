@@ -90,11 +90,7 @@ fn source(qlinear: bool, packed: bool, signed: bool, xz: bool) -> String {
     } else {
         "@group(0) @binding(3) var<storage, read> P: array<u32>;"
     };
-    let xz_val = if xz {
-        "bitcast<i32>(XZ[0])"
-    } else {
-        "0"
-    };
+    let xz_val = if xz { "bitcast<i32>(XZ[0])" } else { "0" };
     let out = if qlinear {
         "let v = acc + bitcast<i32>(P[40u + 2u * M + m]);
     let q = clamp(round_i(f32(v) * bitcast<f32>(P[40u + M + m])) + bitcast<i32>(P[32]),
@@ -214,13 +210,17 @@ impl Kernel for QConvKernel {
             if v == 1 || v == m {
                 Ok(())
             } else {
-                Err(Error::shape(format!("{what} has {v} values for {m} channels")))
+                Err(Error::shape(format!(
+                    "{what} has {v} values for {m} channels"
+                )))
             }
         };
         per(wz.len(), "w_zero_point")?;
         let mut p = vec![0u32; HEAD];
         let (mut lo, mut hi, mut yz) = (0, 0, 0);
-        let mut tail: Vec<u32> = (0..m).map(|j| wz[if wz.len() == 1 { 0 } else { j }] as u32).collect();
+        let mut tail: Vec<u32> = (0..m)
+            .map(|j| wz[if wz.len() == 1 { 0 } else { j }] as u32)
+            .collect();
         if self.qlinear {
             let xsc = k::scalar_scale(host_req(ins, 1, "x_scale")?, "x_scale")?;
             let wsc = k::scales(host_req(ins, 4, "w_scale")?, "w_scale")?;
@@ -336,7 +336,9 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
         return Lowered::Cpu(format!("{name} to this type stays on the CPU"));
     }
     if !one_value(f, 2) {
-        return Lowered::Cpu(format!("{name} with a per-channel x zero point stays on the CPU"));
+        return Lowered::Cpu(format!(
+            "{name} with a per-channel x zero point stays on the CPU"
+        ));
     }
     let packed = match f.consts.get(w_idx).copied().flatten() {
         Some(w) if w.rank() >= 3 => match PackedW::new(w, w.shape()[0]) {

@@ -221,7 +221,9 @@ fn per_col<T: Copy>(v: &[T], n: usize, what: &str) -> Result<Vec<T>> {
     match v.len() {
         1 => Ok(vec![v[0]; n]),
         l if l == n => Ok(v.to_vec()),
-        l => Err(Error::shape(format!("{what} has {l} values for {n} columns"))),
+        l => Err(Error::shape(format!(
+            "{what} has {l} values for {n} columns"
+        ))),
     }
 }
 
@@ -269,7 +271,7 @@ impl Kernel for QMatKernel {
                         a.shape
                     )));
                 }
-                let (sam, sak) = if trans_a { (1, ar) } else { (ac, 1) };
+                let (sam, sak) = if trans_a { (1, ac) } else { (ac, 1) };
                 let (sbk, sbn) = if trans_b {
                     (1, bshape[1])
                 } else {
@@ -312,16 +314,25 @@ impl Kernel for QMatKernel {
             Kind::Integer => Epi::Int,
             Kind::QLinear => {
                 let sa = k::scalar_scale(host_req(ins, 1, "a_scale")?, "a_scale")?;
-                let sb = per_col(&k::scales(host_req(ins, 4, "b_scale")?, "b_scale")?, n, "b_scale")?;
+                let sb = per_col(
+                    &k::scales(host_req(ins, 4, "b_scale")?, "b_scale")?,
+                    n,
+                    "b_scale",
+                )?;
                 let ys = k::scalar_scale(host_req(ins, 6, "y_scale")?, "y_scale")?;
                 yz = k::scalar_zp(host(ins, 7), odt, "y_zero_point")?;
-                (lo, hi) = range8(odt).ok_or_else(|| Error::unsupported_dtype("QLinearMatMul output"))?;
+                (lo, hi) =
+                    range8(odt).ok_or_else(|| Error::unsupported_dtype("QLinearMatMul output"))?;
                 mult = sb.iter().map(|&s| sa * s / ys).collect();
                 Epi::Requant
             }
             Kind::Gemm { alpha, .. } => {
                 let sa = k::scalar_scale(host_req(ins, 1, "a_scale")?, "a_scale")?;
-                let sb = per_col(&k::scales(host_req(ins, 4, "b_scale")?, "b_scale")?, n, "b_scale")?;
+                let sb = per_col(
+                    &k::scales(host_req(ins, 4, "b_scale")?, "b_scale")?,
+                    n,
+                    "b_scale",
+                )?;
                 let ys = host(ins, 7)
                     .map(|t| k::scalar_scale(t, "y_scale"))
                     .transpose()?;
@@ -370,7 +381,11 @@ impl Kernel for QMatKernel {
             }
             Kind::ToFloat => {
                 let sa = k::scalar_scale(host_req(ins, 2, "a_scale")?, "a_scale")?;
-                let sb = per_col(&k::scales(host_req(ins, 3, "b_scale")?, "b_scale")?, n, "b_scale")?;
+                let sb = per_col(
+                    &k::scales(host_req(ins, 3, "b_scale")?, "b_scale")?,
+                    n,
+                    "b_scale",
+                )?;
                 mult = sb.iter().map(|&s| sa * s).collect();
                 if let Some(b) = host(ins, 6) {
                     let v = k::scales(b, "bias")?;
@@ -386,21 +401,12 @@ impl Kernel for QMatKernel {
             }
         };
         if epi == Epi::Float && odt != DType::F32 {
-            return Err(Error::unsupported_dtype("integer matmul float output other than f32"));
+            return Err(Error::unsupported_dtype(
+                "integer matmul float output other than f32",
+            ));
         }
         let mut p = vec![0u32; HEAD];
-        let head = [
-            total,
-            m,
-            n,
-            kk,
-            batch,
-            sam,
-            sak,
-            sbk,
-            sbn,
-            kk.div_ceil(4),
-        ];
+        let head = [total, m, n, kk, batch, sam, sak, sbk, sbn, kk.div_ceil(4)];
         for (d, &v) in p.iter_mut().zip(head.iter()) {
             *d = v as u32;
         }
@@ -422,13 +428,7 @@ impl Kernel for QMatKernel {
             Some(In::Dev(t)) => Some(*t),
             _ => None,
         };
-        let src = source(
-            epi,
-            packed,
-            bdt == DType::I8,
-            az.is_some(),
-            c_buf.is_some(),
-        );
+        let src = source(epi, packed, bdt == DType::I8, az.is_some(), c_buf.is_some());
         let mut bufs = vec![a.buffer(), w.buffer(), y.buffer()];
         if let Some(z) = az {
             bufs.push(z.buffer());

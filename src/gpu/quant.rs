@@ -81,7 +81,13 @@ pub(super) fn one_value(f: &NodeFacts, i: usize) -> bool {
     if let Some(c) = f.consts.get(i).copied().flatten() {
         return c.len() == 1;
     }
-    match f.ins.get(i).copied().flatten().and_then(|x| x.concrete_shape()) {
+    match f
+        .ins
+        .get(i)
+        .copied()
+        .flatten()
+        .and_then(|x| x.concrete_shape())
+    {
         Some(s) => s.iter().product::<usize>() == 1,
         None => false,
     }
@@ -332,7 +338,9 @@ impl Kernel for DynQuantKernel {
 /// Strides of `shape` broadcast to `out` (0 along broadcast dims).
 pub(super) fn bcast_strides(shape: &[usize], out: &[usize]) -> Result<Vec<u32>> {
     if shape.len() > out.len() {
-        return Err(Error::shape(format!("{shape:?} does not broadcast to {out:?}")));
+        return Err(Error::shape(format!(
+            "{shape:?} does not broadcast to {out:?}"
+        )));
     }
     let pad = out.len() - shape.len();
     let mut st = vec![0u32; out.len()];
@@ -342,7 +350,9 @@ pub(super) fn bcast_strides(shape: &[usize], out: &[usize]) -> Result<Vec<u32>> 
         if shape[d] == od {
             st[pad + d] = if od == 1 { 0 } else { acc as u32 };
         } else if shape[d] != 1 {
-            return Err(Error::shape(format!("{shape:?} does not broadcast to {out:?}")));
+            return Err(Error::shape(format!(
+                "{shape:?} does not broadcast to {out:?}"
+            )));
         }
         acc *= shape[d];
     }
@@ -586,12 +596,7 @@ impl Kernel for ConcatKernel {
         let mut i = 2;
         while i + 2 < ins.len() {
             let x = dev(ins, i, "X")?;
-            let px = QParam::read(
-                host_req(ins, i + 1, "X_scale")?,
-                host(ins, i + 2),
-                odt,
-                "X",
-            )?;
+            let px = QParam::read(host_req(ins, i + 1, "X_scale")?, host(ins, i + 2), odt, "X")?;
             let table: Vec<u32> = if px == py {
                 (0..256u32)
                     .map(|b| {
@@ -646,7 +651,10 @@ impl Kernel for GlobalPoolKernel {
             return Err(Error::shape("QLinearGlobalAveragePool needs rank >= 3"));
         }
         let (c, img) = if self.channels_last {
-            (xs[xs.len() - 1], xs[1..xs.len() - 1].iter().product::<usize>())
+            (
+                xs[xs.len() - 1],
+                xs[1..xs.len() - 1].iter().product::<usize>(),
+            )
         } else {
             (xs[1], xs[2..].iter().product::<usize>())
         };
@@ -888,7 +896,7 @@ impl Kernel for SoftmaxKernel {
             .collect();
         let ys = (1.0 / py.scale).floor();
         let y = r.alloc(odt, oshape)?;
-        let rows = if d == 0 { 0 } else { y.len() / d };
+        let rows = y.len().checked_div(d).unwrap_or(0);
         let mut p = vec![
             rows as u32,
             d as u32,
@@ -1003,10 +1011,13 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
     }
     if let Some(c) = any.downcast_ref::<QLinearConcat>() {
         let n = f.ins.len();
-        let ok = is8(f.in_dtype(1))
-            && (2..n).step_by(3).all(|i| f.in_dtype(i) == f.in_dtype(1));
+        let ok = is8(f.in_dtype(1)) && (2..n).step_by(3).all(|i| f.in_dtype(i) == f.in_dtype(1));
         let host: Vec<usize> = (0..n).filter(|i| *i < 2 || (i - 2) % 3 != 0).collect();
-        return k8(Box::new(ConcatKernel { axis: c.axis, host }), ok, "of this type");
+        return k8(
+            Box::new(ConcatKernel { axis: c.axis, host }),
+            ok,
+            "of this type",
+        );
     }
     if let Some(g) = any.downcast_ref::<QLinearGlobalAveragePool>() {
         return k8(
