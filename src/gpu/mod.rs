@@ -16,6 +16,9 @@ mod layout;
 mod matmul;
 mod norm;
 mod pool;
+mod qconv;
+mod qgemm;
+mod quant;
 pub mod record;
 mod reduce;
 mod resize;
@@ -156,6 +159,9 @@ const FAMILIES: &[Family] = &[
     conv::lower,
     pool::lower,
     resize::lower,
+    quant::lower,
+    qconv::lower,
+    qgemm::lower,
 ];
 
 /// How eagerly nodes go to the GPU.

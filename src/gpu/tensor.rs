@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Storage {
     F32,
-    /// int32, and int64 narrowed to 32 bits (checked on upload; results wrap at 32 bits).
+    /// int32, int64 narrowed to 32 bits (checked on upload; results wrap at 32 bits), and
+    /// int8 sign-extended to one i32 per element.
     I32,
     /// bool and uint8 widened to one u32 per element.
     U32,
