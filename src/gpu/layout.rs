@@ -247,7 +247,7 @@ impl Kernel for Copy {
                 dims.clear();
                 for k in 0..x.shape.len() {
                     let d = x.shape[k];
-                    let rep = if d == 0 { 0 } else { oshape[k] / d };
+                    let rep = oshape[k].checked_div(d).unwrap_or(0);
                     dims.extend([rep, d]);
                     rs.extend([0i64, xs[k] as i64]);
                     wsv.extend([d * ws[k], ws[k]]);

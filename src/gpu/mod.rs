@@ -233,8 +233,15 @@ pub fn place(g: &Graph, cx: &GpuContext, how: Placement) -> GpuPlan {
                 .iter()
                 .flatten()
                 .any(|&o| g.values[o].fact.dtype.is_some_and(|d| d.is_float()));
+            // Quantized tensors are real work, not shape arithmetic.
+            let eight_bit = n
+                .inputs
+                .iter()
+                .chain(&n.outputs)
+                .flatten()
+                .any(|&v| matches!(g.values[v].fact.dtype, Some(DType::U8 | DType::I8)));
             let inputs_on_cpu = !data.iter().any(|&id| on_gpu[id]);
-            if inputs_on_cpu && (k.moves_only() || !float_out) {
+            if inputs_on_cpu && (k.moves_only() || !(float_out || eight_bit)) {
                 found = Some(Err(if k.moves_only() {
                     "its input is on the CPU: moving it there costs more than the op".into()
                 } else {
