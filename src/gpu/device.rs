@@ -239,6 +239,11 @@ impl GpuContext {
         self.lost.store(true, Ordering::SeqCst);
     }
 
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn uncaptured_sink(&self) -> Arc<Mutex<Vec<String>>> {
+        self.uncaptured.clone()
+    }
+
     /// Errors that reached the uncaptured handler since the last call.
     pub(crate) fn take_uncaptured(&self) -> Vec<String> {
         self.uncaptured

@@ -15,7 +15,13 @@ use crate::tensor::DType;
 
 /// A WGSL f32 literal with the exact bits of `x`.
 pub fn lit(x: f32) -> String {
-    format!("bitcast<f32>({}u)", x.to_bits())
+    if x.is_finite() {
+        format!("bitcast<f32>({}u)", x.to_bits())
+    } else {
+        // WGSL rejects a constant expression that evaluates to ±inf or NaN (Tint enforces
+        // it, naga does not): tie the bits to the params buffer so it is not constant.
+        format!("bitcast<f32>({}u + P[0] * 0u)", x.to_bits())
+    }
 }
 
 /// WGSL helpers some expressions call.

@@ -34,7 +34,7 @@ fn window_source(kind: Kind, st: Storage) -> String {
     let (init, step, fin, extra) = match kind {
         Kind::Max => (
             match st {
-                Storage::F32 => "bitcast<f32>(0xff800000u)",
+                Storage::F32 => "bitcast<f32>(0xff800000u + P[0] * 0u)",
                 Storage::I32 => "i32(-2147483647 - 1)",
                 Storage::U32 => "0u",
             }
@@ -189,11 +189,11 @@ fn global_source(kind: GlobalKind) -> String {
             "0.0".to_string(),
             "acc += v;",
             "S[t] + S[t + s]",
-            "select(S[0] / f32(sz), bitcast<f32>(0x7fc00000u), sz == 0u)".to_string(),
+            "select(S[0] / f32(sz), bitcast<f32>(0x7fc00000u + P[0] * 0u), sz == 0u)".to_string(),
             String::new(),
         ),
         GlobalKind::Max => (
-            "bitcast<f32>(0xff800000u)".to_string(),
+            "bitcast<f32>(0xff800000u + P[0] * 0u)".to_string(),
             // f32::max on the CPU skips NaN.
             "if (!((bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u)) { acc = max(acc, v); }",
             "max(S[t], S[t + s])",

@@ -166,10 +166,27 @@ impl<'a> Recorder<'a> {
                 compilation_options: Default::default(),
                 cache: None,
             });
+        #[cfg(not(target_arch = "wasm32"))]
         if let Some(e) = block_on_ready(scope.pop()) {
             return Err(Error::device(format!(
                 "a GPU kernel failed to compile (a bug, please report): {e}"
             )));
+        }
+        // The browser answers the scope asynchronously: the error, if any, is recorded and
+        // fails the run at its readback.
+        #[cfg(target_arch = "wasm32")]
+        {
+            let sink = self.cx.uncaptured_sink();
+            let head: String = source.lines().take(3).collect::<Vec<_>>().join(" ");
+            // Pop now (scopes are a stack), await the answer later.
+            let answer = scope.pop();
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Some(e) = answer.await {
+                    if let Ok(mut v) = sink.lock() {
+                        v.push(format!("a GPU kernel failed to compile ({head}…): {e}"));
+                    }
+                }
+            });
         }
         let p = Arc::new(p);
         if let Ok(mut m) = self.cx.pipelines.lock() {
@@ -404,23 +421,8 @@ impl<T> std::future::Future for OneRx<T> {
     }
 }
 
-/// Natively, error scopes resolve at once; polls a future that is ready without a
-/// runtime (None if it is not, which only a web backend would do).
-fn block_on_ready<F: std::future::Future>(f: F) -> F::Output
-where
-    F::Output: Default,
-{
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        pollster::block_on(f)
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let mut f = std::pin::pin!(f);
-        let waker = std::task::Waker::noop();
-        match f.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
-            std::task::Poll::Ready(v) => v,
-            std::task::Poll::Pending => Default::default(),
-        }
-    }
+/// Natively, error scopes resolve at once: waits for one without a runtime.
+#[cfg(not(target_arch = "wasm32"))]
+fn block_on_ready<F: std::future::Future>(f: F) -> F::Output {
+    pollster::block_on(f)
 }

@@ -127,7 +127,13 @@ impl Rows {
 
 /// A WGSL f32 literal with the exact bits of `x`.
 pub(super) fn flit(x: f32) -> String {
-    format!("bitcast<f32>({}u)", x.to_bits())
+    if x.is_finite() {
+        format!("bitcast<f32>({}u)", x.to_bits())
+    } else {
+        // WGSL rejects a constant expression that evaluates to ±inf or NaN (Tint enforces
+        // it, naga does not): tie the bits to the params buffer so it is not constant.
+        format!("bitcast<f32>({}u + P[0] * 0u)", x.to_bits())
+    }
 }
 
 /// The scalar helpers and the row helpers (`rbase(row)`, `roff(j)`) of a kernel over
