@@ -312,7 +312,7 @@ fn clamp_index(i: i64, len: usize) -> usize {
 }
 
 /// Nearest source index per output position; None where tf_crop_and_resize extrapolates.
-fn nearest_map(cfg: &ResizeCfg, a: &AxisSpec) -> Result<Vec<Option<usize>>> {
+pub(crate) fn nearest_map(cfg: &ResizeCfg, a: &AxisSpec) -> Result<Vec<Option<usize>>> {
     numel(&[a.out_len, 2], DType::U64)?;
     if is_identity(cfg, a) {
         return Ok((0..a.out_len).map(Some).collect());
@@ -348,11 +348,11 @@ fn nearest_map(cfg: &ResizeCfg, a: &AxisSpec) -> Result<Vec<Option<usize>>> {
 }
 
 /// Interpolation taps of one axis: `taps` (index, weight) pairs per output position.
-struct Table {
-    taps: usize,
-    idx: Vec<usize>,
-    w: Vec<f32>,
-    extrap: Vec<bool>,
+pub(crate) struct Table {
+    pub(crate) taps: usize,
+    pub(crate) idx: Vec<usize>,
+    pub(crate) w: Vec<f32>,
+    pub(crate) extrap: Vec<bool>,
 }
 
 fn cubic_coeffs(r: f32, a: f32) -> [f32; 4] {
@@ -378,7 +378,7 @@ fn keys_kernel(x: f32, a: f32) -> f32 {
     }
 }
 
-fn interp_table(cfg: &ResizeCfg, a: &AxisSpec) -> Result<Table> {
+pub(crate) fn interp_table(cfg: &ResizeCfg, a: &AxisSpec) -> Result<Table> {
     let aa = cfg.antialias && a.scale < 1.0;
     let s = a.scale.min(1.0);
     // Number of taps and the offset of the first tap from the left pixel.
@@ -651,15 +651,10 @@ where
     Ok(out)
 }
 
-fn interp_all<A>(src: &[A], cfg: &ResizeCfg, specs: &[AxisSpec]) -> Result<Vec<A>>
-where
-    A: Num + Add<Output = A> + Mul<Output = A>,
-{
-    let fill = A::from_f32(cfg.extrapolation);
-    let mut shape: Vec<usize> = specs.iter().map(|s| s.in_len).collect();
-    let mut cur: Option<Vec<A>> = None;
-    // Shrinking axes first, growing axes last; among equals the innermost first, so the
-    // strided (vectorized) passes produce the largest intermediates.
+/// The order of the separable passes: shrinking axes first, growing axes last; among
+/// equals the innermost first, so the strided (vectorized) passes produce the largest
+/// intermediates. Identity axes are skipped.
+pub(crate) fn pass_order(cfg: &ResizeCfg, specs: &[AxisSpec]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..specs.len())
         .filter(|&a| !is_identity(cfg, &specs[a]))
         .collect();
@@ -668,7 +663,17 @@ where
         let rb = specs[b].out_len as f64 / specs[b].in_len.max(1) as f64;
         ra.total_cmp(&rb).then(b.cmp(&a))
     });
-    for axis in order {
+    order
+}
+
+fn interp_all<A>(src: &[A], cfg: &ResizeCfg, specs: &[AxisSpec]) -> Result<Vec<A>>
+where
+    A: Num + Add<Output = A> + Mul<Output = A>,
+{
+    let fill = A::from_f32(cfg.extrapolation);
+    let mut shape: Vec<usize> = specs.iter().map(|s| s.in_len).collect();
+    let mut cur: Option<Vec<A>> = None;
+    for axis in pass_order(cfg, specs) {
         let spec = &specs[axis];
         let table = interp_table(cfg, spec)?;
         let next = interp_pass(cur.as_deref().unwrap_or(src), &shape, axis, &table, fill)?;

@@ -3,6 +3,7 @@
 //! input walks the same way are merged, so most broadcasts run at rank 1–2 and share
 //! pipelines; inputs of the output's exact shape (or one element) skip index math.
 
+use super::layout::View;
 use super::record::{Recorder, LINEAR};
 use super::{In, Kernel, Lowered, NodeFacts, Out, Storage};
 use crate::error::{Error, Result};
@@ -407,36 +408,6 @@ impl Kernel for Pointwise {
     }
 }
 
-/// A node whose output is one of its inputs unchanged (Identity, inference Dropout):
-/// shares the buffer.
-#[derive(Debug)]
-struct Alias;
-
-impl Kernel for Alias {
-    fn moves_only(&self) -> bool {
-        true
-    }
-    fn encode(
-        &self,
-        _r: &mut Recorder,
-        ins: &[In],
-        outs: &[(DType, Vec<usize>)],
-    ) -> Result<Vec<Out>> {
-        let x = ins
-            .first()
-            .ok_or_else(|| Error::runtime("missing input"))?
-            .dev()?;
-        let (dt, shape) = outs
-            .first()
-            .ok_or_else(|| Error::runtime("missing output"))?;
-        Ok(vec![Out::Dev(super::GpuTensor {
-            buf: x.buf.clone(),
-            shape: shape.clone(),
-            dtype: *dt,
-        })])
-    }
-}
-
 fn storages(f: &NodeFacts, n: usize) -> Option<Vec<Storage>> {
     (0..n)
         .map(|i| f.in_dtype(i).and_then(Storage::of))
@@ -484,7 +455,7 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
     };
     if any.is::<Identity>() {
         return match f.in_dtype(0).and_then(Storage::of) {
-            Some(_) => Lowered::Kernel(Box::new(Alias)),
+            Some(_) => Lowered::Kernel(Box::new(View::of_input())),
             None => unsupported(),
         };
     }
@@ -496,7 +467,7 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
         {
             return unsupported();
         }
-        return Lowered::Kernel(Box::new(Alias));
+        return Lowered::Kernel(Box::new(View::of_input()));
     }
     if let Some(u) = any.downcast_ref::<Unary>() {
         let (Some(st), Some(odt)) = (storages(f, 1), f.out_dtype(0)) else {

@@ -7,6 +7,7 @@
 
 use super::record::{Recorder, LINEAR};
 use super::{In, Kernel, Lowered, NodeFacts, Out, Storage};
+use crate::cpu::common::strides;
 use crate::cpu::layout::norm_axis;
 use crate::error::{Error, Result};
 use crate::graph::ops::layout::{
@@ -16,10 +17,18 @@ use crate::graph::ops::layout::{
 use crate::graph::Value;
 use crate::tensor::{DType, Tensor};
 
-/// Output = input's buffer under the output shape.
+/// Output = input's buffer under the output shape (also Identity and inference
+/// Dropout, which keep the shape).
 #[derive(Debug)]
-struct View {
+pub(super) struct View {
     host: Vec<usize>,
+}
+
+impl View {
+    /// A view with no host inputs.
+    pub(super) fn of_input() -> View {
+        View { host: Vec::new() }
+    }
 }
 
 impl Kernel for View {
@@ -120,16 +129,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     )
 }
 
-fn contiguous(shape: &[usize]) -> Vec<usize> {
-    let mut st = vec![0; shape.len()];
-    let mut acc = 1;
-    for d in (0..shape.len()).rev() {
-        st[d] = acc;
-        acc *= shape[d];
-    }
-    st
-}
-
 /// A copy region: its dims, and where each element is read and written.
 struct Region<'a> {
     dims: &'a [usize],
@@ -220,8 +219,8 @@ impl Kernel for Copy {
             .first()
             .ok_or_else(|| Error::runtime("missing output"))?;
         let y = r.alloc(*dt, oshape.clone())?;
-        let xs = contiguous(&x.shape);
-        let ws = contiguous(oshape);
+        let xs = strides(&x.shape);
+        let ws = strides(oshape);
         let mut dims = oshape.clone();
         let mut ws = ws;
         let (rbase, rs): (i64, Vec<i64>) = match &self.kind {
@@ -429,11 +428,11 @@ impl Kernel for ConcatKernel {
             .ok_or_else(|| Error::runtime("missing output"))?;
         let axis = norm_axis(self.axis, oshape.len(), "Concat")?;
         let y = r.alloc(*dt, oshape.clone())?;
-        let ws = contiguous(oshape);
+        let ws = strides(oshape);
         let mut at = 0usize;
         for inp in ins {
             let x = inp.dev()?;
-            let xs: Vec<i64> = contiguous(&x.shape).iter().map(|&s| s as i64).collect();
+            let xs: Vec<i64> = strides(&x.shape).iter().map(|&s| s as i64).collect();
             let g = Region {
                 dims: &x.shape,
                 rbase: 0,
@@ -472,7 +471,7 @@ impl Kernel for SplitKernel {
             .ok_or_else(|| Error::runtime("missing input"))?
             .dev()?;
         let axis = norm_axis(self.axis, x.shape.len(), "Split")?;
-        let xs: Vec<i64> = contiguous(&x.shape).iter().map(|&s| s as i64).collect();
+        let xs: Vec<i64> = strides(&x.shape).iter().map(|&s| s as i64).collect();
         let mut at = 0usize;
         let mut result = Vec::with_capacity(outs.len());
         for (dt, oshape) in outs {
@@ -480,7 +479,7 @@ impl Kernel for SplitKernel {
                 return Err(Error::shape("Split output rank differs from the input's"));
             }
             let y = r.alloc(*dt, oshape.clone())?;
-            let ws = contiguous(oshape);
+            let ws = strides(oshape);
             let g = Region {
                 dims: oshape,
                 rbase: (at * xs[axis] as usize) as i64,

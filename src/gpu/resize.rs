@@ -11,9 +11,11 @@
 use super::record::{Recorder, LINEAR};
 use super::tensor::to_words;
 use super::{GpuTensor, In, Kernel, Lowered, NodeFacts, Out, Storage};
+use crate::cpu::common::strides;
 use crate::cpu::layout::{norm_axis, pad_map};
 use crate::cpu::sampling::{
-    resize_axes, AxisSpec, CoordMode, InterpMode, KeepAspect, NearestMode, ResizeCfg,
+    interp_table, nearest_map, pass_order, resize_axes, AxisSpec, CoordMode, InterpMode,
+    KeepAspect, ResizeCfg, Table,
 };
 use crate::error::{Error, Result};
 use crate::graph::ops::layout::{DepthToSpace, Pad, SpaceToDepth};
@@ -49,16 +51,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (ok) { Y[i] = X[src]; } else { Y[i] = P[2]; }
 }
 ";
-
-fn contiguous(shape: &[usize]) -> Vec<usize> {
-    let mut st = vec![0; shape.len()];
-    let mut acc = 1;
-    for d in (0..shape.len()).rev() {
-        st[d] = acc;
-        acc *= shape[d];
-    }
-    st
-}
 
 fn check_u32(n: usize) -> Result<u32> {
     u32::try_from(n)
@@ -109,7 +101,7 @@ fn map_gather(
     let t = r.upload(&Tensor::from_vec(vec![len], table)?)?;
     let mut params = vec![n as u32, rank as u32, fill];
     params.extend(y.shape.iter().map(|&d| d as u32));
-    params.extend(contiguous(&x.shape).iter().map(|&s| s as u32));
+    params.extend(strides(&x.shape).iter().map(|&s| s as u32));
     params.extend(offs);
     let src = format!("{LINEAR}{MAP_GATHER}");
     let grid = r.grid(n);
@@ -151,7 +143,7 @@ fn permute(
         return Ok(());
     }
     check_u32(n)?;
-    let st = contiguous(view);
+    let st = strides(view);
     let mut params = vec![n as u32, perm.len() as u32];
     params.extend(perm.iter().map(|&p| view[p] as u32));
     params.extend(perm.iter().map(|&p| st[p] as u32));
@@ -176,240 +168,11 @@ fn fill_word(v: &Tensor, dt: DType) -> Result<u32> {
     Ok(to_words(&t)?.first().copied().unwrap_or(0))
 }
 
+// Resize tables: the CPU's (`crate::cpu::sampling`), uploaded per pass.
 // ---------------------------------------------------------------------------------------
-// Resize tables (the CPU's rules, `crate::cpu::sampling`)
-// ---------------------------------------------------------------------------------------
 
-/// Largest dimension accepted from a scale (as on the CPU).
-const MAX_DIM: f64 = 1e15;
-
-fn is_identity(a: &AxisSpec) -> bool {
-    a.in_len == a.out_len && a.scale == 1.0
-}
-
-fn original_coord(cfg: &ResizeCfg, a: &AxisSpec, o: usize) -> f32 {
-    let x = o as f32;
-    let s = a.scale;
-    let inl = a.in_len as f32;
-    match cfg.coord {
-        CoordMode::HalfPixel => (x + 0.5) / s - 0.5,
-        CoordMode::HalfPixelSymmetric => {
-            let adj = a.out_len as f32 / a.out_len_f;
-            let center = inl / 2.0;
-            center * (1.0 - adj) + (x + 0.5) / s - 0.5
-        }
-        CoordMode::PytorchHalfPixel => {
-            if a.out_len > 1 {
-                (x + 0.5) / s - 0.5
-            } else {
-                0.0
-            }
-        }
-        CoordMode::AlignCorners => {
-            if a.out_len <= 1 {
-                0.0
-            } else {
-                x * (inl - 1.0) / (a.out_len as f32 - 1.0)
-            }
-        }
-        CoordMode::Asymmetric => x / s,
-        CoordMode::TfHalfPixelForNn => (x + 0.5) / s,
-        CoordMode::TfCropAndResize => {
-            let (r0, r1) = (f64::from(a.roi.0), f64::from(a.roi.1));
-            let inl = f64::from(inl);
-            let v = if a.out_len > 1 {
-                r0 * (inl - 1.0) + (o as f64 * (r1 - r0) * (inl - 1.0)) / (a.out_len as f64 - 1.0)
-            } else {
-                0.5 * (r0 + r1) * (inl - 1.0)
-            };
-            v as f32
-        }
-    }
-}
-
-fn out_of_crop(cfg: &ResizeCfg, a: &AxisSpec, x: f32) -> bool {
-    cfg.coord == CoordMode::TfCropAndResize && (x < 0.0 || x > a.in_len as f32 - 1.0)
-}
-
-fn clamp_index(i: i64, len: usize) -> usize {
-    if i <= 0 {
-        0
-    } else {
-        usize::try_from(i).map_or(len.saturating_sub(1), |u| u.min(len.saturating_sub(1)))
-    }
-}
-
-fn nearest_map(cfg: &ResizeCfg, a: &AxisSpec) -> Vec<Option<usize>> {
-    if is_identity(a) {
-        return (0..a.out_len).map(Some).collect();
-    }
-    (0..a.out_len)
-        .map(|o| {
-            let x = original_coord(cfg, a, o);
-            if out_of_crop(cfg, a, x) {
-                return None;
-            }
-            let r = match cfg.nearest {
-                NearestMode::RoundPreferFloor => {
-                    if x == (x as i64) as f32 + 0.5 {
-                        x.floor()
-                    } else {
-                        x.round()
-                    }
-                }
-                NearestMode::RoundPreferCeil => x.round(),
-                NearestMode::Floor => x.floor(),
-                NearestMode::Ceil => x.ceil(),
-                NearestMode::Simple => {
-                    if a.scale < 1.0 {
-                        x.ceil()
-                    } else {
-                        x.trunc()
-                    }
-                }
-            };
-            Some(clamp_index(r as i64, a.in_len))
-        })
-        .collect()
-}
-
-fn cubic_coeffs(r: f32, a: f32) -> [f32; 4] {
-    let s = r;
-    [
-        ((a * (s + 1.0) - 5.0 * a) * (s + 1.0) + 8.0 * a) * (s + 1.0) - 4.0 * a,
-        ((a + 2.0) * s - (a + 3.0)) * s * s + 1.0,
-        ((a + 2.0) * (1.0 - s) - (a + 3.0)) * (1.0 - s) * (1.0 - s) + 1.0,
-        ((a * (2.0 - s) - 5.0 * a) * (2.0 - s) + 8.0 * a) * (2.0 - s) - 4.0 * a,
-    ]
-}
-
-fn keys_kernel(x: f32, a: f32) -> f32 {
-    let x = x.abs();
-    let x2 = x * x;
-    let x3 = x2 * x;
-    if x <= 1.0 {
-        (a + 2.0) * x3 - (a + 3.0) * x2 + 1.0
-    } else if x < 2.0 {
-        a * x3 - 5.0 * a * x2 + 8.0 * a * x - 4.0 * a
-    } else {
-        0.0
-    }
-}
-
-/// Taps per output position: `taps` (index, weight) pairs, and whether the position
-/// takes the extrapolation value.
-struct Table {
-    taps: usize,
-    idx: Vec<usize>,
-    w: Vec<f32>,
-    extrap: Vec<bool>,
-}
-
-fn interp_table(cfg: &ResizeCfg, a: &AxisSpec) -> Result<Table> {
-    let aa = cfg.antialias && a.scale < 1.0;
-    let s = a.scale.min(1.0);
-    let taps: usize = match (cfg.mode, aa) {
-        (InterpMode::Cubic, false) => 4,
-        (InterpMode::Cubic, true) | (_, true) => {
-            let reach = if cfg.mode == InterpMode::Cubic {
-                2.0
-            } else {
-                1.0
-            };
-            let start = (-reach / f64::from(s)).floor() + 1.0;
-            let n = 2.0 - 2.0 * start;
-            if !(1.0..MAX_DIM).contains(&n) || n > 4096.0 {
-                return Err(Error::memory("Resize: antialias filter too large"));
-            }
-            n as usize
-        }
-        (_, false) => 2,
-    };
-    let i_start = 1 - (taps / 2) as i64;
-    let total = a
-        .out_len
-        .checked_mul(taps)
-        .ok_or_else(|| Error::memory("Resize: filter table too large"))?;
-    let mut idx = vec![0usize; total];
-    let mut w = vec![0f32; total];
-    let mut extrap = vec![false; a.out_len];
-    let mut tw = vec![0f32; taps];
-    for o in 0..a.out_len {
-        let x = original_coord(cfg, a, o);
-        if out_of_crop(cfg, a, x) {
-            extrap[o] = true;
-            continue;
-        }
-        let fl = x.floor();
-        let (p0, r) = if x == fl {
-            (fl as i64 - 1, 1.0f32)
-        } else {
-            (fl as i64, x - fl)
-        };
-        match (cfg.mode, aa) {
-            (InterpMode::Cubic, false) => tw.copy_from_slice(&cubic_coeffs(r, cfg.cubic_a)),
-            (InterpMode::Cubic, true) => {
-                for (k, t) in tw.iter_mut().enumerate() {
-                    let i = i_start + k as i64;
-                    *t = keys_kernel(s * (i as f32 - r), cfg.cubic_a);
-                }
-            }
-            (_, false) => {
-                tw[0] = 1.0 - r;
-                tw[1] = r;
-            }
-            (_, true) => {
-                for (k, t) in tw.iter_mut().enumerate() {
-                    let i = i_start + k as i64;
-                    *t = (1.0 - ((i as f32 - r) * s).abs()).clamp(0.0, 1.0);
-                }
-            }
-        }
-        if aa {
-            let sum: f32 = tw.iter().sum();
-            if sum != 0.0 {
-                tw.iter_mut().for_each(|t| *t /= sum);
-            }
-        }
-        let first = p0.saturating_add(i_start);
-        if cfg.exclude_outside {
-            for (k, t) in tw.iter_mut().enumerate() {
-                let i = first.saturating_add(k as i64);
-                if i < 0 || i >= a.in_len as i64 {
-                    *t = 0.0;
-                }
-            }
-            let sum: f32 = tw.iter().sum();
-            if sum != 0.0 {
-                tw.iter_mut().for_each(|t| *t /= sum);
-            }
-        }
-        for k in 0..taps {
-            idx[o * taps + k] = clamp_index(first.saturating_add(k as i64), a.in_len);
-            w[o * taps + k] = tw[k];
-        }
-    }
-    Ok(Table {
-        taps,
-        idx,
-        w,
-        extrap,
-    })
-}
-
-/// The order of the separable passes (as on the CPU): shrinking axes first, among
-/// equals the innermost first; identity axes are skipped.
-fn pass_order(specs: &[AxisSpec]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..specs.len())
-        .filter(|&a| !is_identity(&specs[a]))
-        .collect();
-    order.sort_by(|&a, &b| {
-        let ra = specs[a].out_len as f64 / specs[a].in_len.max(1) as f64;
-        let rb = specs[b].out_len as f64 / specs[b].in_len.max(1) as f64;
-        ra.total_cmp(&rb).then(b.cmp(&a))
-    });
-    order
-}
+/// Most taps per output position a pass binds (an antialiased shrink by over ~2000×).
+const MAX_TAPS: usize = 4096;
 
 // P: total in_len out_len inner taps fill; T: idx[out·taps] | w bits | extrap[out]
 const INTERP_PASS: &str = "
@@ -496,7 +259,10 @@ fn resize(
     }
     if cfg.mode == InterpMode::Nearest {
         let y = r.alloc(dt, out_shape)?;
-        let maps: Vec<Vec<Option<usize>>> = specs.iter().map(|a| nearest_map(cfg, a)).collect();
+        let maps: Vec<Vec<Option<usize>>> = specs
+            .iter()
+            .map(|a| nearest_map(cfg, a))
+            .collect::<Result<_>>()?;
         let fill = fill_word(&Tensor::scalar(cfg.extrapolation), dt)?;
         map_gather(r, x, &y, &maps, fill)?;
         return Ok(y);
@@ -504,7 +270,7 @@ fn resize(
     if dt != DType::F32 {
         return Err(Error::unsupported_dtype("Resize interpolation of non-f32"));
     }
-    let order = pass_order(specs);
+    let order = pass_order(cfg, specs);
     if order.is_empty() || out_shape.iter().product::<usize>() == 0 {
         let y = r.alloc(dt, out_shape)?;
         if y.is_empty() {
@@ -522,6 +288,9 @@ fn resize(
     for axis in order {
         let spec = &specs[axis];
         let table = interp_table(cfg, spec)?;
+        if table.taps > MAX_TAPS {
+            return Err(Error::memory("Resize: antialias filter too large"));
+        }
         shape[axis] = spec.out_len;
         let next = r.alloc(dt, shape.clone())?;
         interp_pass(r, &cur, &next, axis, &table, cfg.extrapolation)?;
@@ -810,6 +579,7 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::sampling::NearestMode;
 
     /// The host tables reproduce the CPU's resize (1-D, every coordinate mode).
     #[test]
@@ -852,6 +622,7 @@ mod tests {
                         let want = want.as_slice::<f32>().unwrap();
                         let got: Vec<f32> = if mode == InterpMode::Nearest {
                             nearest_map(&cfg, &specs[0])
+                                .unwrap()
                                 .iter()
                                 .map(|m| m.map_or(10.0, |i| src[i]))
                                 .collect()
