@@ -128,3 +128,31 @@ fn a_gpu_only_model_runs_in_one_submission() {
     assert_eq!(s.submissions, 1, "{s:?}");
     assert!(s.uploaded > 0 && s.downloaded > 0, "{s:?}");
 }
+
+/// float16 models run on the GPU: every node is placed there, values are stored widened
+/// and rounded to float16 after each node (MatMul/Gemm with `shader-f16` use f16 tiles),
+/// and the outputs agree with the CPU within float16 precision.
+#[test]
+fn float16_model_runs_on_the_gpu() {
+    let bytes = include_bytes!("gpu_cases/f16_block.onnx");
+    let Some(gpu) = gpu_model(bytes) else { return };
+    let b = gpu.backend();
+    assert_eq!(b.gpu_nodes, b.nodes, "{}", gpu.plan().describe(gpu.graph()));
+    let cpu = Model::load(bytes).unwrap();
+    let n = 5 * 48;
+    let xs: Vec<half::f16> = (0..n)
+        .map(|i| half::f16::from_f32(((i * 37 % 101) as f32 / 50.0) - 1.0))
+        .collect();
+    let x = Tensor::new(vec![5, 48], edgepredict::tensor::Data::F16(xs)).unwrap();
+    let a = cpu.run(&[("X", x.clone())]).unwrap();
+    let g = gpu.run(&[("X", x)]).unwrap();
+    assert_eq!(g[0].1.dtype(), edgepredict::DType::F16);
+    let (pa, pg) = (a[0].1.to_f32_vec().unwrap(), g[0].1.to_f32_vec().unwrap());
+    let worst = pa
+        .iter()
+        .zip(&pg)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0f32, f32::max);
+    // Two float16 roundings apart at most per node; the outputs are probabilities.
+    assert!(worst < 4e-3, "float16 outputs differ by {worst}");
+}

@@ -443,10 +443,10 @@ impl Kernel for ConvTransposeKernel {
 
 pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
     let any = f.node.op.as_any();
-    let floats = (0..f.ins.len()).all(|i| !f.has_input(i) || f.in_dtype(i) == Some(DType::F32));
+    let floats = f.float_inputs();
     if let Some(cv) = any.downcast_ref::<Conv>() {
         if !floats {
-            return Lowered::Cpu("Conv on non-f32 stays on the CPU".into());
+            return Lowered::Cpu("Conv on non-float inputs stays on the CPU".into());
         }
         return Lowered::Kernel(Box::new(ConvKernel {
             window: cv.window.clone(),
@@ -456,7 +456,7 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
     }
     if let Some(ct) = any.downcast_ref::<ConvTranspose>() {
         if !floats {
-            return Lowered::Cpu("ConvTranspose on non-f32 stays on the CPU".into());
+            return Lowered::Cpu("ConvTranspose on non-float inputs stays on the CPU".into());
         }
         return Lowered::Kernel(Box::new(ConvTransposeKernel {
             window: ct.window.clone(),

@@ -5,7 +5,7 @@
 
 use super::layout::View;
 use super::record::{Recorder, LINEAR};
-use super::{In, Kernel, Lowered, NodeFacts, Out, Storage};
+use super::{GpuTensor, In, Kernel, Lowered, NodeFacts, Out, Storage};
 use crate::error::{Error, Result};
 use crate::graph::ops::control::Identity;
 use crate::graph::ops::elementwise::{
@@ -245,8 +245,31 @@ impl Pointwise {
     }
 }
 
+/// Rounds a float16/bfloat16 tensor computed in f32 to its type, in place (for kernels
+/// that do not round their own outputs).
+pub(super) fn round_narrow(r: &mut Recorder, t: &GpuTensor) -> Result<()> {
+    if t.is_empty() {
+        return Ok(());
+    }
+    let src = format!(
+        "{HELPERS}{LINEAR}
+@group(0) @binding(0) var<storage, read_write> X: array<f32>;
+@group(0) @binding(1) var<storage, read> P: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{
+    let i = linear_id(gid, nwg);
+    if (i >= P[0]) {{ return; }}
+    X[i] = {e};
+}}
+",
+        e = narrow_expr(t.dtype, "X[i]")
+    );
+    let grid = r.grid(t.len());
+    r.dispatch(&src, &[t.buffer()], &[t.len() as u32], grid)
+}
+
 /// `e` brought into the range and precision of `dt` where its storage is wider.
-fn narrow_expr(dt: DType, e: &str) -> String {
+pub(super) fn narrow_expr(dt: DType, e: &str) -> String {
     match dt {
         DType::I8 => format!("((({e}) << 24u) >> 24u)"),
         DType::I16 => format!("((({e}) << 16u) >> 16u)"),
@@ -307,6 +330,9 @@ fn collapse(out: &[usize], ins: &[&[usize]]) -> (Vec<usize>, Vec<Vec<usize>>) {
 impl Kernel for Pointwise {
     fn host_inputs(&self) -> &[usize] {
         &self.host
+    }
+    fn rounds_outputs(&self) -> bool {
+        true
     }
     fn encode(
         &self,

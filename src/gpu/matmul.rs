@@ -19,9 +19,15 @@ struct MatMulKernel {
     /// MatMul's fused row bias (a load-time constant), uploaded on first use.
     bias: Option<Arc<Tensor>>,
     bias_dev: Mutex<Option<super::GpuTensor>>,
+    /// float16 tiles (see [`source`]).
+    half: bool,
 }
 
-fn source(act: Option<Activation>, bias: bool) -> String {
+/// `half`: float16 operands with `shader-f16`: the tiles in workgroup memory are f16
+/// (half the memory, so K advances 32 per step instead of 16), products of two f16 are
+/// exact in f32 and accumulate there (the tensor-core scheme), and the output is
+/// rounded to f16 as it is written.
+fn source(act: Option<Activation>, bias: bool, half: bool) -> String {
     let mut out = String::from("v");
     if bias {
         out = "(v + beta * C[P[10] + m * P[8] + n * P[9]])".into();
@@ -29,6 +35,12 @@ fn source(act: Option<Activation>, bias: bool) -> String {
     if let Some(a) = act {
         out = activation_wgsl(a, &out);
     }
+    let (enable, ty, kt) = if half {
+        out = super::elementwise::narrow_expr(DType::F16, &out);
+        ("enable f16;\n", "f16", 32u32)
+    } else {
+        ("", "f32", 16u32)
+    };
     let cbind = if bias {
         "@group(0) @binding(3) var<storage, read> C: array<f32>;\n\
          @group(0) @binding(4) var<storage, read> P: array<u32>;\n"
@@ -36,13 +48,13 @@ fn source(act: Option<Activation>, bias: bool) -> String {
         "@group(0) @binding(3) var<storage, read> P: array<u32>;\n"
     };
     format!(
-        "{helpers}
+        "{enable}{helpers}
 @group(0) @binding(0) var<storage, read> A: array<f32>;
 @group(0) @binding(1) var<storage, read> B: array<f32>;
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;
 {cbind}
-var<workgroup> As: array<f32, 1024>;
-var<workgroup> Bs: array<f32, 1024>;
+var<workgroup> As: array<{ty}, {tile}>;
+var<workgroup> Bs: array<{ty}, {tile}>;
 // P: M N K batch | sam sak sbk sbn | scm scn coff | alpha beta | a_off[batch] b_off[batch]
 @compute @workgroup_size(16, 16)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {{
@@ -57,26 +69,26 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let tid = lid.y * 16u + lid.x;
     var acc0 = vec4<f32>(0.0); var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0); var acc3 = vec4<f32>(0.0);
-    for (var k0 = 0u; k0 < K; k0 += 16u) {{
-        for (var l = 0u; l < 4u; l++) {{
+    for (var k0 = 0u; k0 < K; k0 += {kt}u) {{
+        for (var l = 0u; l < {loads}u; l++) {{
             let e = tid + l * 256u;
-            let mm = e / 16u; let kk = e % 16u;
+            let mm = e / {kt}u; let kk = e % {kt}u;
             let gm = m0 + mm; let gk = k0 + kk;
             var va = 0.0;
             if (gm < M && gk < K) {{ va = A[aoff + gm * sam + gk * sak]; }}
-            As[kk * 64u + mm] = va;
+            As[kk * 64u + mm] = {ty}(va);
             let kb = e / 64u; let nn = e % 64u;
             let gk2 = k0 + kb; let gn = n0 + nn;
             var vb = 0.0;
             if (gk2 < K && gn < N) {{ vb = B[boff + gk2 * sbk + gn * sbn]; }}
-            Bs[kb * 64u + nn] = vb;
+            Bs[kb * 64u + nn] = {ty}(vb);
         }}
         workgroupBarrier();
-        for (var kk = 0u; kk < 16u; kk++) {{
+        for (var kk = 0u; kk < {kt}u; kk++) {{
             let ab = kk * 64u + lid.y * 4u;
-            let a = vec4<f32>(As[ab], As[ab + 1u], As[ab + 2u], As[ab + 3u]);
+            let a = vec4<f32>(vec4<{ty}>(As[ab], As[ab + 1u], As[ab + 2u], As[ab + 3u]));
             let bb = kk * 64u + lid.x * 4u;
-            let bv = vec4<f32>(Bs[bb], Bs[bb + 1u], Bs[bb + 2u], Bs[bb + 3u]);
+            let bv = vec4<f32>(vec4<{ty}>(Bs[bb], Bs[bb + 1u], Bs[bb + 2u], Bs[bb + 3u]));
             acc0 += a.x * bv; acc1 += a.y * bv; acc2 += a.z * bv; acc3 += a.w * bv;
         }}
         workgroupBarrier();
@@ -95,10 +107,15 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 }}
 ",
         helpers = activation_helpers(),
+        tile = 64 * kt,
+        loads = kt / 4,
     )
 }
 
 impl Kernel for MatMulKernel {
+    fn rounds_outputs(&self) -> bool {
+        self.half
+    }
     fn encode(
         &self,
         r: &mut Recorder,
@@ -266,7 +283,7 @@ impl Kernel for MatMulKernel {
         ];
         params.extend(a_offs.iter().map(|&x| x as u32));
         params.extend(b_offs.iter().map(|&x| x as u32));
-        let src = source(self.activation, c_buf.is_some());
+        let src = source(self.activation, c_buf.is_some(), self.half);
         let grid = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, batch as u32];
         let mut bufs = vec![a.buffer(), b.buffer(), y.buffer()];
         if let Some(c) = &c_buf {
@@ -277,29 +294,33 @@ impl Kernel for MatMulKernel {
     }
 }
 
-pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
+pub(super) fn lower(f: &NodeFacts, cx: &super::GpuContext) -> Lowered {
     let any = f.node.op.as_any();
-    let floats = (0..f.ins.len()).all(|i| !f.has_input(i) || f.in_dtype(i) == Some(DType::F32));
+    let floats = f.float_inputs();
+    let half = cx.summary.shader_f16
+        && (0..f.ins.len()).all(|i| !f.has_input(i) || f.in_dtype(i) == Some(DType::F16));
     if let Some(g) = any.downcast_ref::<Gemm>() {
         if !floats {
-            return Lowered::Cpu("Gemm on non-f32 stays on the CPU".into());
+            return Lowered::Cpu("Gemm on non-float inputs stays on the CPU".into());
         }
         return Lowered::Kernel(Box::new(MatMulKernel {
             gemm: Some(g.attrs),
             activation: g.activation,
             bias: None,
             bias_dev: Mutex::new(None),
+            half,
         }));
     }
     if let Some(mm) = any.downcast_ref::<MatMul>() {
         if !floats {
-            return Lowered::Cpu("MatMul on non-f32 stays on the CPU".into());
+            return Lowered::Cpu("MatMul on non-float inputs stays on the CPU".into());
         }
         return Lowered::Kernel(Box::new(MatMulKernel {
             gemm: None,
             activation: mm.activation,
             bias: mm.bias.clone(),
             bias_dev: Mutex::new(None),
+            half,
         }));
     }
     Lowered::NotMine

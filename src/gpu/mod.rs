@@ -22,6 +22,7 @@ mod quant;
 pub mod record;
 mod reduce;
 mod resize;
+mod sample;
 pub mod tensor;
 #[cfg(target_arch = "wasm32")]
 mod web;
@@ -80,6 +81,12 @@ pub trait Kernel: Send + Sync + fmt::Debug {
     fn moves_only(&self) -> bool {
         false
     }
+    /// True for kernels that round float16/bfloat16 outputs themselves. The others
+    /// compute in f32 and the executor rounds their narrow float outputs after them, so
+    /// every stored value is one the narrow type can hold.
+    fn rounds_outputs(&self) -> bool {
+        false
+    }
     /// Records the node's work. `outs` are the output dtypes and shapes from the op's
     /// shape rule on the concrete inputs.
     fn encode(
@@ -124,6 +131,17 @@ impl<'a> NodeFacts<'a> {
     pub fn has_input(&self, i: usize) -> bool {
         self.ins.get(i).copied().flatten().is_some()
     }
+    /// True when every present input is a float the GPU computes in f32 (see
+    /// [`gpu_float`]).
+    pub fn float_inputs(&self) -> bool {
+        (0..self.ins.len()).all(|i| !self.has_input(i) || gpu_float(self.in_dtype(i)))
+    }
+}
+
+/// Floats that float kernels take: f32, and float16/bfloat16 widened to f32 in storage,
+/// computed in f32 and rounded back at each output.
+pub fn gpu_float(dt: Option<DType>) -> bool {
+    matches!(dt, Some(DType::F32 | DType::F16 | DType::BF16))
 }
 
 /// Each node's kernel (None: CPU) and the reason for its placement.
@@ -159,6 +177,7 @@ const FAMILIES: &[Family] = &[
     conv::lower,
     pool::lower,
     resize::lower,
+    sample::lower,
     quant::lower,
     qconv::lower,
     qgemm::lower,
@@ -547,6 +566,15 @@ impl GpuSession {
             })
             .collect();
         let produced = k.encode(r, &ins, &outs)?;
+        if !k.moves_only() && !k.rounds_outputs() {
+            for o in &produced {
+                if let Out::Dev(t) = o {
+                    if matches!(t.dtype, DType::F16 | DType::BF16) {
+                        elementwise::round_narrow(r, t)?;
+                    }
+                }
+            }
+        }
         Ok(Some(
             produced
                 .into_iter()

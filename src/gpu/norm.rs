@@ -511,7 +511,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 
 pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
     let any = f.node.op.as_any();
-    let all_f32 = || (0..f.ins.len()).all(|i| !f.has_input(i) || f.in_dtype(i) == Some(DType::F32));
+    let all_f32 = || f.float_inputs();
     let name = &f.node.op_type;
     let k: Box<dyn Kernel> = if let Some(op) = any.downcast_ref::<LayerNormalization>() {
         let stats_read = (1..3).any(|i| f.node.outputs.get(i).is_some_and(|o| o.is_some()));
@@ -572,7 +572,7 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
         return Lowered::NotMine;
     };
     if !all_f32() {
-        return Lowered::Cpu(format!("{name} on non-f32 inputs stays on the CPU"));
+        return Lowered::Cpu(format!("{name} on non-float inputs stays on the CPU"));
     }
     Lowered::Kernel(k)
 }

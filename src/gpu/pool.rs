@@ -295,13 +295,13 @@ impl Kernel for GlobalKernel {
 
 pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
     let any = f.node.op.as_any();
-    let f32_in = f.in_dtype(0) == Some(DType::F32);
+    let f32_in = super::gpu_float(f.in_dtype(0));
     if let Some(mp) = any.downcast_ref::<MaxPool>() {
         if mp.want_indices {
             return Lowered::Cpu("MaxPool's Indices output stays on the CPU".into());
         }
         let st = match f.in_dtype(0) {
-            Some(DType::F32) => Storage::F32,
+            Some(DType::F32 | DType::F16 | DType::BF16) => Storage::F32,
             Some(DType::U8) => Storage::U32,
             _ => return Lowered::Cpu("MaxPool on this dtype stays on the CPU".into()),
         };

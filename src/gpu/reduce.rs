@@ -670,7 +670,7 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
             ReduceKind::Sum | ReduceKind::Max | ReduceKind::Min | ReduceKind::Prod
         );
         let st = match (dt, st) {
-            (Some(DType::F32), _) => Storage::F32,
+            (Some(DType::F32 | DType::F16 | DType::BF16), _) => Storage::F32,
             (Some(DType::I32 | DType::I64), _) if int_ok => Storage::I32,
             (Some(DType::Bool), _) if matches!(op.kind, ReduceKind::Max | ReduceKind::Min) => {
                 Storage::U32
@@ -693,7 +693,7 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
         };
     }
     if let Some(op) = any.downcast_ref::<Softmax>() {
-        if dt != Some(DType::F32) {
+        if !super::gpu_float(dt) {
             return Lowered::Cpu(format!("softmax on {dt:?} stays on the CPU"));
         }
         return Lowered::Kernel(Box::new(SoftmaxKernel { op: op.clone() }));

@@ -514,7 +514,7 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
     let storable = f.in_dtype(0).and_then(Storage::of).is_some();
     let dtype_cpu = || Lowered::Cpu(format!("{} on this dtype stays on the CPU", f.node.op_type));
     let interp_ok =
-        |cfg: &ResizeCfg| cfg.mode == InterpMode::Nearest || f.in_dtype(0) == Some(DType::F32);
+        |cfg: &ResizeCfg| cfg.mode == InterpMode::Nearest || super::gpu_float(f.in_dtype(0));
     if let Some(rz) = any.downcast_ref::<Resize>() {
         if !storable || !interp_ok(&rz.cfg) {
             return dtype_cpu();
