@@ -177,7 +177,9 @@ fn load(bytes: &[u8], backend: Backend) -> Result<Model, String> {
                 .placement
                 .iter()
                 .zip(&model.graph().nodes)
-                .filter(|((p, _), _)| *p != edgepredict::plan::Placement::Gpu)
+                .filter(|((p, why), _)| {
+                    *p != edgepredict::plan::Placement::Gpu || why.contains("; ")
+                })
                 .map(|((_, why), n)| format!("{}: {why}", n.op_type))
                 .collect();
             return Err(format!(

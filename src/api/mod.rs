@@ -498,7 +498,7 @@ fn choose_backend(
     plan: &mut Plan,
 ) -> Result<(BackendInfo, Option<GpuSessionOwned>)> {
     let want = opts.backend;
-    let nodes = g.nodes.len();
+    let nodes = g.node_count_deep();
     let cpu = |why: String| BackendInfo {
         active: "cpu",
         requested: want,
@@ -568,7 +568,7 @@ pub(crate) fn gpu_backend(
                 adapter: Some(cx.summary.to_string()),
                 fallback_reason: Some(why),
                 gpu_nodes: 0,
-                nodes: g.nodes.len(),
+                nodes: g.node_count_deep(),
             },
             None,
         ));
@@ -579,14 +579,15 @@ pub(crate) fn gpu_backend(
         crate::gpu::Placement::Balanced
     };
     let session = crate::gpu::GpuSession::new(cx.clone(), g, how);
-    let gpu_nodes = session.plan.gpu_nodes();
+    // Bodies of If/Loop/Scan count: a control node on the GPU runs them there.
+    let gpu_nodes = session.gpu_nodes();
     let mut info = BackendInfo {
         active: "webgpu",
         requested: want,
         adapter: Some(cx.summary.to_string()),
         fallback_reason: None,
         gpu_nodes,
-        nodes: g.nodes.len(),
+        nodes: g.node_count_deep(),
     };
     if want == Backend::Auto {
         // Auto takes the GPU only where it should win: a real GPU, and every node that
@@ -597,24 +598,12 @@ pub(crate) fn gpu_backend(
                 cx.summary.name
             ))
         } else {
-            let left: Vec<&str> = g
-                .nodes
-                .iter()
-                .zip(&session.plan.kernels)
-                .filter(|(n, k)| {
-                    k.is_none()
-                        && n.outputs
-                            .iter()
-                            .flatten()
-                            .any(|&o| g.values[o].fact.dtype.is_some_and(|d| d.is_float()))
-                })
-                .map(|(n, _)| n.op_type.as_str())
-                .collect();
+            let left = session.cpu_float_ops(g);
             (!left.is_empty()).then(|| {
                 format!(
                     "{} float node(s) have no GPU kernel ({})",
                     left.len(),
-                    left.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+                    left.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
                 )
             })
         };
@@ -631,7 +620,8 @@ pub(crate) fn gpu_backend(
         .zip(session.plan.kernels.iter().zip(&session.plan.reasons))
     {
         *p = if k.is_some() {
-            (Placement::Gpu, "webgpu".into())
+            // "webgpu", or for If/Loop/Scan how much of their bodies runs there.
+            (Placement::Gpu, why.clone())
         } else {
             (Placement::Cpu, why.clone())
         };

@@ -9,6 +9,7 @@
 //! from the ops' own shape rules evaluated on the concrete input shapes, so kernels and
 //! the CPU agree on them by construction.
 
+mod control;
 mod conv;
 pub mod device;
 mod elementwise;
@@ -85,6 +86,10 @@ pub trait Kernel: Send + Sync + fmt::Debug {
     /// compute in f32 and the executor rounds their narrow float outputs after them, so
     /// every stored value is one the narrow type can hold.
     fn rounds_outputs(&self) -> bool {
+        false
+    }
+    /// True for If/Loop/Scan: the executor runs their bodies itself, on the GPU.
+    fn is_control(&self) -> bool {
         false
     }
     /// Records the node's work. `outs` are the output dtypes and shapes from the op's
@@ -178,6 +183,7 @@ const FAMILIES: &[Family] = &[
     pool::lower,
     resize::lower,
     sample::lower,
+    control::lower,
     quant::lower,
     qconv::lower,
     qgemm::lower,
@@ -292,7 +298,7 @@ pub fn place(g: &Graph, cx: &GpuContext, how: Placement) -> GpuPlan {
 
 /// A value during a GPU run: on the host, on the GPU, or both.
 #[derive(Default, Clone)]
-struct Slot {
+pub(crate) struct Slot {
     host: Option<Value>,
     dev: Option<GpuTensor>,
 }
@@ -305,6 +311,9 @@ pub struct GpuSession {
     pub plan: GpuPlan,
     consts: Mutex<HashMap<ValueId, GpuTensor>>,
     last: Mutex<Option<RunStats>>,
+    /// The bodies of the control-flow nodes this executor runs (If: then and else;
+    /// Loop, Scan: the body), by node index, each with its own placement and schedule.
+    bodies: HashMap<usize, Vec<(GpuSession, Plan)>>,
 }
 
 /// What one GPU run did, for `bench` and tests.
@@ -317,13 +326,81 @@ pub struct RunStats {
 
 impl GpuSession {
     pub fn new(cx: Arc<GpuContext>, g: &Graph, how: Placement) -> GpuSession {
-        let plan = place(g, &cx, how);
+        let mut plan = place(g, &cx, how);
+        let mut bodies = HashMap::new();
+        for (i, n) in g.nodes.iter().enumerate() {
+            if plan.kernels[i].as_ref().is_some_and(|k| k.is_control()) {
+                let subs: Vec<(GpuSession, Plan)> =
+                    n.op.subgraphs()
+                        .into_iter()
+                        .map(|sg| (GpuSession::new(cx.clone(), sg, how), Plan::new(sg)))
+                        .collect();
+                let (on, all) = subs
+                    .iter()
+                    .fold((0, 0), |(a, b), (s, _)| (a + s.gpu_nodes(), b + s.nodes()));
+                let mut why = format!("webgpu ({on} of {all} body nodes on the GPU");
+                for ((s, _), sg) in subs.iter().zip(n.op.subgraphs()) {
+                    for (bn, r) in sg.nodes.iter().zip(&s.plan.reasons) {
+                        if !r.starts_with("webgpu") {
+                            why.push_str(&format!("; {}: {r}", bn.op_type));
+                        }
+                    }
+                }
+                why.push(')');
+                plan.reasons[i] = why;
+                bodies.insert(i, subs);
+            }
+        }
         GpuSession {
             cx,
             plan,
             consts: Mutex::new(HashMap::new()),
             last: Mutex::new(None),
+            bodies,
         }
+    }
+
+    /// Nodes placed on the GPU, counting the nodes of bodies run on the GPU.
+    pub fn gpu_nodes(&self) -> usize {
+        self.plan.gpu_nodes()
+            + self
+                .bodies
+                .values()
+                .flatten()
+                .map(|(s, _)| s.gpu_nodes())
+                .sum::<usize>()
+    }
+
+    /// Nodes in the placed graph and in the bodies this executor runs.
+    fn nodes(&self) -> usize {
+        self.plan.kernels.len()
+            + self
+                .bodies
+                .values()
+                .flatten()
+                .map(|(s, _)| s.nodes())
+                .sum::<usize>()
+    }
+
+    /// Op types of nodes that compute floats yet stay on the CPU, bodies included.
+    pub fn cpu_float_ops(&self, g: &Graph) -> Vec<String> {
+        let mut left = Vec::new();
+        for (i, (n, k)) in g.nodes.iter().zip(&self.plan.kernels).enumerate() {
+            let float = n
+                .outputs
+                .iter()
+                .flatten()
+                .any(|&o| g.values[o].fact.dtype.is_some_and(|d| d.is_float()));
+            if k.is_none() && float {
+                left.push(n.op_type.clone());
+            }
+            if let Some(subs) = self.bodies.get(&i) {
+                for ((s, _), sg) in subs.iter().zip(n.op.subgraphs()) {
+                    left.extend(s.cpu_float_ops(sg));
+                }
+            }
+        }
+        left
     }
 
     /// What the last completed run did (submissions, bytes moved).
@@ -331,7 +408,8 @@ impl GpuSession {
         self.last.lock().ok().and_then(|l| l.clone())
     }
 
-    /// Runs the top-level graph. Subgraph ops (If/Loop/Scan) run on the CPU.
+    /// Runs the top-level graph. If/Loop/Scan placed on the GPU run their bodies here
+    /// too (see `control.rs`); the others run on the CPU.
     pub async fn run(
         &self,
         g: &Graph,
@@ -345,99 +423,37 @@ impl GpuSession {
         // Stale errors from an earlier failed run must not be blamed on this one.
         self.cx.take_uncaptured();
         let mut r = Recorder::new(&self.cx);
-        let mut vals: Vec<Slot> = g
-            .consts
-            .iter()
-            .map(|c| Slot {
-                host: c.clone(),
-                dev: None,
+        let inputs = inputs
+            .into_iter()
+            .map(|v| {
+                v.map(|v| Slot {
+                    host: Some(v),
+                    dev: None,
+                })
             })
             .collect();
-        for (k, &id) in g.inputs.iter().enumerate() {
-            match inputs.get(k).cloned().flatten() {
-                Some(v) => vals[id].host = Some(v),
-                None if vals[id].host.is_some() => {}
-                None => {
-                    return Err(Error::input(format!(
-                        "missing input '{}'",
-                        g.value_name(id)
-                    )))
-                }
-            }
-        }
-        if let Ok(cache) = self.consts.lock() {
-            for (&id, t) in cache.iter() {
-                vals[id].dev = Some(t.clone());
-            }
-        }
-        for (i, node) in g.nodes.iter().enumerate() {
-            let gpu = match &self.plan.kernels[i] {
-                Some(k) => self
-                    .run_gpu_node(g, node, k.as_ref(), &mut vals, &mut r)
-                    .await
-                    .map_err(|e| e.at_node(&node.name, &node.op_type))?,
-                None => None,
-            };
-            let outs: Vec<Slot> = match gpu {
-                Some(outs) => {
-                    if check_mode() {
-                        self.check_node(g, node, cx, &mut vals, &outs, &mut r)
-                            .await
-                            .map_err(|e| e.at_node(&node.name, &node.op_type))?;
-                    }
-                    outs
-                }
-                // No kernel, or a tensor over the GPU's binding limit.
-                None => run_cpu_node(g, node, cx, &mut vals, &mut r)
-                    .await?
-                    .into_iter()
-                    .map(|v| Slot {
-                        host: Some(v),
-                        dev: None,
-                    })
-                    .collect(),
-            };
-            for (k, o) in node.outputs.iter().enumerate() {
-                if let Some(id) = o {
-                    let s = outs.get(k).cloned().ok_or_else(|| {
-                        Error::runtime(format!(
-                            "produced {} outputs, the model reads output {k}",
-                            outs.len()
-                        ))
-                        .at_node(&node.name, &node.op_type)
-                    })?;
-                    vals[*id] = s;
-                }
-            }
-            for &id in node.inputs.iter().flatten().chain(&node.implicit_inputs) {
-                if plan.last_use[id] == Some(i) && g.consts[id].is_none() {
-                    vals[id] = Slot::default();
-                }
-            }
-        }
+        let mut vals = self
+            .run_slots(g, plan, cx, inputs, Vec::new(), &mut r)
+            .await?;
         // Graph outputs still on the GPU come back in one submission.
-        let want: Vec<(usize, GpuTensor)> = g
-            .outputs
-            .iter()
-            .enumerate()
-            .filter_map(|(k, &id)| match &vals[id] {
-                Slot {
-                    host: None,
-                    dev: Some(t),
-                } => Some((k, t.clone())),
-                _ => None,
-            })
+        let ids: Vec<usize> = (0..vals.len())
+            .filter(|&k| vals[k].host.is_none())
             .collect();
-        let refs: Vec<&GpuTensor> = want.iter().map(|(_, t)| t).collect();
-        let got = r.download(&refs).await?;
-        let mut outs: Vec<Option<Value>> =
-            g.outputs.iter().map(|&id| vals[id].host.clone()).collect();
-        for ((k, _), t) in want.iter().zip(got) {
-            outs[*k] = Some(Value::from(t));
-        }
+        download_into(&mut vals, &ids, &mut r).await?;
+        let outs = vals
+            .iter_mut()
+            .zip(&g.outputs)
+            .map(|(v, &id)| {
+                v.host.take().ok_or_else(|| {
+                    Error::runtime(format!(
+                        "graph output '{}' was not computed",
+                        g.value_name(id)
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         // Values freed during the run go to the shared pool now that the GPU is done.
         drop(vals);
-        drop(want);
         r.finish();
         let stats = RunStats {
             submissions: r.submissions,
@@ -447,19 +463,122 @@ impl GpuSession {
         if let Ok(mut l) = self.last.lock() {
             *l = Some(stats.clone());
         }
-        let outs = outs
-            .into_iter()
-            .zip(&g.outputs)
-            .map(|(v, &id)| {
-                v.ok_or_else(|| {
-                    Error::runtime(format!(
-                        "graph output '{}' was not computed",
-                        g.value_name(id)
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
         Ok((outs, stats))
+    }
+
+    /// Runs `g` (the top-level graph or a body) on the recorder `r`, from input and
+    /// captured values wherever they are; the outputs stay where they were made.
+    pub(crate) fn run_slots<'a, 'b: 'a, 'c: 'a>(
+        &'a self,
+        g: &'a Graph,
+        plan: &'a Plan,
+        cx: &'a mut RunCx<'b>,
+        inputs: Vec<Option<Slot>>,
+        captures: Vec<(String, Slot)>,
+        r: &'a mut Recorder<'c>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Slot>>> + 'a>> {
+        Box::pin(async move {
+            if cx.depth > cx.options.max_depth {
+                return Err(Error::runtime("subgraphs nested too deeply at run time"));
+            }
+            let mut vals: Vec<Slot> = g
+                .consts
+                .iter()
+                .map(|c| Slot {
+                    host: c.clone(),
+                    dev: None,
+                })
+                .collect();
+            for (k, &id) in g.inputs.iter().enumerate() {
+                match inputs.get(k).cloned().flatten() {
+                    Some(v) => vals[id] = v,
+                    None if vals[id].host.is_some() => {}
+                    None => {
+                        return Err(Error::input(format!(
+                            "missing input '{}'",
+                            g.value_name(id)
+                        )))
+                    }
+                }
+            }
+            for (id, name) in &g.captures {
+                vals[*id] = captures
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+                    .ok_or_else(|| {
+                        Error::runtime(format!("outer value '{name}' is not available"))
+                    })?;
+            }
+            if let Ok(cache) = self.consts.lock() {
+                for (&id, t) in cache.iter() {
+                    vals[id].dev = Some(t.clone());
+                }
+            }
+            for (i, node) in g.nodes.iter().enumerate() {
+                let gpu = match (&self.plan.kernels[i], self.bodies.get(&i)) {
+                    (Some(_), Some(bodies)) => Some(
+                        control::run(bodies, g, node, cx, &mut vals, r)
+                            .await
+                            .map_err(|e| e.at_node(&node.name, &node.op_type))?,
+                    ),
+                    (Some(k), None) => self
+                        .run_gpu_node(g, node, k.as_ref(), &mut vals, r)
+                        .await
+                        .map_err(|e| e.at_node(&node.name, &node.op_type))?,
+                    (None, _) => None,
+                };
+                let outs: Vec<Slot> = match gpu {
+                    Some(outs) => {
+                        if check_mode() {
+                            self.check_node(g, node, cx, &mut vals, &outs, r)
+                                .await
+                                .map_err(|e| e.at_node(&node.name, &node.op_type))?;
+                        }
+                        outs
+                    }
+                    // No kernel, or a tensor over the GPU's binding limit.
+                    None => run_cpu_node(g, node, cx, &mut vals, r)
+                        .await?
+                        .into_iter()
+                        .map(|v| Slot {
+                            host: Some(v),
+                            dev: None,
+                        })
+                        .collect(),
+                };
+                for (k, o) in node.outputs.iter().enumerate() {
+                    if let Some(id) = o {
+                        let s = outs.get(k).cloned().ok_or_else(|| {
+                            Error::runtime(format!(
+                                "produced {} outputs, the model reads output {k}",
+                                outs.len()
+                            ))
+                            .at_node(&node.name, &node.op_type)
+                        })?;
+                        vals[*id] = s;
+                    }
+                }
+                for &id in node.inputs.iter().flatten().chain(&node.implicit_inputs) {
+                    if plan.last_use[id] == Some(i) && g.consts[id].is_none() {
+                        vals[id] = Slot::default();
+                    }
+                }
+            }
+            g.outputs
+                .iter()
+                .map(|&id| {
+                    let v = vals[id].clone();
+                    if v.host.is_none() && v.dev.is_none() {
+                        return Err(Error::runtime(format!(
+                            "graph output '{}' was not computed",
+                            g.value_name(id)
+                        )));
+                    }
+                    Ok(v)
+                })
+                .collect()
+        })
     }
 
     async fn run_gpu_node(

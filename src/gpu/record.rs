@@ -93,6 +93,33 @@ impl<'a> Recorder<'a> {
         })
     }
 
+    /// Records a copy of `n` elements from `src` (from element `src_at`) into `dst` (from
+    /// element `dst_at`): slices and stacks along the first axis (Scan, Loop).
+    pub fn copy(
+        &mut self,
+        src: &GpuTensor,
+        src_at: usize,
+        dst: &GpuTensor,
+        dst_at: usize,
+        n: usize,
+    ) -> Result<()> {
+        if src_at + n > src.len() || dst_at + n > dst.len() {
+            return Err(Error::runtime("GPU copy out of bounds"));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        self.encoder().copy_buffer_to_buffer(
+            src.buffer(),
+            (src_at * 4) as u64,
+            dst.buffer(),
+            (dst_at * 4) as u64,
+            (n * 4) as u64,
+        );
+        self.pending += 1;
+        Ok(())
+    }
+
     /// Puts a host tensor on the GPU. The buffer is new and filled at creation, so the
     /// upload cannot race with pooled buffers the pending commands still use.
     pub fn upload(&mut self, t: &Tensor) -> Result<GpuTensor> {

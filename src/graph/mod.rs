@@ -221,6 +221,12 @@ pub trait Op: fmt::Debug + Send + Sync + Any {
     fn subgraphs(&self) -> Vec<&Graph> {
         Vec::new()
     }
+    /// What the op feeds each subgraph's inputs (one list per subgraph, in the order of
+    /// `subgraphs`), given its own input facts: fills in body inputs the model leaves
+    /// untyped. Empty: nothing known.
+    fn body_input_facts(&self, _inputs: &[Fact]) -> Vec<Vec<Fact>> {
+        Vec::new()
+    }
     /// The same subgraphs, for inference and passes that rewrite them. An op that
     /// returns them here must not cache anything derived from them before its first run.
     fn subgraphs_mut(&mut self) -> Vec<&mut Graph> {

@@ -204,10 +204,28 @@ pub fn infer_graph(g: &mut Graph, opsets: &dyn Fn(&str) -> i64) -> Result<()> {
         // If/Loop rules see their bodies' output facts.
         {
             let Graph { nodes, values, .. } = &mut *g;
-            for sub in nodes[i].op.subgraphs_mut() {
+            let outer_inputs: Vec<Fact> = nodes[i]
+                .inputs
+                .iter()
+                .map(|inp| inp.map_or_else(Fact::absent, |id| values[id].fact.clone()))
+                .collect();
+            let fed = nodes[i].op.body_input_facts(&outer_inputs);
+            for (k, sub) in nodes[i].op.subgraphs_mut().into_iter().enumerate() {
                 for (cid, name) in sub.captures.clone() {
                     if let Some(outer) = values.iter().find(|v| v.name == name) {
                         sub.values[cid].fact = outer.fact.clone();
+                    }
+                }
+                // Untyped body inputs take what the op feeds them.
+                if let Some(fed) = fed.get(k) {
+                    for (&id, f) in sub.inputs.clone().iter().zip(fed) {
+                        let v = &mut sub.values[id].fact;
+                        if v.dtype.is_none() {
+                            v.dtype = f.dtype;
+                        }
+                        if v.shape.is_none() {
+                            v.shape = f.shape.clone();
+                        }
                     }
                 }
                 infer_graph(sub, opsets)?;

@@ -244,6 +244,21 @@ impl Op for Loop {
         }
         Ok(facts)
     }
+    fn body_input_facts(&self, inputs: &[Fact]) -> Vec<Vec<Fact>> {
+        // (iteration, condition, carried…): carried values keep their dtype, not
+        // necessarily their shape.
+        let mut fed = vec![
+            Fact::new(Some(DType::I64), Some(Vec::new())),
+            Fact::new(Some(DType::Bool), Some(Vec::new())),
+        ];
+        fed.extend(inputs.iter().skip(2).map(|f| Fact {
+            kind: f.kind,
+            dtype: f.dtype,
+            shape: None,
+            value: None,
+        }));
+        vec![fed]
+    }
     fn run(&self, cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
         let n_carried = args.len().saturating_sub(2);
         let max_trip = match args.opt(0)? {
@@ -317,7 +332,7 @@ impl Op for Loop {
 }
 
 /// Stacks per-iteration scan outputs along a new first axis (sequences concatenate).
-fn stack_values(items: Vec<Value>, fact: &Fact) -> Result<Value> {
+pub(crate) fn stack_values(items: Vec<Value>, fact: &Fact) -> Result<Value> {
     if items.is_empty() {
         let dt = fact.dtype.unwrap_or(DType::F32);
         if fact.kind == ValueKind::Sequence {
@@ -413,6 +428,35 @@ impl Op for Scan {
                 }
             })
             .collect())
+    }
+    fn body_input_facts(&self, inputs: &[Fact]) -> Vec<Vec<Fact>> {
+        // (states…, one slice of each scan input…): dtypes carry over; a slice drops the
+        // scan axis.
+        let n_states = inputs.len().saturating_sub(self.num_scan_inputs);
+        let mut fed = Vec::with_capacity(inputs.len());
+        for (j, f) in inputs.iter().enumerate() {
+            let shape = if j < n_states {
+                None
+            } else {
+                let axis = self.input_axes.get(j - n_states).copied().unwrap_or(0);
+                f.shape.as_ref().and_then(|s| {
+                    let r = s.len() as i64;
+                    let a = if axis < 0 { axis + r } else { axis };
+                    (0..r).contains(&a).then(|| {
+                        let mut t = s.clone();
+                        t.remove(a as usize);
+                        t
+                    })
+                })
+            };
+            fed.push(Fact {
+                kind: f.kind,
+                dtype: f.dtype,
+                shape,
+                value: None,
+            });
+        }
+        vec![fed]
     }
     fn run(&self, cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
         let m = self.num_scan_inputs;
