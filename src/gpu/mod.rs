@@ -12,6 +12,7 @@
 mod conv;
 pub mod device;
 mod elementwise;
+mod indexing;
 mod layout;
 mod matmul;
 mod norm;
@@ -162,6 +163,7 @@ const FAMILIES: &[Family] = &[
     quant::lower,
     qconv::lower,
     qgemm::lower,
+    indexing::lower,
 ];
 
 /// How eagerly nodes go to the GPU.
