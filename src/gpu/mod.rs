@@ -14,6 +14,7 @@ pub mod device;
 mod elementwise;
 mod indexing;
 mod layout;
+mod loss;
 mod matmul;
 mod norm;
 mod pool;
@@ -164,6 +165,7 @@ const FAMILIES: &[Family] = &[
     qconv::lower,
     qgemm::lower,
     indexing::lower,
+    loss::lower,
 ];
 
 /// How eagerly nodes go to the GPU.
