@@ -9,6 +9,7 @@
 //! from the ops' own shape rules evaluated on the concrete input shapes, so kernels and
 //! the CPU agree on them by construction.
 
+mod attention;
 mod conv;
 pub mod device;
 mod elementwise;
@@ -166,6 +167,7 @@ const FAMILIES: &[Family] = &[
     qgemm::lower,
     indexing::lower,
     loss::lower,
+    attention::lower,
 ];
 
 /// How eagerly nodes go to the GPU.
