@@ -17,7 +17,9 @@ use super::record::{Recorder, LINEAR};
 use super::{GpuTensor, In, Kernel, Lowered, NodeFacts, Out};
 use crate::cpu::attention::AttnParams;
 use crate::error::{Error, Result};
-use crate::graph::ops::attention::{Attention, RotaryEmbedding};
+use crate::graph::ops::attention::{
+    Attention, CausalConvWithState, LinearAttention, RotaryEmbedding,
+};
 use crate::tensor::{DType, Tensor};
 
 fn dev<'a>(ins: &'a [In], i: usize, what: &str) -> Result<&'a GpuTensor> {
@@ -838,6 +840,383 @@ impl Kernel for RotaryKernel {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// CausalConvWithState and LinearAttention
+
+/// Storage-buffer declarations at bindings 0.. in order: (name, WGSL type, writable).
+fn bindings(list: &[(&str, &str, bool)]) -> String {
+    list.iter()
+        .enumerate()
+        .map(|(i, (name, ty, rw))| {
+            format!(
+                "@group(0) @binding({i}) var<storage, {}> {name}: array<{ty}>;\n",
+                if *rw { "read_write" } else { "read" }
+            )
+        })
+        .collect()
+}
+
+fn causal_conv_source(bias: bool, past: bool, silu: bool, dt: DType) -> String {
+    let mut list = vec![("X", "f32", false), ("W", "f32", false)];
+    if bias {
+        list.push(("BI", "f32", false));
+    }
+    if past {
+        list.push(("PAST", "f32", false));
+    }
+    list.push(("Y", "f32", true));
+    list.push(("ST", "f32", true));
+    list.push(("P", "u32", false));
+    let decl = bindings(&list);
+    let b0 = if bias { "BI[ci]" } else { "0.0" };
+    let past_read = if past { "PAST[so + p]" } else { "0.0" };
+    let act = if silu { "acc * sigmoid_(acc)" } else { "acc" };
+    let out = narrow(dt, "v");
+    let st = narrow(dt, "pad_(row, so, xo, l + i, km1)");
+    format!(
+        "{LINEAR}
+{decl}
+fn sigmoid_(x: f32) -> f32 {{
+    if (x >= 0.0) {{ return 1.0 / (1.0 + exp(-x)); }}
+    let e = exp(x);
+    return e / (1.0 + e);
+}}
+// The padded row: the K-1 state values, then the input.
+fn pad_(row: u32, so: u32, xo: u32, p: u32, km1: u32) -> f32 {{
+    if (p < km1) {{ return {past_read}; }}
+    return X[xo + p - km1];
+}}
+// P: n(B*C*L) C L K
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{
+    let g = linear_id(gid, nwg);
+    if (g >= P[0]) {{ return; }}
+    let l = P[2];
+    let k = P[3];
+    let km1 = k - 1u;
+    let t = g % l;
+    let row = g / l;
+    let ci = row % P[1];
+    let so = row * km1;
+    let xo = row * l;
+    var acc = {b0};
+    for (var j = 0u; j < k; j++) {{ acc += pad_(row, so, xo, t + j, km1) * W[ci * k + j]; }}
+    let v = {act};
+    Y[g] = {out};
+    // The thread of the row's first step also writes the row's new state.
+    if (t == 0u) {{
+        for (var i = 0u; i < km1; i++) {{ ST[so + i] = {st}; }}
+    }}
+}}
+"
+    )
+}
+
+#[derive(Debug)]
+struct CausalConvKernel {
+    silu: bool,
+}
+
+impl Kernel for CausalConvKernel {
+    fn encode(
+        &self,
+        r: &mut Recorder,
+        ins: &[In],
+        outs: &[(DType, Vec<usize>)],
+    ) -> Result<Vec<Out>> {
+        let x = dev(ins, 0, "input")?;
+        let w = dev(ins, 1, "weight")?;
+        let bias = opt_dev(ins, 2);
+        let past = opt_dev(ins, 3);
+        let [bn, c, l] = *x.shape.as_slice() else {
+            return Err(Error::shape(format!(
+                "CausalConvWithState: input must be 3-D, got {:?}",
+                x.shape
+            )));
+        };
+        let k = match *w.shape.as_slice() {
+            [wc, 1, k] if wc == c && k >= 1 => k,
+            _ => {
+                return Err(Error::shape(format!(
+                    "CausalConvWithState: weight {:?} must be [{c}, 1, K]",
+                    w.shape
+                )))
+            }
+        };
+        if bias.is_some_and(|t| t.shape != [c]) {
+            return Err(Error::shape("CausalConvWithState: bias must be [C]"));
+        }
+        if let Some(t) = past {
+            if t.shape != [bn, c, k - 1] {
+                return Err(Error::shape(format!(
+                    "CausalConvWithState: past_state {:?} must be [{bn}, {c}, {}]",
+                    t.shape,
+                    k - 1
+                )));
+            }
+        }
+        let o = |i: usize| outs.get(i).ok_or_else(|| Error::runtime("missing output"));
+        let (ydt, yshape) = o(0)?;
+        let (sdt, sshape) = o(1)?;
+        if *sshape != [bn, c, k - 1] {
+            return Err(Error::shape("CausalConvWithState: state shape mismatch"));
+        }
+        let y = r.alloc(*ydt, yshape.clone())?;
+        let st = r.alloc(*sdt, sshape.clone())?;
+        let n = y.len();
+        if n == 0 {
+            // No input steps: the state carries over (zeros without a past).
+            let ns = st.len();
+            if ns > 0 {
+                let src = state_init_source(past.is_some());
+                let grid = r.grid(ns);
+                match past {
+                    Some(p) => r.dispatch(&src, &[p.buffer(), st.buffer()], &[ns as u32], grid)?,
+                    None => r.dispatch(&src, &[st.buffer()], &[ns as u32], grid)?,
+                }
+            }
+            return Ok(vec![Out::Dev(y), Out::Dev(st)]);
+        }
+        let mut bufs = vec![x.buffer(), w.buffer()];
+        if let Some(b) = bias {
+            bufs.push(b.buffer());
+        }
+        if let Some(p) = past {
+            bufs.push(p.buffer());
+        }
+        bufs.push(y.buffer());
+        bufs.push(st.buffer());
+        let src = causal_conv_source(bias.is_some(), past.is_some(), self.silu, *ydt);
+        let grid = r.grid(n);
+        r.dispatch(&src, &bufs, &[n as u32, c as u32, l as u32, k as u32], grid)?;
+        Ok(vec![Out::Dev(y), Out::Dev(st)])
+    }
+}
+
+/// One thread per (batch, kv head, value column): the state column it owns evolves
+/// independently of the others under every update rule.
+fn linear_attention_source(gating: bool, delta: bool, dt: DType, st_dt: DType) -> String {
+    let mut list = vec![
+        ("Q", "f32", false),
+        ("K", "f32", false),
+        ("V", "f32", false),
+    ];
+    if gating {
+        list.push(("G", "f32", false));
+    }
+    if delta {
+        list.push(("BE", "f32", false));
+    }
+    list.push(("Y", "f32", true));
+    list.push(("ST", "f32", true));
+    list.push(("P", "u32", false));
+    let decl = bindings(&list);
+    let gate = if gating {
+        "for (var i = 0u; i < dk; i++) {
+            let f = exp(G[row * hkv * dec_w + h * dec_w + select(i, 0u, dec_w == 1u)]);
+            ST[so + i * dv] = ST[so + i * dv] * f;
+        }"
+    } else {
+        ""
+    };
+    let del = if delta {
+        "var rr = 0.0;
+        for (var i = 0u; i < dk; i++) { rr += ST[so + i * dv] * K[ko + i]; }
+        let bv = BE[row * bet_w + select(h, 0u, bet_w == 1u)];
+        x = bv * (x - rr);"
+    } else {
+        ""
+    };
+    let out = narrow(dt, "acc");
+    let st = narrow(st_dt, "ST[so + i * dv]");
+    format!(
+        "{LINEAR}
+{decl}
+// P: n(B*Hkv*dv) T hq hkv dk dv scale dec_w bet_w
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{
+    let g = linear_id(gid, nwg);
+    if (g >= P[0]) {{ return; }}
+    let t_n = P[1];
+    let hq = P[2];
+    let hkv = P[3];
+    let dk = P[4];
+    let dv = P[5];
+    let scale = bitcast<f32>(P[6]);
+    let dec_w = P[7];
+    let bet_w = P[8];
+    let group = hq / hkv;
+    let m = g % dv;
+    let h = (g / dv) % hkv;
+    let b = g / (dv * hkv);
+    let so = (b * hkv + h) * dk * dv + m;
+    for (var t = 0u; t < t_n; t++) {{
+        let row = b * t_n + t;
+        {gate}
+        let ko = row * hkv * dk + h * dk;
+        var x = V[row * hkv * dv + h * dv + m];
+        {del}
+        for (var i = 0u; i < dk; i++) {{ ST[so + i * dv] = ST[so + i * dv] + K[ko + i] * x; }}
+        for (var gq = 0u; gq < group; gq++) {{
+            let qh = h * group + gq;
+            let qo = row * hq * dk + qh * dk;
+            var acc = 0.0;
+            for (var i = 0u; i < dk; i++) {{ acc += (Q[qo + i] * scale) * ST[so + i * dv]; }}
+            Y[row * hq * dv + qh * dv + m] = {out};
+        }}
+    }}
+    for (var i = 0u; i < dk; i++) {{ ST[so + i * dv] = {st}; }}
+}}
+"
+    )
+}
+
+/// The state's starting value: a copy of past_state, or zeros.
+fn state_init_source(past: bool) -> String {
+    let (decl, v) = if past {
+        (
+            bindings(&[
+                ("PAST", "f32", false),
+                ("ST", "f32", true),
+                ("P", "u32", false),
+            ]),
+            "PAST[i]",
+        )
+    } else {
+        (bindings(&[("ST", "f32", true), ("P", "u32", false)]), "0.0")
+    };
+    format!(
+        "{LINEAR}
+{decl}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{
+    let i = linear_id(gid, nwg);
+    if (i >= P[0]) {{ return; }}
+    ST[i] = {v};
+}}
+"
+    )
+}
+
+#[derive(Debug)]
+struct LinearAttentionKernel {
+    gating: bool,
+    delta: bool,
+    hq: usize,
+    hkv: usize,
+    scale: f32,
+}
+
+impl Kernel for LinearAttentionKernel {
+    fn encode(
+        &self,
+        r: &mut Recorder,
+        ins: &[In],
+        outs: &[(DType, Vec<usize>)],
+    ) -> Result<Vec<Out>> {
+        let q = dev(ins, 0, "query")?;
+        let k = dev(ins, 1, "key")?;
+        let v = dev(ins, 2, "value")?;
+        let past = opt_dev(ins, 3);
+        let decay = opt_dev(ins, 4);
+        let beta = opt_dev(ins, 5);
+        let bad = |m: String| Err(Error::shape(format!("LinearAttention: {m}")));
+        let (&[b, t, qh], &[kb, kt, kh], &[vb, vt, vh]) =
+            (q.shape.as_slice(), k.shape.as_slice(), v.shape.as_slice())
+        else {
+            return bad("query, key and value must be 3-D".into());
+        };
+        let (hq, hkv) = (self.hq, self.hkv);
+        if hq == 0 || hkv == 0 || !hq.is_multiple_of(hkv) || qh % hq != 0 || vh % hkv != 0 {
+            return bad(format!("heads {hq}/{hkv} do not divide the hidden sizes"));
+        }
+        let (dk, dv) = (qh / hq, vh / hkv);
+        if (kb, kt, kh, vb, vt) != (b, t, hkv * dk, b, t) {
+            return bad(format!(
+                "shapes {:?}, {:?}, {:?} do not agree",
+                q.shape, k.shape, v.shape
+            ));
+        }
+        if self.gating != decay.is_some() || self.delta != beta.is_some() {
+            return Err(Error::input(
+                "LinearAttention: decay/beta presence does not match update_rule",
+            ));
+        }
+        let dec_w = match decay.map(|d| d.shape.as_slice()) {
+            Some(&[x, y, z]) if x == b && y == t && z == hkv => 1,
+            Some(&[x, y, z]) if x == b && y == t && z == hkv * dk => dk,
+            Some(s) => return bad(format!("decay shape {s:?} is invalid")),
+            None => 0,
+        };
+        let bet_w = match beta.map(|d| d.shape.as_slice()) {
+            Some(&[x, y, z]) if x == b && y == t && (z == hkv || z == 1) => z,
+            Some(s) => return bad(format!("beta shape {s:?} is invalid")),
+            None => 0,
+        };
+        let st_shape = vec![b, hkv, dk, dv];
+        if let Some(p) = past {
+            if p.shape != st_shape {
+                return bad(format!("past_state {:?} must be {st_shape:?}", p.shape));
+            }
+        }
+        let o = |i: usize| outs.get(i).ok_or_else(|| Error::runtime("missing output"));
+        let (ydt, yshape) = o(0)?;
+        let (sdt, sshape) = o(1)?;
+        if *sshape != st_shape || *yshape != [b, t, hq * dv] {
+            return bad("output shapes do not match the shape rule".into());
+        }
+        let y = r.alloc(*ydt, yshape.clone())?;
+        let st = r.alloc(*sdt, st_shape)?;
+        let ns = st.len();
+        if ns > 0 {
+            let grid = r.grid(ns);
+            let src = state_init_source(past.is_some());
+            match past {
+                Some(p) => r.dispatch(&src, &[p.buffer(), st.buffer()], &[ns as u32], grid)?,
+                None => r.dispatch(&src, &[st.buffer()], &[ns as u32], grid)?,
+            }
+        }
+        let n = b * hkv * dv;
+        if n > 0 && t > 0 {
+            let mut bufs = vec![q.buffer(), k.buffer(), v.buffer()];
+            if let Some(d) = decay {
+                bufs.push(d.buffer());
+            }
+            if let Some(be) = beta {
+                bufs.push(be.buffer());
+            }
+            bufs.push(y.buffer());
+            bufs.push(st.buffer());
+            let params = [
+                n as u32,
+                t as u32,
+                hq as u32,
+                hkv as u32,
+                dk as u32,
+                dv as u32,
+                self.scale_for(dk).to_bits(),
+                dec_w as u32,
+                bet_w as u32,
+            ];
+            let src = linear_attention_source(self.gating, self.delta, *ydt, *sdt);
+            let grid = r.grid(n);
+            r.dispatch(&src, &bufs, &params, grid)?;
+        }
+        Ok(vec![Out::Dev(y), Out::Dev(st)])
+    }
+}
+
+impl LinearAttentionKernel {
+    /// The op's scale: the attribute, or 1/sqrt(dk) when it is 0 (as the CPU op does).
+    fn scale_for(&self, dk: usize) -> f32 {
+        if self.scale == 0.0 {
+            1.0 / (dk.max(1) as f32).sqrt()
+        } else {
+            self.scale
+        }
+    }
+}
+
 pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
     let any = f.node.op.as_any();
     let float = |i: usize| matches!(f.in_dtype(i), Some(DType::F32 | DType::F16));
@@ -867,6 +1246,26 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
             rot_dim: re.rotary_embedding_dim,
             num_heads: re.num_heads,
             pos: f.consts.get(3).copied().flatten().cloned(),
+        }));
+    }
+    if let Some(c) = any.downcast_ref::<CausalConvWithState>() {
+        let all = (0..f.ins.len()).all(|i| !f.has_input(i) || float(i));
+        if !all {
+            return Lowered::Cpu("CausalConvWithState on these dtypes stays on the CPU".into());
+        }
+        return Lowered::Kernel(Box::new(CausalConvKernel { silu: c.silu }));
+    }
+    if let Some(la) = any.downcast_ref::<LinearAttention>() {
+        let all = (0..f.ins.len()).all(|i| !f.has_input(i) || float(i));
+        if !all {
+            return Lowered::Cpu("LinearAttention on these dtypes stays on the CPU".into());
+        }
+        return Lowered::Kernel(Box::new(LinearAttentionKernel {
+            gating: la.rule.gating,
+            delta: la.rule.delta,
+            hq: la.q_num_heads,
+            hkv: la.kv_num_heads,
+            scale: la.scale,
         }));
     }
     Lowered::NotMine
