@@ -9,11 +9,14 @@
 //! from the ops' own shape rules evaluated on the concrete input shapes, so kernels and
 //! the CPU agree on them by construction.
 
+mod attention;
 mod control;
 mod conv;
 pub mod device;
 mod elementwise;
+mod indexing;
 mod layout;
+mod loss;
 mod matmul;
 mod norm;
 mod pool;
@@ -187,6 +190,9 @@ const FAMILIES: &[Family] = &[
     quant::lower,
     qconv::lower,
     qgemm::lower,
+    indexing::lower,
+    loss::lower,
+    attention::lower,
 ];
 
 /// How eagerly nodes go to the GPU.
