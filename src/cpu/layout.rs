@@ -753,14 +753,21 @@ pub fn pad(t: &Tensor, pads: &[(i64, i64)], mode: PadMode, value: &Tensor) -> Re
 
 /// CenterCropPad: crops or pads (with zeros) each listed axis to `sizes` around the center.
 pub fn center_crop_pad(t: &Tensor, axes: &[usize], sizes: &[usize]) -> Result<Tensor> {
-    let mut maps: Vec<Vec<Option<usize>>> = t
-        .shape()
-        .iter()
-        .map(|&d| (0..d).map(Some).collect())
-        .collect();
+    let maps = center_crop_maps(t.shape(), axes, sizes)?;
+    let zero = Tensor::zeros(t.dtype(), vec![])?;
+    index_map_copy(t, &maps, &zero)
+}
+
+/// CenterCropPad's source index along each axis of the output (None: zero padding).
+pub fn center_crop_maps(
+    shape: &[usize],
+    axes: &[usize],
+    sizes: &[usize],
+) -> Result<Vec<Vec<Option<usize>>>> {
+    let mut maps: Vec<Vec<Option<usize>>> =
+        shape.iter().map(|&d| (0..d).map(Some).collect()).collect();
     for (&a, &target) in axes.iter().zip(sizes) {
-        let d = *t
-            .shape()
+        let d = *shape
             .get(a)
             .ok_or_else(|| Error::shape("CenterCropPad: axis out of range"))?;
         numel(&[target], DType::U8)?;
@@ -780,8 +787,7 @@ pub fn center_crop_pad(t: &Tensor, axes: &[usize], sizes: &[usize]) -> Result<Te
                 .collect()
         };
     }
-    let zero = Tensor::zeros(t.dtype(), vec![])?;
-    index_map_copy(t, &maps, &zero)
+    Ok(maps)
 }
 
 // ---------------------------------------------------------------------------------------

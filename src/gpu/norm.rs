@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::graph::attrs::norm_axis;
 use crate::graph::ops::norm::{
     BatchNormalization, GroupNormalization, InstanceNormalization, LayerNormalization,
-    LpNormalization, MeanVarianceNormalization, RMSNormalization,
+    LpNormalization, Lrn, MeanVarianceNormalization, RMSNormalization,
 };
 use crate::tensor::DType;
 
@@ -431,6 +431,68 @@ impl Kernel for RowNormKernel {
 
 // ---------------------------------------------------------------- BatchNormalization
 
+/// LRN: one thread per element sums the squares of its channel window.
+#[derive(Debug)]
+struct LrnKernel {
+    op: Lrn,
+}
+
+// P: total c inner lo hi | k beta bias (f32 bits)
+const LRN_SRC: &str = "
+@group(0) @binding(0) var<storage, read> X: array<f32>;
+@group(0) @binding(1) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(2) var<storage, read> P: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(gid, nwg);
+    if (i >= P[0]) { return; }
+    let c = P[1]; let inner = P[2]; let lo = P[3]; let hi = P[4];
+    let k = bitcast<f32>(P[5]); let beta = bitcast<f32>(P[6]); let bias = bitcast<f32>(P[7]);
+    let q = i % inner;
+    let ch = (i / inner) % c;
+    let base = i - (ch * inner + q);
+    var begin = 0u;
+    if (ch > lo) { begin = ch - lo; }
+    let end = min(ch + hi + 1u, c);
+    var s = 0.0;
+    for (var j = begin; j < end; j++) {
+        let v = X[base + j * inner + q];
+        s += v * v;
+    }
+    Y[i] = X[i] / pow(bias + k * s, beta);
+}
+";
+
+impl Kernel for LrnKernel {
+    fn encode(
+        &self,
+        r: &mut Recorder,
+        ins: &[In],
+        outs: &[(DType, Vec<usize>)],
+    ) -> Result<Vec<Out>> {
+        let x = dev(ins, 0, "X")?;
+        let (dt, oshape) = out0(outs)?;
+        if x.shape.len() < 2 {
+            return Err(Error::shape("LRN input needs rank >= 2"));
+        }
+        let y = r.alloc(*dt, oshape.clone())?;
+        if y.is_empty() {
+            return Ok(vec![Out::Dev(y)]);
+        }
+        let (c, inner) = (x.shape[1], x.shape[2..].iter().product::<usize>());
+        let size = self.op.size;
+        let lo = (size - 1) / 2;
+        let hi = size - 1 - lo;
+        let k = self.op.alpha / size as f32;
+        let mut p = u32s([y.len(), c, inner, lo, hi])?;
+        p.extend([k.to_bits(), self.op.beta.to_bits(), self.op.bias.to_bits()]);
+        let src = format!("{LINEAR}{LRN_SRC}");
+        let grid = r.grid(y.len());
+        r.dispatch(&src, &[x.buffer(), y.buffer()], &p, grid)?;
+        Ok(vec![Out::Dev(y)])
+    }
+}
+
 #[derive(Debug)]
 struct BatchNormKernel {
     epsilon: f32,
@@ -561,6 +623,8 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
                 variance: op.normalize_variance,
             },
         })
+    } else if let Some(op) = any.downcast_ref::<Lrn>() {
+        Box::new(LrnKernel { op: op.clone() })
     } else if let Some(op) = any.downcast_ref::<BatchNormalization>() {
         if op.training_mode {
             return Lowered::Cpu("BatchNormalization in training mode stays on the CPU".into());

@@ -12,13 +12,13 @@ use super::record::{Recorder, LINEAR};
 use super::tensor::to_words;
 use super::{GpuTensor, In, Kernel, Lowered, NodeFacts, Out, Storage};
 use crate::cpu::common::strides;
-use crate::cpu::layout::{norm_axis, pad_map};
+use crate::cpu::layout::{center_crop_maps, norm_axis, pad_map, shape_from_i64};
 use crate::cpu::sampling::{
     interp_table, nearest_map, pass_order, resize_axes, AxisSpec, CoordMode, InterpMode,
     KeepAspect, ResizeCfg, Table,
 };
 use crate::error::{Error, Result};
-use crate::graph::ops::layout::{DepthToSpace, Pad, SpaceToDepth};
+use crate::graph::ops::layout::{CenterCropPad, Compress, DepthToSpace, Pad, SpaceToDepth};
 use crate::graph::ops::sampling::{Resize, Upsample};
 use crate::tensor::{DType, Tensor};
 
@@ -453,6 +453,120 @@ impl Kernel for PadKernel {
     }
 }
 
+/// CenterCropPad: the CPU's per-axis maps, one gather.
+#[derive(Debug)]
+struct CenterCropPadKernel {
+    axes: Option<Vec<i64>>,
+}
+
+impl Kernel for CenterCropPadKernel {
+    fn host_inputs(&self) -> &[usize] {
+        &[1]
+    }
+    fn encode(
+        &self,
+        r: &mut Recorder,
+        ins: &[In],
+        outs: &[(DType, Vec<usize>)],
+    ) -> Result<Vec<Out>> {
+        let x = first_in(ins)?;
+        let (dt, oshape) = first_out(outs)?;
+        let sizes = shape_from_i64(
+            &ins.get(1)
+                .and_then(|v| v.host())
+                .ok_or_else(|| Error::input("CenterCropPad needs shape"))?
+                .to_i64_vec()?,
+            "CenterCropPad",
+        )?;
+        let rank = x.shape.len();
+        let axes: Vec<usize> = match &self.axes {
+            Some(a) => a
+                .iter()
+                .map(|&v| norm_axis(v, rank, "CenterCropPad"))
+                .collect::<Result<_>>()?,
+            None => (0..rank).collect(),
+        };
+        if axes.len() != sizes.len() {
+            return Err(Error::shape(
+                "CenterCropPad: shape and axes differ in length",
+            ));
+        }
+        let maps = center_crop_maps(&x.shape, &axes, &sizes)?;
+        let y = r.alloc(*dt, oshape.clone())?;
+        map_gather(r, x, &y, &maps, 0)?;
+        Ok(vec![Out::Dev(y)])
+    }
+}
+
+/// Compress: the condition is read on the host (it decides the output shape); the kept
+/// indices become the map of the compressed axis.
+#[derive(Debug)]
+struct CompressKernel {
+    axis: Option<i64>,
+}
+
+impl Kernel for CompressKernel {
+    fn host_inputs(&self) -> &[usize] {
+        &[1]
+    }
+    fn encode(
+        &self,
+        r: &mut Recorder,
+        ins: &[In],
+        outs: &[(DType, Vec<usize>)],
+    ) -> Result<Vec<Out>> {
+        let x = first_in(ins)?;
+        let (dt, oshape) = first_out(outs)?;
+        let cond = ins
+            .get(1)
+            .and_then(|v| v.host())
+            .ok_or_else(|| Error::input("Compress needs condition"))?
+            .cast(DType::Bool)?
+            .into_vec::<bool>()?;
+        // Without an axis, the input is read flattened.
+        let (view, axis) = match self.axis {
+            Some(a) => (x.clone(), norm_axis(a, x.shape.len(), "Compress")?),
+            None => (
+                GpuTensor {
+                    buf: x.buf.clone(),
+                    shape: vec![x.len()],
+                    dtype: x.dtype,
+                },
+                0,
+            ),
+        };
+        let len = view.shape[axis];
+        let idx: Vec<usize> = cond
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b)
+            .map(|(i, _)| i)
+            .collect();
+        if idx.iter().any(|&i| i >= len) {
+            return Err(Error::runtime(
+                "Compress: condition selects beyond the axis length",
+            ));
+        }
+        let mut maps: Vec<Vec<Option<usize>>> = view
+            .shape
+            .iter()
+            .map(|&d| (0..d).map(Some).collect())
+            .collect();
+        maps[axis] = idx.into_iter().map(Some).collect();
+        let y = r.alloc(*dt, oshape.clone())?;
+        if y.len() != maps.iter().map(|m| m.len()).product::<usize>() {
+            return Err(Error::shape("Compress output shape disagrees"));
+        }
+        let flat = GpuTensor {
+            buf: y.buf.clone(),
+            shape: maps.iter().map(|m| m.len()).collect(),
+            dtype: y.dtype,
+        };
+        map_gather(r, &view, &flat, &maps, 0)?;
+        Ok(vec![Out::Dev(y)])
+    }
+}
+
 #[derive(Debug)]
 struct DepthSpace {
     blocksize: usize,
@@ -540,6 +654,20 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
             upsample: Some(up.scales.clone()),
             host: if up.scales.is_some() { vec![] } else { vec![1] },
         }));
+    }
+    if let Some(op) = any.downcast_ref::<CenterCropPad>() {
+        if !storable {
+            return dtype_cpu();
+        }
+        return Lowered::Kernel(Box::new(CenterCropPadKernel {
+            axes: op.axes.clone(),
+        }));
+    }
+    if let Some(op) = any.downcast_ref::<Compress>() {
+        if !storable {
+            return dtype_cpu();
+        }
+        return Lowered::Kernel(Box::new(CompressKernel { axis: op.axis }));
     }
     if let Some(p) = any.downcast_ref::<Pad>() {
         if !storable {

@@ -1,13 +1,14 @@
 //! Grid sampling on the GPU: GridSample (nearest, linear, cubic; zeros, border,
 //! reflection padding; 2-D and 3-D) with one thread per output element gathering its
-//! taps, and AffineGrid with one thread per grid point. The tap rules are those of
+//! taps, AffineGrid with one thread per grid point, and Col2Im with one thread per
+//! image element gathering its blocks in the CPU's order (so sums agree bit for bit). The tap rules are those of
 //! `cpu::sampling::grid_sample` (the CPU's f64 accumulation becomes f32 here).
 
 use super::record::{Recorder, LINEAR};
 use super::{In, Kernel, Lowered, NodeFacts, Out};
 use crate::cpu::sampling::{GridMode, GridPad};
 use crate::error::{Error, Result};
-use crate::graph::ops::sampling::{AffineGrid, GridSample};
+use crate::graph::ops::sampling::{AffineGrid, Col2Im, GridSample};
 use crate::tensor::DType;
 
 #[derive(Debug)]
@@ -312,6 +313,152 @@ impl Kernel for AffineGridKernel {
     }
 }
 
+#[derive(Debug)]
+struct Col2ImKernel {
+    dilations: Option<Vec<i64>>,
+    pads: Option<Vec<i64>>,
+    strides: Option<Vec<i64>>,
+}
+
+// P: total c ksize l r | img[r] blk[r] dil[r] st[r] pb[r] nb[r]
+const COL2IM_SRC: &str = "
+@group(0) @binding(0) var<storage, read> X: array<f32>;
+@group(0) @binding(1) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(2) var<storage, read> P: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(gid, nwg);
+    if (i >= P[0]) { return; }
+    let ksize = P[2]; let l = P[3]; let R = P[4];
+    var isz = 1u;
+    for (var d = 0u; d < R; d++) { isz *= P[5u + d]; }
+    let plane = i / isz;
+    let pix = i % isz;
+    var acc = 0.0;
+    for (var kk = 0u; kk < ksize; kk++) {
+        // Block offset of kk and position of pix, dim by dim from the last.
+        var krem = kk; var prem = pix;
+        var lidx = 0u; var lmul = 1u;
+        var inside = true;
+        for (var e = R; e > 0u; e--) {
+            let d = e - 1u;
+            let img = P[5u + d]; let blk = P[5u + R + d];
+            let dil = P[5u + 2u * R + d]; let st = P[5u + 3u * R + d];
+            let pb = P[5u + 4u * R + d]; let nb = P[5u + 5u * R + d];
+            let koff = krem % blk; krem = krem / blk;
+            let pos = prem % img; prem = prem / img;
+            let t = i32(pos + pb) - i32(koff * dil);
+            if (t < 0 || u32(t) % st != 0u || u32(t) / st >= nb) { inside = false; break; }
+            lidx += (u32(t) / st) * lmul;
+            lmul *= nb;
+        }
+        if (inside) { acc += X[(plane * ksize + kk) * l + lidx]; }
+    }
+    Y[i] = acc;
+}
+";
+
+impl Kernel for Col2ImKernel {
+    fn host_inputs(&self) -> &[usize] {
+        &[1, 2]
+    }
+    fn encode(
+        &self,
+        r: &mut Recorder,
+        ins: &[In],
+        outs: &[(DType, Vec<usize>)],
+    ) -> Result<Vec<Out>> {
+        let x = ins
+            .first()
+            .ok_or_else(|| Error::runtime("missing input"))?
+            .dev()?;
+        let host = |i: usize, what: &str| -> Result<Vec<i64>> {
+            ins.get(i)
+                .and_then(|t| t.host())
+                .ok_or_else(|| Error::input(format!("Col2Im needs {what}")))?
+                .to_i64_vec()
+        };
+        let (image, block) = (host(1, "image_shape")?, host(2, "block_shape")?);
+        let rank = image.len();
+        let dil = self.dilations.clone().unwrap_or_else(|| vec![1; rank]);
+        let pads = self.pads.clone().unwrap_or_else(|| vec![0; 2 * rank]);
+        let st = self.strides.clone().unwrap_or_else(|| vec![1; rank]);
+        if rank == 0
+            || block.len() != rank
+            || dil.len() != rank
+            || st.len() != rank
+            || pads.len() != 2 * rank
+        {
+            return Err(Error::shape(
+                "Col2Im: image_shape, block_shape, dilations, pads and strides do not agree",
+            ));
+        }
+        let pos = |v: i64, what: &str| -> Result<usize> {
+            usize::try_from(v)
+                .ok()
+                .filter(|&u| u > 0)
+                .ok_or_else(|| Error::runtime(format!("Col2Im: {what} must be positive, got {v}")))
+        };
+        let mut nb = Vec::with_capacity(rank);
+        let mut ksize = 1usize;
+        let mut l = 1usize;
+        for d in 0..rank {
+            let (im, bl, di, s) = (
+                pos(image[d], "image_shape")?,
+                pos(block[d], "block_shape")?,
+                pos(dil[d], "dilations")?,
+                pos(st[d], "strides")?,
+            );
+            if pads[d] < 0 || pads[d + rank] < 0 {
+                return Err(Error::runtime("Col2Im: negative pad"));
+            }
+            let full = (im + pads[d] as usize + pads[d + rank] as usize) as i64
+                - (di * (bl - 1) + 1) as i64;
+            if full < 0 {
+                return Err(Error::shape("Col2Im: block larger than the padded image"));
+            }
+            let n = full as usize / s + 1;
+            nb.push(n);
+            ksize = ksize.saturating_mul(bl);
+            l = l.saturating_mul(n);
+        }
+        let xs = &x.shape;
+        if xs.len() != 3 || !xs[1].is_multiple_of(ksize) || xs[2] != l {
+            return Err(Error::shape(format!(
+                "Col2Im: input {xs:?} does not fit {ksize} block elements and {l} blocks"
+            )));
+        }
+        let (dt, oshape) = outs
+            .first()
+            .ok_or_else(|| Error::runtime("missing output"))?;
+        let y = r.alloc(*dt, oshape.clone())?;
+        if y.is_empty() {
+            return Ok(vec![Out::Dev(y)]);
+        }
+        let mut p: Vec<u32> = vec![
+            y.len() as u32,
+            (xs[1] / ksize) as u32,
+            ksize as u32,
+            l as u32,
+            rank as u32,
+        ];
+        p.extend(image.iter().map(|&v| v as u32));
+        p.extend(block.iter().map(|&v| v as u32));
+        p.extend(dil.iter().map(|&v| v as u32));
+        p.extend(st.iter().map(|&v| v as u32));
+        p.extend(pads[..rank].iter().map(|&v| v as u32));
+        p.extend(nb.iter().map(|&v| v as u32));
+        let grid = r.grid(y.len());
+        r.dispatch(
+            &format!("{LINEAR}{COL2IM_SRC}"),
+            &[x.buffer(), y.buffer()],
+            &p,
+            grid,
+        )?;
+        Ok(vec![Out::Dev(y)])
+    }
+}
+
 pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
     let any = f.node.op.as_any();
     if let Some(gs) = any.downcast_ref::<GridSample>() {
@@ -327,6 +474,16 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
             mode: gs.mode,
             pad: gs.padding,
             align: gs.align_corners,
+        }));
+    }
+    if let Some(op) = any.downcast_ref::<Col2Im>() {
+        if !super::gpu_float(f.in_dtype(0)) {
+            return Lowered::Cpu("Col2Im on non-float input stays on the CPU".into());
+        }
+        return Lowered::Kernel(Box::new(Col2ImKernel {
+            dilations: op.dilations.clone(),
+            pads: op.pads.clone(),
+            strides: op.strides.clone(),
         }));
     }
     if let Some(ag) = any.downcast_ref::<AffineGrid>() {

@@ -1793,12 +1793,16 @@ impl Op for Compress {
     op_common!("Compress");
     fn infer(&self, cx: &InferCx) -> Result<Vec<Fact>> {
         let x = cx.input(0)?;
+        // A known condition (a constant, or the value at run time) gives the length.
+        let kept = cx.input(1)?.const_i64().map_or(Dim::Unknown, |c| {
+            Dim::Known(c.iter().filter(|&&v| v != 0).count())
+        });
         let shape = match (self.axis, dims(x)) {
-            (None, _) => Some(vec![Dim::Unknown]),
+            (None, _) => Some(vec![kept]),
             (Some(a), Some(d)) => {
                 let i = norm_axis(a, d.len())?;
                 let mut s = d.to_vec();
-                s[i] = Dim::Unknown;
+                s[i] = kept;
                 Some(s)
             }
             _ => None,

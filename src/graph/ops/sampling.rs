@@ -679,6 +679,15 @@ impl Op for Col2Im {
                     if let Some(n) = xs.first() {
                         d[0] = n.clone();
                     }
+                    // C = input dim 1 / block size, when both are known.
+                    let block: Option<i64> = cx.input(2)?.const_i64().map(|b| b.iter().product());
+                    if let (Some(Dim::Known(cb)), Some(k)) = (xs.get(1), block) {
+                        if let Ok(k) = usize::try_from(k) {
+                            if k > 0 && cb % k == 0 {
+                                d[1] = Dim::Known(cb / k);
+                            }
+                        }
+                    }
                 }
                 d.extend(
                     v.iter()
