@@ -218,6 +218,19 @@ pub fn place(g: &Graph, cx: &GpuContext, how: Placement) -> GpuPlan {
             }
             break;
         }
+        if let (Some(Ok(_)), Placement::Balanced) = (&found, how) {
+            let f64_value = n
+                .inputs
+                .iter()
+                .chain(&n.outputs)
+                .flatten()
+                .any(|&v| g.values[v].fact.dtype == Some(DType::F64));
+            if f64_value {
+                found = Some(Err(
+                    "float64 runs in float32 precision on the GPU; the CPU keeps float64".into(),
+                ));
+            }
+        }
         if let (Some(Ok(k)), Placement::Balanced) = (&found, how) {
             let host = k.host_inputs();
             let data: Vec<usize> = n
