@@ -234,6 +234,9 @@ pub struct Pointwise {
     narrow: Option<DType>,
     /// Rounding of narrow float outputs (Cast's attributes; saturating otherwise).
     opts: CastOptions,
+    /// Legacy binary broadcast (opset < 7): `broadcast=1` with this axis, or PRelu's
+    /// per-channel slope (`true`). The second input is aligned to the first there.
+    legacy: Option<(Option<i64>, bool)>,
 }
 
 impl Pointwise {
@@ -247,8 +250,41 @@ impl Pointwise {
             host: Vec::new(),
             narrow: None,
             opts: CastOptions::default(),
+            legacy: None,
         }
     }
+}
+
+/// The shape `b` takes under a legacy binary broadcast against `a` (as the op's own
+/// `legacy_shape`: aligned at the axis, padded with trailing ones), or None.
+fn legacy_b_shape(
+    a: &[usize],
+    b: &[usize],
+    axis: Option<i64>,
+    prelu_channel: bool,
+) -> Result<Option<Vec<usize>>> {
+    let axis = if prelu_channel {
+        match b {
+            [c] if a.len() > 2 && a[1] == *c && *c != 1 => Some(1),
+            _ => None,
+        }
+    } else {
+        axis
+    };
+    let Some(axis) = axis else {
+        return Ok(None);
+    };
+    let ax = crate::graph::attrs::norm_axis(axis, a.len().max(1))?;
+    if ax + b.len() > a.len() {
+        return Err(Error::shape(format!(
+            "legacy broadcast: rank {} at axis {axis} does not fit rank {}",
+            b.len(),
+            a.len()
+        )));
+    }
+    let mut s = b.to_vec();
+    s.resize(a.len() - ax, 1);
+    Ok(Some(s))
 }
 
 /// `e` brought into the range and precision of `dt` where its storage is wider
@@ -313,6 +349,14 @@ fn f2i_(x: f32, lo: f32, hi: f32) -> i32 {
     if (x >= 2147483648.0) { return 2147483647; }
     if (x < -2147483648.0) { return i32(-2147483647 - 1); }
     return i32(clamp(trunc(x), lo, hi));
+}
+// The low 32 bits of Rust's `x as i64` (for the 4-bit and 2-bit targets, which keep the
+// low bits): beyond ±2^31 an f32 is a multiple of 256 until i64 saturates.
+fn f2low_(x: f32) -> i32 {
+    if (is_nan_(x)) { return 0; }
+    if (x >= 9223372036854775808.0) { return -1; }
+    if (abs(x) >= 2147483648.0) { return 0; }
+    return i32(trunc(x));
 }
 fn f2u_(x: f32, hi: f32) -> u32 {
     if (is_nan_(x) || x <= 0.0) { return 0u; }
@@ -488,7 +532,14 @@ impl Kernel for Pointwise {
         if n == 0 {
             return Ok(vec![Out::Dev(y)]);
         }
-        let shapes: Vec<&[usize]> = srcs.iter().map(|t| t.shape.as_slice()).collect();
+        let mut shapes: Vec<&[usize]> = srcs.iter().map(|t| t.shape.as_slice()).collect();
+        let aligned = match (self.legacy, shapes.as_slice()) {
+            (Some((axis, prelu)), [a, b]) => legacy_b_shape(a, b, axis, prelu)?,
+            _ => None,
+        };
+        if let Some(s) = &aligned {
+            shapes[1] = s.as_slice();
+        }
         let (dims, strides) = collapse(oshape, &shapes);
         let rank = dims.len();
         // Per input: 0 = same layout as the output, 1 = one element, 2 = strided.
@@ -512,7 +563,7 @@ impl Kernel for Pointwise {
             Some(dt) => narrow_expr(dt, &self.expr, self.opts),
             None => self.expr.clone(),
         };
-        if ["pow_", "f2i_", "f2u_", "lowf_", "e8m0_"]
+        if ["pow_", "f2i_", "f2u_", "f2low_", "lowf_", "e8m0_"]
             .iter()
             .any(|h| e.contains(h))
         {
@@ -603,14 +654,15 @@ fn convert(x: &str, from: DType, to: DType) -> Option<String> {
         (Storage::F32, Storage::I32) => match to {
             DType::I8 => format!("f2i_({x}, -128.0, 127.0)"),
             DType::I16 => format!("f2i_({x}, -32768.0, 32767.0)"),
-            // int4/int2 keep the low bits of the saturated value (the narrowing wraps).
+            // int4/int2 keep the low bits of the i64 value (the narrowing wraps).
+            DType::I4 | DType::I2 => format!("f2low_({x})"),
             _ => format!("f2i_({x}, {I32_RANGE})"),
         },
         (Storage::F32, Storage::U32) => match to {
             DType::U8 => format!("f2u_({x}, 255.0)"),
             DType::U16 => format!("f2u_({x}, 65535.0)"),
             DType::U32 | DType::U64 => format!("f2u_({x}, 4294967040.0)"),
-            _ => format!("bitcast<u32>(f2i_({x}, {I32_RANGE}))"),
+            _ => format!("bitcast<u32>(f2low_({x}))"),
         },
         (Storage::U32, Storage::I32) => {
             if to == DType::I64 && matches!(from, DType::U32 | DType::U64) {
@@ -685,7 +737,12 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
     }
     if let Some(d) = any.downcast_ref::<Dropout>() {
         // Inference mode only: a training_mode input could ask for random masks.
-        if f.ins.len() > 2 || Storage::of(f.in_dtype(0).unwrap_or(DType::Str)).is_none() {
+        if f.ins.len() > 2 {
+            return Lowered::Cpu(
+                "Dropout with a training_mode input stays on the CPU (random masks)".into(),
+            );
+        }
+        if Storage::of(f.in_dtype(0).unwrap_or(DType::Str)).is_none() {
             return unsupported();
         }
         if d.want_mask {
@@ -714,9 +771,12 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
         };
     }
     if let Some(b) = any.downcast_ref::<Binary>() {
-        if b.legacy_axis.is_some() || b.prelu_channel {
-            return Lowered::Cpu("legacy broadcast attributes stay on the CPU".into());
-        }
+        let k = |mut p: Pointwise| {
+            if b.legacy_axis.is_some() || b.prelu_channel {
+                p.legacy = Some((b.legacy_axis, b.prelu_channel));
+            }
+            k(p)
+        };
         let (Some(st), Some(odt)) = (storages(f, 2), f.out_dtype(0)) else {
             return unsupported();
         };
@@ -814,6 +874,7 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
             host: Vec::new(),
             narrow: None,
             opts: CastOptions::default(),
+            legacy: None,
         });
     }
     if let Some(c) = any.downcast_ref::<Cast>() {
@@ -897,11 +958,11 @@ fn pow_expr(bdt: Option<DType>, edt: Option<DType>, bs: Storage, es: Storage) ->
                 (Storage::I32, Storage::I32) => {
                     format!("select({back}, powi_(a0, bitcast<u32>(a1)), a1 >= 0)")
                 }
-                (Storage::I32, _) => format!("powi_(a0, a1)"),
+                (Storage::I32, _) => "powi_(a0, a1)".to_string(),
                 (Storage::U32, Storage::I32) => {
                     format!("select({back}, powu_(a0, bitcast<u32>(a1)), a1 >= 0)")
                 }
-                _ => format!("powu_(a0, a1)"),
+                _ => "powu_(a0, a1)".to_string(),
             }
         }
     })
