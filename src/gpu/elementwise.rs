@@ -736,23 +736,31 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
         };
     }
     if let Some(d) = any.downcast_ref::<Dropout>() {
-        // Inference mode only: a training_mode input could ask for random masks.
-        if f.ins.len() > 2 {
-            return Lowered::Cpu(
-                "Dropout with a training_mode input stays on the CPU (random masks)".into(),
-            );
-        }
         if Storage::of(f.in_dtype(0).unwrap_or(DType::Str)).is_none() {
             return unsupported();
         }
-        if d.want_mask {
-            // The mask of inference mode is all ones.
-            return match f.out_dtype(1).and_then(Storage::of) {
-                Some(st) => Lowered::Kernel(Box::new(DropoutMask { st })),
-                None => unsupported(),
-            };
+        // Ratio and training_mode are read on the host and checked as the CPU does
+        // (training with a nonzero ratio needs random masks: an error on both).
+        let host: Vec<usize> = (1..f.ins.len().min(3))
+            .filter(|&i| f.has_input(i))
+            .collect();
+        let mask = if d.want_mask {
+            // Without dropping, the mask is all ones.
+            match f.out_dtype(1).and_then(Storage::of) {
+                Some(st) => Some(st),
+                None => return unsupported(),
+            }
+        } else {
+            None
+        };
+        if mask.is_none() && host.is_empty() {
+            return Lowered::Kernel(Box::new(View::of_input()));
         }
-        return Lowered::Kernel(Box::new(View::of_input()));
+        return Lowered::Kernel(Box::new(DropoutKernel {
+            mask,
+            ratio: d.ratio,
+            host,
+        }));
     }
     if let Some(u) = any.downcast_ref::<Unary>() {
         let (Some(st), Some(odt)) = (storages(f, 1), f.out_dtype(0)) else {
@@ -968,16 +976,24 @@ fn pow_expr(bdt: Option<DType>, edt: Option<DType>, bs: Storage, es: Storage) ->
     })
 }
 
-/// Dropout in inference mode that also gives its mask: the output is the input, the
-/// mask all ones (of its dtype: bool, or the input's for old opsets).
+/// Dropout that drops nothing (inference, or a zero ratio): the output is the input and
+/// the mask, when asked for, all ones (of its dtype: bool, or the input's for old
+/// opsets). Ratio and training_mode inputs are read on the host and checked like the CPU.
 #[derive(Debug)]
-struct DropoutMask {
-    st: Storage,
+struct DropoutKernel {
+    /// The mask's storage when the model reads it.
+    mask: Option<Storage>,
+    /// The attribute ratio (opset < 12), when no ratio input is given.
+    ratio: f32,
+    host: Vec<usize>,
 }
 
-impl Kernel for DropoutMask {
+impl Kernel for DropoutKernel {
     fn moves_only(&self) -> bool {
         true
+    }
+    fn host_inputs(&self) -> &[usize] {
+        &self.host
     }
     fn encode(
         &self,
@@ -989,18 +1005,42 @@ impl Kernel for DropoutMask {
             .first()
             .ok_or_else(|| Error::runtime("missing input"))?
             .dev()?;
-        let [(ydt, yshape), (mdt, mshape)] = outs else {
-            return Err(Error::runtime("Dropout with a mask has two outputs"));
+        let ratio = match ins.get(1).and_then(|t| t.host()) {
+            Some(t) => t.scalar_f64()?,
+            None => f64::from(self.ratio),
         };
+        let training = match ins.get(2).and_then(|t| t.host()) {
+            Some(t) => *t
+                .as_slice::<bool>()?
+                .first()
+                .ok_or_else(|| Error::shape("Dropout training_mode is empty"))?,
+            None => false,
+        };
+        if training && ratio != 0.0 {
+            return Err(Error::unsupported_op(
+                "Dropout in training mode with a nonzero ratio is not supported",
+            ));
+        }
+        if !(0.0..1.0).contains(&ratio) {
+            return Err(Error::runtime(format!(
+                "Dropout ratio must be in [0, 1), got {ratio}"
+            )));
+        }
+        let (ydt, yshape) = outs
+            .first()
+            .ok_or_else(|| Error::runtime("missing output"))?;
         let y = super::GpuTensor {
             buf: x.buf.clone(),
             shape: yshape.clone(),
             dtype: *ydt,
         };
+        let (Some(st), Some((mdt, mshape))) = (self.mask, outs.get(1)) else {
+            return Ok(vec![Out::Dev(y)]);
+        };
         let m = r.alloc(*mdt, mshape.clone())?;
         let n = m.len();
         if n > 0 {
-            let one = match self.st {
+            let one = match st {
                 Storage::F32 => 1f32.to_bits(),
                 _ => 1,
             };
