@@ -9,9 +9,10 @@ use super::{GpuTensor, In, Kernel, Lowered, NodeFacts, Out, Storage};
 use crate::error::{Error, Result};
 use crate::graph::ops::control::Identity;
 use crate::graph::ops::elementwise::{
-    BinOp, Binary, Cast, CastLike, Clip, Dropout, Unary, UnaryOp, VarOp, Variadic, Where,
+    BinOp, Binary, BitCast, Cast, CastLike, Clip, Dropout, Unary, UnaryOp, VarOp, Variadic, Where,
 };
 use crate::graph::Activation;
+use crate::tensor::small::{CastOptions, RoundMode};
 use crate::tensor::DType;
 
 /// A WGSL f32 literal with the exact bits of `x`.
@@ -93,6 +94,8 @@ fn unary_expr(op: UnaryOp, st: Storage) -> Option<String> {
             (Sign, Storage::I32) => Some(format!("sign({a})")),
             (Relu, Storage::I32) => Some(format!("max({a}, 0)")),
             (Not, Storage::U32) => Some(format!("1u - {a}")),
+            (BitwiseNot, Storage::I32) => Some(format!("~{a}")),
+            (BitwiseNot, Storage::U32) => Some(format!("~{a}")),
             _ => None,
         };
     }
@@ -229,6 +232,11 @@ pub struct Pointwise {
     /// The output dtype when it is narrower than its storage (results are wrapped or
     /// rounded to it, as the CPU would store them).
     narrow: Option<DType>,
+    /// Rounding of narrow float outputs (Cast's attributes; saturating otherwise).
+    opts: CastOptions,
+    /// Legacy binary broadcast (opset < 7): `broadcast=1` with this axis, or PRelu's
+    /// per-channel slope (`true`). The second input is aligned to the first there.
+    legacy: Option<(Option<i64>, bool)>,
 }
 
 impl Pointwise {
@@ -241,6 +249,8 @@ impl Pointwise {
             use_inputs,
             host: Vec::new(),
             narrow: None,
+            opts: CastOptions::default(),
+            legacy: None,
         }
     }
 }
@@ -252,7 +262,7 @@ pub(super) fn round_narrow(r: &mut Recorder, t: &GpuTensor) -> Result<()> {
         return Ok(());
     }
     let src = format!(
-        "{HELPERS}{LINEAR}
+        "{helpers}{LINEAR}
 @group(0) @binding(0) var<storage, read_write> X: array<f32>;
 @group(0) @binding(1) var<storage, read> P: array<u32>;
 @compute @workgroup_size(256)
@@ -262,24 +272,216 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     X[i] = {e};
 }}
 ",
-        e = narrow_expr(t.dtype, "X[i]")
+        helpers = convert_helpers(),
+        e = narrow_wgsl(t.dtype, "X[i]", CastOptions::default())
     );
     let grid = r.grid(t.len());
     r.dispatch(&src, &[t.buffer()], &[t.len() as u32], grid)
 }
 
-/// `e` brought into the range and precision of `dt` where its storage is wider.
-pub(super) fn narrow_expr(dt: DType, e: &str) -> String {
+/// The shape `b` takes under a legacy binary broadcast against `a` (as the op's own
+/// `legacy_shape`: aligned at the axis, padded with trailing ones), or None.
+fn legacy_b_shape(
+    a: &[usize],
+    b: &[usize],
+    axis: Option<i64>,
+    prelu_channel: bool,
+) -> Result<Option<Vec<usize>>> {
+    let axis = if prelu_channel {
+        match b {
+            [c] if a.len() > 2 && a[1] == *c && *c != 1 => Some(1),
+            _ => None,
+        }
+    } else {
+        axis
+    };
+    let Some(axis) = axis else {
+        return Ok(None);
+    };
+    let ax = crate::graph::attrs::norm_axis(axis, a.len().max(1))?;
+    if ax + b.len() > a.len() {
+        return Err(Error::shape(format!(
+            "legacy broadcast: rank {} at axis {axis} does not fit rank {}",
+            b.len(),
+            a.len()
+        )));
+    }
+    let mut s = b.to_vec();
+    s.resize(a.len() - ax, 1);
+    Ok(Some(s))
+}
+
+/// `e` brought into the range and precision of `dt` where its storage is wider
+/// (narrow floats round with `opts`, as the CPU's Cast does; integers wrap).
+fn narrow_expr(dt: DType, e: &str, opts: CastOptions) -> String {
+    let sat = opts.saturate;
     match dt {
         DType::I8 => format!("((({e}) << 24u) >> 24u)"),
         DType::I16 => format!("((({e}) << 16u) >> 16u)"),
+        DType::I4 => format!("((({e}) << 28u) >> 28u)"),
+        DType::I2 => format!("((({e}) << 30u) >> 30u)"),
         DType::U8 => format!("(({e}) & 0xffu)"),
         DType::U16 => format!("(({e}) & 0xffffu)"),
+        DType::U4 => format!("(({e}) & 0xfu)"),
+        DType::U2 => format!("(({e}) & 0x3u)"),
         DType::F16 => format!("unpack2x16float(pack2x16float(vec2<f32>({e}, 0.0))).x"),
         DType::BF16 => format!("bf16_round_({e})"),
+        // lowf_(x, mantissa bits, min exponent, max finite, special codes, saturate)
+        DType::F8E4M3FN => format!("lowf_({e}, 3, -6, 448.0, 0u, {sat})"),
+        DType::F8E4M3FNUZ => format!("lowf_({e}, 3, -7, 240.0, 1u, {sat})"),
+        DType::F8E5M2 => format!("lowf_({e}, 2, -14, 57344.0, 2u, {sat})"),
+        DType::F8E5M2FNUZ => format!("lowf_({e}, 2, -15, 57344.0, 1u, {sat})"),
+        DType::F4E2M1 => format!("lowf_({e}, 1, 0, 6.0, 3u, {sat})"),
+        DType::F8E8M0 => {
+            let mode = match opts.round_mode {
+                RoundMode::Up => 0,
+                RoundMode::Down => 1,
+                RoundMode::Nearest => 2,
+            };
+            format!("e8m0_({e}, {mode}u, {sat})")
+        }
         _ => e.to_string(),
     }
 }
+
+/// [`narrow_expr`] for other families: `e` (an f32, i32 or u32 expression in the
+/// storage of `dt`) rounded or wrapped to `dt`. Its helpers are [`convert_helpers`].
+pub(super) fn narrow_wgsl(dt: DType, e: &str, opts: CastOptions) -> String {
+    narrow_expr(dt, e, opts)
+}
+
+/// The WGSL functions [`narrow_wgsl`] expressions call (include once per shader).
+pub(super) fn convert_helpers() -> String {
+    format!("{HELPERS}{POW}{CONVERT}")
+}
+
+/// The dtypes held in a wider storage, whose results [`narrow_expr`] brings back.
+fn is_narrow(dt: DType) -> bool {
+    matches!(
+        dt,
+        DType::I8 | DType::I16 | DType::U8 | DType::U16 | DType::F16 | DType::BF16
+    ) || dt.is_small()
+}
+
+/// WGSL conversions and narrow-float rounding (included when an expression uses them).
+/// They follow the CPU's Cast bit for bit: float → integer truncates toward zero,
+/// saturates and maps NaN to 0 (Rust's `as`); float8/float4 round to nearest even with
+/// the ONNX saturate rules (`small::Format::encode`); float8e8m0 as `e8m0_from_f32`.
+const CONVERT: &str = "
+fn f2i_(x: f32, lo: f32, hi: f32) -> i32 {
+    if (is_nan_(x)) { return 0; }
+    if (x >= 2147483648.0) { return 2147483647; }
+    if (x < -2147483648.0) { return i32(-2147483647 - 1); }
+    return i32(clamp(trunc(x), lo, hi));
+}
+// The low 32 bits of Rust's `x as i64` (for the 4-bit and 2-bit targets, which keep the
+// low bits): beyond ±2^31 an f32 is a multiple of 256 until i64 saturates.
+fn f2low_(x: f32) -> i32 {
+    if (is_nan_(x)) { return 0; }
+    if (x >= 9223372036854775808.0) { return -1; }
+    if (abs(x) >= 2147483648.0) { return 0; }
+    return i32(trunc(x));
+}
+fn f2u_(x: f32, hi: f32) -> u32 {
+    if (is_nan_(x) || x <= 0.0) { return 0u; }
+    if (x >= 4294967296.0) { return 4294967295u; }
+    return u32(min(trunc(x), hi));
+}
+// special: 0 = no infinity, NaN S.1111.111 (E4M3FN); 1 = FNUZ (NaN 0x80, no -0);
+// 2 = IEEE-like (E5M2); 3 = every code finite (E2M1).
+fn lowf_(x: f32, mbits: i32, emin: i32, maxv: f32, special: u32, sat: bool) -> f32 {
+    let b = bitcast<u32>(x);
+    // NaN keeps the sign (E4M3FN and E5M2 codes carry it).
+    let nan = bitcast<f32>(0x7fc00000u | (b & 0x80000000u));
+    let neg = (b & 0x80000000u) != 0u;
+    if (is_nan_(x)) {
+        if (special == 3u) { return bitcast<f32>(0x80000000u); }
+        return nan;
+    }
+    let a = abs(x);
+    var r = maxv * 2.0;
+    if (!is_inf_(x)) {
+        let ea = i32((bitcast<u32>(a) >> 23u) & 0xffu) - 127;
+        let e = max(ea, emin);
+        // Scaling by powers of two is exact; round() is round-half-to-even.
+        r = ldexp(round(a * ldexp(1.0, mbits - e)), e - mbits);
+    }
+    if (r > maxv) {
+        if (sat || special == 3u) {
+            r = maxv;
+        } else if (special == 2u) {
+            r = bitcast<f32>(0x7f800000u | (b & 0u));
+        } else {
+            return nan;
+        }
+    }
+    if (special == 1u && r == 0.0) { return 0.0; }
+    return select(r, -r, neg);
+}
+// mode: 0 = up, 1 = down, 2 = nearest.
+fn e8m0_(x: f32, mode: u32, sat: bool) -> f32 {
+    let b = bitcast<u32>(x);
+    let ex = (b >> 23u) & 0xffu;
+    let nan = bitcast<f32>(0x7fc00000u | (b & 0u));
+    if (ex == 0xffu) { return nan; }
+    var up = false;
+    if (mode == 0u) {
+        up = (b & 0x7fffffu) != 0u;
+    } else if (mode == 2u) {
+        let g = (b & 0x400000u) != 0u;
+        let rr = (b & 0x200000u) != 0u;
+        let s = (b & 0x1fffffu) != 0u;
+        up = g && (rr || s || ex > 0u);
+    }
+    if (sat && ex == 0xfeu) { up = false; }
+    let code = ex + u32(up);
+    if (code == 0xffu) { return nan; }
+    if (code == 0u) { return bitcast<f32>(0x00400000u); }
+    return bitcast<f32>(code << 23u);
+}
+fn powi_(x: i32, n: u32) -> i32 {
+    var acc = 1;
+    var base = x;
+    var k = n;
+    loop {
+        if (k == 0u) { break; }
+        if ((k & 1u) == 1u) { acc = acc * base; }
+        base = base * base;
+        k = k >> 1u;
+    }
+    return acc;
+}
+fn powu_(x: u32, n: u32) -> u32 {
+    var acc = 1u;
+    var base = x;
+    var k = n;
+    loop {
+        if (k == 0u) { break; }
+        if ((k & 1u) == 1u) { acc = acc * base; }
+        base = base * base;
+        k = k >> 1u;
+    }
+    return acc;
+}
+fn powf_int_(x: f32, n: u32) -> f32 {
+    var acc = 1.0;
+    var base = x;
+    var k = n;
+    loop {
+        if (k == 0u) { break; }
+        if ((k & 1u) == 1u) { acc = acc * base; }
+        base = base * base;
+        k = k >> 1u;
+    }
+    return acc;
+}
+// An integer base to a float power, as the CPU computes it in f64: integral powers by
+// squaring (exact while the result fits f32's mantissa), others through pow_.
+fn ipowf_(x: f32, y: f32) -> f32 {
+    if (y >= 0.0 && y == floor(y) && y < 4294967296.0) { return powf_int_(x, u32(y)); }
+    return pow_(x, y);
+}
+";
 
 /// Merges adjacent output dims where every input is either broadcast along both or
 /// contiguous along both; returns the merged dims and, per input, its strides.
@@ -357,7 +559,14 @@ impl Kernel for Pointwise {
         if n == 0 {
             return Ok(vec![Out::Dev(y)]);
         }
-        let shapes: Vec<&[usize]> = srcs.iter().map(|t| t.shape.as_slice()).collect();
+        let mut shapes: Vec<&[usize]> = srcs.iter().map(|t| t.shape.as_slice()).collect();
+        let aligned = match (self.legacy, shapes.as_slice()) {
+            (Some((axis, prelu)), [a, b]) => legacy_b_shape(a, b, axis, prelu)?,
+            _ => None,
+        };
+        if let Some(s) = &aligned {
+            shapes[1] = s.as_slice();
+        }
         let (dims, strides) = collapse(oshape, &shapes);
         let rank = dims.len();
         // Per input: 0 = same layout as the output, 1 = one element, 2 = strided.
@@ -377,8 +586,16 @@ impl Kernel for Pointwise {
         let mut src = String::new();
         src.push_str(LINEAR);
         src.push_str(HELPERS);
-        if self.expr.contains("pow_") {
+        let e = match self.narrow {
+            Some(dt) => narrow_expr(dt, &self.expr, self.opts),
+            None => self.expr.clone(),
+        };
+        if ["pow_", "f2i_", "f2u_", "f2low_", "lowf_", "e8m0_"]
+            .iter()
+            .any(|h| e.contains(h))
+        {
             src.push_str(POW);
+            src.push_str(CONVERT);
         }
         for (k, st) in self.ins.iter().enumerate() {
             src.push_str(&format!(
@@ -421,10 +638,6 @@ impl Kernel for Pointwise {
                 }
             }
         }
-        let e = match self.narrow {
-            Some(dt) => narrow_expr(dt, &self.expr),
-            None => self.expr.clone(),
-        };
         src.push_str(&format!("out[i] = {e};\n}}\n"));
         let grid = r.grid(n);
         let mut bufs: Vec<&wgpu::Buffer> = srcs.iter().map(|t| t.buffer()).collect();
@@ -440,35 +653,99 @@ fn storages(f: &NodeFacts, n: usize) -> Option<Vec<Storage>> {
         .collect()
 }
 
-/// Converts a value of storage `from` (named `x`) to the compute type of `to`.
-fn convert(x: &str, from: Storage, to_dt: DType) -> Option<String> {
-    let to = Storage::of(to_dt)?;
-    Some(match (from, to) {
-        _ if to_dt == DType::Bool => match from {
+/// Converts `x`, a value of dtype `from` in its storage, to dtype `to` in its storage,
+/// as the CPU's Cast does before the output is narrowed ([`narrow_expr`] then wraps
+/// integers and rounds floats). None where the widened storage cannot match the CPU:
+/// strings, and integer casts whose 64-bit result differs from the 32-bit one (signed
+/// values to uint64, uint32/uint64 values to int64).
+fn convert(x: &str, from: DType, to: DType) -> Option<String> {
+    let fs = Storage::of(from)?;
+    let ts = Storage::of(to)?;
+    if to == DType::Bool {
+        return Some(match fs {
             Storage::F32 => format!("u32({x} != 0.0)"),
             Storage::I32 => format!("u32({x} != 0)"),
             Storage::U32 => format!("u32({x} != 0u)"),
-        },
+        });
+    }
+    const I32_RANGE: &str = "-2147483648.0, 2147483520.0";
+    Some(match (fs, ts) {
         (Storage::F32, Storage::F32)
         | (Storage::I32, Storage::I32)
-        | (Storage::U32, Storage::U32) => x.to_string(),
+        | (Storage::U32, Storage::U32)
+            if !(fs == Storage::I32 && to == DType::U64) =>
+        {
+            x.to_string()
+        }
         (Storage::I32 | Storage::U32, Storage::F32) => format!("f32({x})"),
-        (Storage::F32, Storage::I32) => format!("i32(trunc({x}))"),
-        (Storage::U32, Storage::I32) => format!("bitcast<i32>({x})"),
-        (Storage::I32, Storage::U32) => format!("bitcast<u32>({x})"),
-        // Float → unsigned saturates on the CPU; WGSL's conversion of negatives differs.
-        (Storage::F32, Storage::U32) => return None,
+        (Storage::F32, Storage::I32) => match to {
+            DType::I8 => format!("f2i_({x}, -128.0, 127.0)"),
+            DType::I16 => format!("f2i_({x}, -32768.0, 32767.0)"),
+            // int4/int2 keep the low bits of the i64 value (the narrowing wraps).
+            DType::I4 | DType::I2 => format!("f2low_({x})"),
+            _ => format!("f2i_({x}, {I32_RANGE})"),
+        },
+        (Storage::F32, Storage::U32) => match to {
+            DType::U8 => format!("f2u_({x}, 255.0)"),
+            DType::U16 => format!("f2u_({x}, 65535.0)"),
+            DType::U32 | DType::U64 => format!("f2u_({x}, 4294967040.0)"),
+            _ => format!("bitcast<u32>(f2low_({x}))"),
+        },
+        (Storage::U32, Storage::I32) => {
+            if to == DType::I64 && matches!(from, DType::U32 | DType::U64) {
+                return None;
+            }
+            format!("bitcast<i32>({x})")
+        }
+        (Storage::I32, Storage::U32) => {
+            if to == DType::U64 {
+                return None;
+            }
+            format!("bitcast<u32>({x})")
+        }
+        _ => return None,
+    })
+}
+
+/// BitCast of `x` (dtype `from`, in its storage) to `to`, on the element's real bits.
+/// None where the widened storage has lost them: float64 and the 64-bit integers
+/// (narrowed to 32 bits), and the float8/float4 codes (held as their f32 values).
+fn bitcast_expr(x: &str, from: DType, to: DType) -> Option<String> {
+    use DType::*;
+    // The element's bits as u32 (low bits).
+    let bits = match from {
+        F32 | U32 | U8 | U16 | U4 | U2 | Bool => {
+            if from == F32 {
+                format!("bitcast<u32>({x})")
+            } else {
+                x.to_string()
+            }
+        }
+        I32 => format!("bitcast<u32>({x})"),
+        I8 => format!("(bitcast<u32>({x}) & 0xffu)"),
+        I16 => format!("(bitcast<u32>({x}) & 0xffffu)"),
+        I4 => format!("(bitcast<u32>({x}) & 0xfu)"),
+        I2 => format!("(bitcast<u32>({x}) & 0x3u)"),
+        F16 => format!("(pack2x16float(vec2<f32>({x}, 0.0)) & 0xffffu)"),
+        BF16 => format!("(bitcast<u32>({x}) >> 16u)"),
+        _ => return None,
+    };
+    Some(match to {
+        F32 => format!("bitcast<f32>({bits})"),
+        U32 | U16 | U8 | U4 | U2 => bits,
+        // One byte, nonzero reads as true.
+        Bool => format!("u32({bits} != 0u)"),
+        // Signed: sign-extend from the top bit of the field (the narrowing does it).
+        I32 | I16 | I8 | I4 | I2 => format!("bitcast<i32>({bits})"),
+        F16 => format!("unpack2x16float({bits}).x"),
+        BF16 => format!("bitcast<f32>({bits} << 16u)"),
+        _ => return None,
     })
 }
 
 pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
     let any = f.node.op.as_any();
-    let narrow = f.out_dtype(0).filter(|d| {
-        matches!(
-            d,
-            DType::I8 | DType::I16 | DType::U8 | DType::U16 | DType::F16 | DType::BF16
-        )
-    });
+    let narrow = f.out_dtype(0).filter(|&d| is_narrow(d));
     let k = |mut p: Pointwise| {
         p.narrow = narrow;
         Lowered::Kernel(Box::new(p))
@@ -486,14 +763,31 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
         };
     }
     if let Some(d) = any.downcast_ref::<Dropout>() {
-        // Inference mode only: the mask output and training-mode ratio inputs need RNG.
-        if d.want_mask
-            || f.ins.len() > 2
-            || Storage::of(f.in_dtype(0).unwrap_or(DType::Str)).is_none()
-        {
+        if Storage::of(f.in_dtype(0).unwrap_or(DType::Str)).is_none() {
             return unsupported();
         }
-        return Lowered::Kernel(Box::new(View::of_input()));
+        // Ratio and training_mode are read on the host and checked as the CPU does
+        // (training with a nonzero ratio needs random masks: an error on both).
+        let host: Vec<usize> = (1..f.ins.len().min(3))
+            .filter(|&i| f.has_input(i))
+            .collect();
+        let mask = if d.want_mask {
+            // Without dropping, the mask is all ones.
+            match f.out_dtype(1).and_then(Storage::of) {
+                Some(st) => Some(st),
+                None => return unsupported(),
+            }
+        } else {
+            None
+        };
+        if mask.is_none() && host.is_empty() {
+            return Lowered::Kernel(Box::new(View::of_input()));
+        }
+        return Lowered::Kernel(Box::new(DropoutKernel {
+            mask,
+            ratio: d.ratio,
+            host,
+        }));
     }
     if let Some(u) = any.downcast_ref::<Unary>() {
         let (Some(st), Some(odt)) = (storages(f, 1), f.out_dtype(0)) else {
@@ -502,15 +796,22 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
         let Some(ost) = Storage::of(odt) else {
             return unsupported();
         };
+        // uint64 is held in 32 bits: its complement needs the high word.
+        if u.op == UnaryOp::BitwiseNot && matches!(f.in_dtype(0), Some(DType::U64 | DType::Bool)) {
+            return unsupported();
+        }
         return match unary_expr(u.op, st[0]) {
             Some(e) => k(Pointwise::new(st, ost, e)),
             None => unsupported(),
         };
     }
     if let Some(b) = any.downcast_ref::<Binary>() {
-        if b.legacy_axis.is_some() || b.prelu_channel {
-            return Lowered::Cpu("legacy broadcast attributes stay on the CPU".into());
-        }
+        let k = |mut p: Pointwise| {
+            if b.legacy_axis.is_some() || b.prelu_channel {
+                p.legacy = Some((b.legacy_axis, b.prelu_channel));
+            }
+            k(p)
+        };
         let (Some(st), Some(odt)) = (storages(f, 2), f.out_dtype(0)) else {
             return unsupported();
         };
@@ -520,15 +821,15 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
         if st[0] != st[1] && b.op != BinOp::Pow {
             return unsupported();
         }
-        if b.op == BinOp::Pow && (st[0] != Storage::F32 || st[1] == Storage::U32) {
-            return unsupported();
+        if b.op == BinOp::Pow {
+            return match pow_expr(f.in_dtype(0), f.in_dtype(1), st[0], st[1]) {
+                Some(e) => k(Pointwise::new(st, ost, e)),
+                None => unsupported(),
+            };
         }
-        let Some(mut e) = binary_expr(b.op, st[0]) else {
+        let Some(e) = binary_expr(b.op, st[0]) else {
             return unsupported();
         };
-        if b.op == BinOp::Pow && st[1] == Storage::I32 {
-            e = "pow_(a0, f32(a1))".into();
-        }
         return k(Pointwise::new(st, ost, e));
     }
     if let Some(v) = any.downcast_ref::<Variadic>() {
@@ -539,9 +840,10 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
         let Some(ost) = Storage::of(odt) else {
             return unsupported();
         };
+        // Unsigned Max/Min/Sum as the CPU (Sum wraps; uint64 at 32 bits, its storage).
         if st.iter().any(|&s| s != st[0])
             || (st[0] != Storage::F32 && v.op == VarOp::Mean)
-            || st[0] == Storage::U32
+            || f.in_dtype(0) == Some(DType::Bool)
         {
             return unsupported();
         }
@@ -606,46 +908,183 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
             use_inputs,
             host: Vec::new(),
             narrow: None,
+            opts: CastOptions::default(),
+            legacy: None,
         });
     }
     if let Some(c) = any.downcast_ref::<Cast>() {
-        return cast_kernel(f, c.to);
+        return cast_kernel(f, c.to, c.opts, "Cast");
     }
-    if any.is::<CastLike>() {
+    if let Some(c) = any.downcast_ref::<CastLike>() {
         return match f.out_dtype(0) {
-            Some(to) => {
-                let Some(st) = f.in_dtype(0).and_then(Storage::of) else {
-                    return unsupported();
-                };
-                let (Some(e), Some(ost)) = (convert("a0", st, to), Storage::of(to)) else {
-                    return unsupported();
-                };
-                k(Pointwise {
-                    ins: vec![st],
-                    out: ost,
-                    expr: e,
-                    use_inputs: vec![0],
-                    host: Vec::new(),
-                    narrow: None,
-                })
+            // The second input only gives the dtype: it must be storable to bind.
+            Some(to) if f.in_dtype(1).and_then(Storage::of).is_some() => {
+                cast_kernel(f, to, c.opts, "CastLike")
             }
-            None => unsupported(),
+            _ => unsupported(),
+        };
+    }
+    if let Some(c) = any.downcast_ref::<BitCast>() {
+        let from = f.in_dtype(0);
+        let e = from
+            .filter(|d| d.bit_width() == c.to.bit_width())
+            .and_then(|d| bitcast_expr("a0", d, c.to));
+        return match (e, from.and_then(Storage::of), Storage::of(c.to)) {
+            (Some(e), Some(st), Some(ost)) => {
+                let mut p = Pointwise::new(vec![st], ost, e);
+                p.narrow = Some(c.to);
+                Lowered::Kernel(Box::new(p))
+            }
+            _ => Lowered::Cpu(format!(
+                "BitCast from {} to {} stays on the CPU (float64, 64-bit integers and \
+                 float8/float4 codes are not held bit for bit on the GPU; strings never)",
+                from.map_or("?".to_string(), |d| d.to_string()),
+                c.to
+            )),
         };
     }
     Lowered::NotMine
 }
 
-fn cast_kernel(f: &NodeFacts, to: DType) -> Lowered {
-    let unsupported = || Lowered::Cpu(format!("Cast to {to} stays on the CPU"));
-    let Some(st) = f.in_dtype(0).and_then(Storage::of) else {
+fn cast_kernel(f: &NodeFacts, to: DType, opts: CastOptions, op: &str) -> Lowered {
+    let from = f.in_dtype(0);
+    let unsupported = || {
+        Lowered::Cpu(match from {
+            Some(DType::Str) => format!("{op} from strings stays on the CPU"),
+            _ if to == DType::Str => format!("{op} to strings stays on the CPU"),
+            Some(d) => format!("{op} from {d} to {to} stays on the CPU (64-bit integer range)"),
+            None => format!("{op} of an unknown dtype stays on the CPU"),
+        })
+    };
+    let Some(from) = from else {
         return unsupported();
     };
-    let (Some(e), Some(ost)) = (convert("a0", st, to), Storage::of(to)) else {
+    let (Some(st), Some(e), Some(ost)) =
+        (Storage::of(from), convert("a0", from, to), Storage::of(to))
+    else {
         return unsupported();
     };
     let mut p = Pointwise::new(vec![st], ost, e);
     p.narrow = Some(to);
+    p.opts = opts;
     Lowered::Kernel(Box::new(p))
+}
+
+/// Pow as the CPU computes it: float bases in float (f32 here) whatever the exponent's
+/// dtype; integer bases with integer exponents ≥ 0 by wrapping multiplication, other
+/// exponents through a float power truncated and saturated to the base type.
+fn pow_expr(bdt: Option<DType>, edt: Option<DType>, bs: Storage, es: Storage) -> Option<String> {
+    let (bdt, edt) = (bdt?, edt?);
+    if !(bdt.is_numeric() && edt.is_numeric()) {
+        return None;
+    }
+    let y = if es == Storage::F32 { "a1" } else { "f32(a1)" };
+    Some(match bs {
+        Storage::F32 => format!("pow_(a0, {y})"),
+        Storage::I32 | Storage::U32 => {
+            let x = "f32(a0)";
+            let float_pow = match es {
+                Storage::F32 => format!("ipowf_({x}, a1)"),
+                _ => format!("pow_({x}, {y})"),
+            };
+            let back = convert(&float_pow, DType::F32, bdt)?;
+            match (bs, es) {
+                (_, Storage::F32) => back,
+                (Storage::I32, Storage::I32) => {
+                    format!("select({back}, powi_(a0, bitcast<u32>(a1)), a1 >= 0)")
+                }
+                (Storage::I32, _) => "powi_(a0, a1)".to_string(),
+                (Storage::U32, Storage::I32) => {
+                    format!("select({back}, powu_(a0, bitcast<u32>(a1)), a1 >= 0)")
+                }
+                _ => "powu_(a0, a1)".to_string(),
+            }
+        }
+    })
+}
+
+/// Dropout that drops nothing (inference, or a zero ratio): the output is the input and
+/// the mask, when asked for, all ones (of its dtype: bool, or the input's for old
+/// opsets). Ratio and training_mode inputs are read on the host and checked like the CPU.
+#[derive(Debug)]
+struct DropoutKernel {
+    /// The mask's storage when the model reads it.
+    mask: Option<Storage>,
+    /// The attribute ratio (opset < 12), when no ratio input is given.
+    ratio: f32,
+    host: Vec<usize>,
+}
+
+impl Kernel for DropoutKernel {
+    fn moves_only(&self) -> bool {
+        true
+    }
+    fn host_inputs(&self) -> &[usize] {
+        &self.host
+    }
+    fn encode(
+        &self,
+        r: &mut Recorder,
+        ins: &[In],
+        outs: &[(DType, Vec<usize>)],
+    ) -> Result<Vec<Out>> {
+        let x = ins
+            .first()
+            .ok_or_else(|| Error::runtime("missing input"))?
+            .dev()?;
+        let ratio = match ins.get(1).and_then(|t| t.host()) {
+            Some(t) => t.scalar_f64()?,
+            None => f64::from(self.ratio),
+        };
+        let training = match ins.get(2).and_then(|t| t.host()) {
+            Some(t) => *t
+                .as_slice::<bool>()?
+                .first()
+                .ok_or_else(|| Error::shape("Dropout training_mode is empty"))?,
+            None => false,
+        };
+        if training && ratio != 0.0 {
+            return Err(Error::unsupported_op(
+                "Dropout in training mode with a nonzero ratio is not supported",
+            ));
+        }
+        if !(0.0..1.0).contains(&ratio) {
+            return Err(Error::runtime(format!(
+                "Dropout ratio must be in [0, 1), got {ratio}"
+            )));
+        }
+        let (ydt, yshape) = outs
+            .first()
+            .ok_or_else(|| Error::runtime("missing output"))?;
+        let y = super::GpuTensor {
+            buf: x.buf.clone(),
+            shape: yshape.clone(),
+            dtype: *ydt,
+        };
+        let (Some(st), Some((mdt, mshape))) = (self.mask, outs.get(1)) else {
+            return Ok(vec![Out::Dev(y)]);
+        };
+        let m = r.alloc(*mdt, mshape.clone())?;
+        let n = m.len();
+        if n > 0 {
+            let one = match st {
+                Storage::F32 => 1f32.to_bits(),
+                _ => 1,
+            };
+            let src = format!(
+                "{LINEAR}@group(0) @binding(0) var<storage, read_write> out: array<u32>;\n\
+                 @group(0) @binding(1) var<storage, read> P: array<u32>;\n\
+                 @compute @workgroup_size(256)\n\
+                 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{\n\
+                 let i = linear_id(gid, nwg);\n\
+                 if (i >= P[0]) {{ return; }}\n\
+                 out[i] = P[1];\n}}\n"
+            );
+            let grid = r.grid(n);
+            r.dispatch(&src, &[m.buffer()], &[n as u32, one], grid)?;
+        }
+        Ok(vec![Out::Dev(y), Out::Dev(m)])
+    }
 }
 
 #[cfg(test)]

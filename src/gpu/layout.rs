@@ -345,6 +345,15 @@ impl Kernel for RangeKernel {
                 .ok_or_else(|| Error::input("Range needs start, limit and delta"))
         };
         let (start, delta) = (get(0)?, get(2)?);
+        if matches!(dt, DType::F16 | DType::BF16 | DType::F64) {
+            // The CPU accumulates in the element type (rounding at every step): the
+            // values come from its own rule, computed here and uploaded.
+            let t = crate::cpu::layout::range(start, get(1)?, delta)?;
+            if t.shape() != oshape.as_slice() {
+                return Err(Error::shape("Range length differs from its shape rule"));
+            }
+            return Ok(vec![Out::Dev(r.upload(&t)?)]);
+        }
         let float = *dt == DType::F32;
         let word = |t: &Tensor| -> Result<u32> {
             Ok(if float {
@@ -628,7 +637,9 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
     }
     if any.is::<Range>() {
         return match f.out_dtype(0) {
-            Some(DType::F32 | DType::I32 | DType::I64) => Lowered::Kernel(Box::new(RangeKernel)),
+            Some(DType::F32 | DType::I32 | DType::I64 | DType::F16 | DType::BF16 | DType::F64) => {
+                Lowered::Kernel(Box::new(RangeKernel))
+            }
             _ => Lowered::Cpu("Range of this dtype stays on the CPU".into()),
         };
     }

@@ -36,7 +36,7 @@ fn source(act: Option<Activation>, bias: bool, half: bool) -> String {
         out = activation_wgsl(a, &out);
     }
     let (enable, ty, kt) = if half {
-        out = super::elementwise::narrow_expr(DType::F16, &out);
+        out = super::elementwise::narrow_wgsl(DType::F16, &out, Default::default());
         ("enable f16;\n", "f16", 32u32)
     } else {
         ("", "f32", 16u32)

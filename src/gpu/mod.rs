@@ -146,10 +146,11 @@ impl<'a> NodeFacts<'a> {
     }
 }
 
-/// Floats that float kernels take: f32, and float16/bfloat16 widened to f32 in storage,
-/// computed in f32 and rounded back at each output.
+/// Floats that float kernels take: f32; float16/bfloat16 widened to f32 in storage,
+/// computed in f32 and rounded back at each output; float64 held and computed as f32
+/// (Balanced placement keeps it on the CPU, see [`place`]).
 pub fn gpu_float(dt: Option<DType>) -> bool {
-    matches!(dt, Some(DType::F32 | DType::F16 | DType::BF16))
+    matches!(dt, Some(DType::F32 | DType::F16 | DType::BF16 | DType::F64))
 }
 
 /// Each node's kernel (None: CPU) and the reason for its placement.
@@ -248,6 +249,19 @@ pub fn place(g: &Graph, cx: &GpuContext, how: Placement) -> GpuPlan {
                 Lowered::Cpu(why) => found = Some(Err(why)),
             }
             break;
+        }
+        if let (Some(Ok(_)), Placement::Balanced) = (&found, how) {
+            let f64_value = n
+                .inputs
+                .iter()
+                .chain(&n.outputs)
+                .flatten()
+                .any(|&v| g.values[v].fact.dtype == Some(DType::F64));
+            if f64_value {
+                found = Some(Err(
+                    "float64 runs in float32 precision on the GPU; the CPU keeps float64".into(),
+                ));
+            }
         }
         if let (Some(Ok(k)), Placement::Balanced) = (&found, how) {
             let host = k.host_inputs();

@@ -156,24 +156,68 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 // QuantizeLinear / DequantizeLinear
 // ---------------------------------------------------------------------------------------
 
-/// Per-tensor or per-axis parameters: (inner, axis dim) of the index → parameter map.
-fn axis_layout(shape: &[usize], axis: i64, nparams: usize) -> Result<(usize, usize)> {
-    if nparams == 1 {
-        return Ok((1, 1));
+/// How parameters map onto x, as `cpu::quant::QParams`: (mode, inner, axis length,
+/// block, blocks) with mode 0 = per tensor, 1 = per axis, 2 = blocked along the axis.
+fn param_layout(
+    x: &[usize],
+    scale: &[usize],
+    axis: i64,
+    block: usize,
+) -> Result<(u32, usize, usize, usize, usize)> {
+    let n_scale: usize = scale.iter().product();
+    if x.is_empty() || n_scale == 1 && scale.len() <= 1 {
+        return Ok((0, 1, 1, 1, 1));
     }
-    let ax = crate::graph::attrs::norm_axis(axis, shape.len())?;
-    if shape[ax] != nparams {
+    let ax = crate::graph::attrs::norm_axis(axis, x.len())?;
+    let (_, len, inner) = crate::cpu::common::split_at_axis(x, ax);
+    if block == 0 {
+        if scale.len() != 1 || scale[0] != len {
+            return Err(Error::shape(format!(
+                "scale of shape {scale:?} does not fit axis {axis} of input {x:?}"
+            )));
+        }
+        return Ok((1, inner, len, 1, len));
+    }
+    let n_blocks = len.div_ceil(block);
+    let ok = scale.len() == x.len()
+        && scale
+            .iter()
+            .zip(x)
+            .enumerate()
+            .all(|(i, (&s, &d))| if i == ax { s == n_blocks } else { s == d });
+    if !ok {
         return Err(Error::shape(format!(
-            "{nparams} quantization parameters for axis {ax} of {shape:?}"
+            "blocked scale of shape {scale:?} does not fit input {x:?} (axis {axis}, block {block})"
         )));
     }
-    Ok((shape[ax + 1..].iter().product(), nparams))
+    Ok((2, inner, len, block, n_blocks))
 }
 
+/// The integer range of a quantized type (None for the narrow float outputs).
+fn qrange(dt: DType) -> Option<(f32, f32)> {
+    Some(match dt {
+        DType::U8 => (0.0, 255.0),
+        DType::I8 => (-128.0, 127.0),
+        DType::U16 => (0.0, 65535.0),
+        DType::I16 => (-32768.0, 32767.0),
+        DType::U4 => (0.0, 15.0),
+        DType::I4 => (-8.0, 7.0),
+        DType::U2 => (0.0, 3.0),
+        DType::I2 => (-2.0, 1.0),
+        _ => return None,
+    })
+}
+
+/// QuantizeLinear / DequantizeLinear of every width the CPU has: 8/16/4/2-bit integers
+/// (held widened, saturated to their range), float8 and float4e2m1 (held as their f32
+/// values, rounded to the format like the CPU's Cast, `saturate` as the node says), per
+/// tensor, per axis or blocked; f16/bf16 data and outputs are rounded like the CPU's.
 #[derive(Debug)]
 struct QuantizeKernel {
     axis: i64,
+    block: usize,
     dequant: bool,
+    saturate: bool,
 }
 
 impl Kernel for QuantizeKernel {
@@ -188,55 +232,97 @@ impl Kernel for QuantizeKernel {
     ) -> Result<Vec<Out>> {
         let x = dev(ins, 0, "x")?;
         let (odt, oshape) = out0(outs)?;
-        let scale = k::scales(host_req(ins, 1, "scale")?, "scale")?;
-        let zdt = if self.dequant { x.dtype } else { odt };
-        let zp = k::zero_points(host(ins, 2), zdt, "zero point")?;
-        if zp.len() != 1 && zp.len() != scale.len() {
+        let scale_t = host_req(ins, 1, "scale")?;
+        let scale = k::scales(scale_t, "scale")?;
+        let qdt = if self.dequant { x.dtype } else { odt };
+        // Zero points as f32 (exact for every type here), as the CPU reads them.
+        let zp: Vec<f32> = match host(ins, 2) {
+            Some(z) if z.dtype() != qdt => {
+                return Err(Error::dtype(format!(
+                    "zero point is {} but the quantized data is {qdt}",
+                    z.dtype()
+                )))
+            }
+            Some(z) => z.to_f32_vec()?,
+            None => vec![0.0],
+        };
+        if zp.is_empty() || (zp.len() != 1 && zp.len() != scale.len()) {
             return Err(Error::shape("zero point and scale sizes differ"));
         }
-        let (inner, adim) = axis_layout(&x.shape, self.axis, scale.len())?;
-        let (lo, hi) = if self.dequant {
-            (0, 0)
-        } else {
-            range8(odt).ok_or_else(|| Error::unsupported_dtype("quantization output"))?
-        };
+        let (mode, inner, len, block, n_blocks) =
+            param_layout(&x.shape, scale_t.shape(), self.axis, self.block)?;
+        let (lo, hi) = qrange(qdt).unwrap_or((0.0, 0.0));
         let y = r.alloc(odt, oshape)?;
+        if y.is_empty() {
+            return Ok(vec![Out::Dev(y)]);
+        }
         let np = scale.len() as u32;
         let mut p = vec![
             y.len() as u32,
             inner as u32,
-            adim as u32,
+            len as u32,
             np,
-            lo as u32,
-            hi as u32,
+            bits(lo),
+            bits(hi),
             zp.len().min(2) as u32 - 1,
-            0,
+            mode,
+            block as u32,
+            n_blocks as u32,
         ];
         p.extend(scale.iter().map(|&s| bits(s)));
-        p.extend(zp.iter().map(|&z| z as u32));
-        let body = if self.dequant {
-            "    let z = bitcast<i32>(P[8u + np + pi * P[6]]);
-    Y[i] = f32(bitcast<i32>(X[i]) - z) * s;"
-        } else {
-            "    let z = f32(bitcast<i32>(P[8u + np + pi * P[6]]));
-    let v = clamp(round(X[i] / s) + z, f32(bitcast<i32>(P[4])), f32(bitcast<i32>(P[5])));
-    Y[i] = bitcast<u32>(i32(v));"
+        p.extend(zp.iter().map(|&z| bits(z)));
+        let opts = crate::tensor::small::CastOptions {
+            saturate: self.saturate,
+            ..Default::default()
         };
-        let (xt, yt) = if self.dequant {
-            ("u32", "f32")
+        let float_q = qdt.is_low_float();
+        let body = match (self.dequant, float_q) {
+            (true, false) => {
+                let v = "f32(bitcast<i32>(X[i]) - i32(z)) * s";
+                format!(
+                    "    Y[i] = bitcast<u32>({});",
+                    super::elementwise::narrow_wgsl(odt, v, opts)
+                )
+            }
+            (true, true) => {
+                let v = "(bitcast<f32>(X[i]) - z) * s";
+                format!(
+                    "    Y[i] = bitcast<u32>({});",
+                    super::elementwise::narrow_wgsl(odt, v, opts)
+                )
+            }
+            (false, false) => "    let v = clamp(round(bitcast<f32>(X[i]) / s) + z, bitcast<f32>(P[4]), bitcast<f32>(P[5]));
+    Y[i] = bitcast<u32>(i32(v));"
+                .to_string(),
+            (false, true) => format!(
+                "    Y[i] = bitcast<u32>({});",
+                super::elementwise::narrow_wgsl(odt, "bitcast<f32>(X[i]) / s + z", opts)
+            ),
+        };
+        let helpers = if float_q || !self.dequant || odt != DType::F32 {
+            super::elementwise::convert_helpers()
         } else {
-            ("f32", "u32")
+            String::new()
         };
         let src = linear_src(
             &format!(
-                "@group(0) @binding(0) var<storage, read> X: array<{xt}>;
-@group(0) @binding(1) var<storage, read_write> Y: array<{yt}>;
+                "{helpers}@group(0) @binding(0) var<storage, read> X: array<u32>;
+@group(0) @binding(1) var<storage, read_write> Y: array<u32>;
 @group(0) @binding(2) var<storage, read> P: array<u32>;"
             ),
             &format!(
                 "    let np = P[3];
-    let pi = (i / P[1]) % P[2];
-    let s = bitcast<f32>(P[8u + pi]);
+    let inner = P[1];
+    var pi = 0u;
+    if (P[7] == 1u) {{
+        pi = (i / inner) % P[2];
+    }} else if (P[7] == 2u) {{
+        let a = (i / inner) % P[2];
+        let o = i / (inner * P[2]);
+        pi = (o * P[9] + a / P[8]) * inner + i % inner;
+    }}
+    let s = bitcast<f32>(P[10u + pi]);
+    let z = bitcast<f32>(P[10u + np + pi * P[6]]);
 {body}"
             ),
         );
@@ -946,31 +1032,36 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
         }
     };
     if let Some(q) = any.downcast_ref::<QuantizeLinear>() {
-        let ok = q.block_size == 0
-            && f.in_dtype(0) == Some(DType::F32)
-            && is8(f.out_dtype(0))
-            && f.in_dtype(1) == Some(DType::F32);
+        let ok = matches!(f.in_dtype(0), Some(DType::F32 | DType::F16 | DType::BF16))
+            && f.out_dtype(0)
+                .is_some_and(|d| d != DType::F8E8M0 && k::is_quant_type(d))
+            && f.in_dtype(1).is_some_and(|d| d.is_float());
         return k8(
             Box::new(QuantizeKernel {
                 axis: q.axis,
+                block: q.block_size,
                 dequant: false,
+                saturate: q.saturate,
             }),
             ok,
-            "other than float32 to 8 bits, per tensor or axis,",
+            "of int32 data, to float8e8m0, or with non-float scales",
         );
     }
     if let Some(q) = any.downcast_ref::<DequantizeLinear>() {
-        let ok = q.block_size == 0
-            && (is8(f.in_dtype(0)) || (f.in_dtype(0) == Some(DType::I32) && !f.has_input(2)))
-            && f.out_dtype(0) == Some(DType::F32)
-            && f.in_dtype(1) == Some(DType::F32);
+        let xdt = f.in_dtype(0);
+        let ok = (xdt.is_some_and(|d| d != DType::F8E8M0 && k::is_quant_type(d))
+            || (xdt == Some(DType::I32) && !f.has_input(2)))
+            && matches!(f.out_dtype(0), Some(DType::F32 | DType::F16 | DType::BF16))
+            && f.in_dtype(1).is_some_and(|d| d.is_float());
         return k8(
             Box::new(QuantizeKernel {
                 axis: q.axis,
+                block: q.block_size,
                 dequant: true,
+                saturate: true,
             }),
             ok,
-            "other than 8/32 bits to float32, per tensor or axis,",
+            "of 32/64-bit or float8e8m0 data, to float64, or with non-float scales,",
         );
     }
     if any.is::<DynamicQuantizeLinear>() {

@@ -670,7 +670,8 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
             ReduceKind::Sum | ReduceKind::Max | ReduceKind::Min | ReduceKind::Prod
         );
         let st = match (dt, st) {
-            (Some(DType::F32 | DType::F16 | DType::BF16), _) => Storage::F32,
+            // float16/bfloat16 and float64 are held (and reduced) as f32 on the GPU.
+            (Some(DType::F32 | DType::F16 | DType::BF16 | DType::F64), _) => Storage::F32,
             (Some(DType::I32 | DType::I64), _) if int_ok => Storage::I32,
             (Some(DType::Bool), _) if matches!(op.kind, ReduceKind::Max | ReduceKind::Min) => {
                 Storage::U32
@@ -687,7 +688,8 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
         }));
     }
     if let Some(op) = any.downcast_ref::<ArgExtreme>() {
-        return match st {
+        // The narrow float8/float4/int4/int2 types have no CPU ArgMax either.
+        return match st.filter(|_| !dt.is_some_and(|d| d.is_small())) {
             Some(st) => Lowered::Kernel(Box::new(ArgKernel { op: op.clone(), st })),
             _ => Lowered::Cpu(format!("{} on {dt:?} stays on the CPU", op_name(op))),
         };
@@ -699,7 +701,7 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
         return Lowered::Kernel(Box::new(SoftmaxKernel { op: op.clone() }));
     }
     if let Some(op) = any.downcast_ref::<Cumulative>() {
-        return match st {
+        return match st.filter(|_| dt.is_some_and(|d| d.is_numeric())) {
             Some(st @ (Storage::F32 | Storage::I32)) => {
                 Lowered::Kernel(Box::new(CumKernel { op: op.clone(), st }))
             }
