@@ -56,7 +56,7 @@ pub struct AttnOut {
     pub qk: Option<(Vec<usize>, Vec<f32>)>,
 }
 
-fn div_heads(hidden: usize, heads: usize, what: &str) -> Result<usize> {
+pub(crate) fn div_heads(hidden: usize, heads: usize, what: &str) -> Result<usize> {
     if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(Error::shape(format!(
             "Attention: {what} hidden size {hidden} is not divisible by {heads} heads"
@@ -66,19 +66,21 @@ fn div_heads(hidden: usize, heads: usize, what: &str) -> Result<usize> {
 }
 
 /// A 4-D view (batch, heads, seq, dim) over Q/K/V given in 3-D or 4-D layout.
-#[derive(Clone, Copy)]
-struct View {
-    b: usize,
-    h: usize,
-    s: usize,
-    d: usize,
-    sb: usize,
-    sh: usize,
-    ss: usize,
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct View {
+    pub(crate) b: usize,
+    pub(crate) h: usize,
+    pub(crate) s: usize,
+    pub(crate) d: usize,
+    pub(crate) sb: usize,
+    pub(crate) sh: usize,
+    pub(crate) ss: usize,
 }
 
-fn view(t: &Tensor, heads: Option<usize>, what: &str) -> Result<View> {
-    match *t.shape() {
+/// A 4-D view (batch, heads, seq, dim) of Q/K/V in 3-D or 4-D layout, with strides;
+/// shared with the GPU kernel.
+pub(crate) fn view(shape: &[usize], heads: Option<usize>, what: &str) -> Result<View> {
+    match *shape {
         [b, s, hid] => {
             let h = heads.ok_or_else(|| {
                 Error::attr(format!(
@@ -106,8 +108,7 @@ fn view(t: &Tensor, heads: Option<usize>, what: &str) -> Result<View> {
             ss: d,
         }),
         _ => Err(Error::shape(format!(
-            "Attention: {what} must be 3-D or 4-D, got {:?}",
-            t.shape()
+            "Attention: {what} must be 3-D or 4-D, got {shape:?}"
         ))),
     }
 }
@@ -238,9 +239,9 @@ pub fn attention(
             "Attention: Q, K and V must have the same rank",
         ));
     }
-    let qv = view(q, p.q_num_heads, "Q")?;
-    let kv = view(k, p.kv_num_heads, "K")?;
-    let vv = view(v, p.kv_num_heads, "V")?;
+    let qv = view(q.shape(), p.q_num_heads, "Q")?;
+    let kv = view(k.shape(), p.kv_num_heads, "K")?;
+    let vv = view(v.shape(), p.kv_num_heads, "V")?;
     if kv.b != qv.b || vv.b != qv.b || kv.s != vv.s || kv.h != vv.h || kv.d != qv.d {
         return Err(Error::shape(format!(
             "Attention: incompatible shapes Q {:?}, K {:?}, V {:?}",

@@ -1110,8 +1110,21 @@ pub fn tensor_scatter(
     axis: usize,
     circular: bool,
 ) -> Result<Tensor> {
-    let ps = past.shape();
-    let us = update.shape();
+    let write = write.map(|t| t.to_i64_vec()).transpose()?;
+    let (targets, inner) =
+        tensor_scatter_targets(past.shape(), update.shape(), write, axis, circular)?;
+    scatter_apply(past, update, &targets, inner, Reduction::None)
+}
+
+/// TensorScatter's target block offsets (one per updated block) and the block size;
+/// shared with the GPU kernel.
+pub fn tensor_scatter_targets(
+    ps: &[usize],
+    us: &[usize],
+    write: Option<Vec<i64>>,
+    axis: usize,
+    circular: bool,
+) -> Result<(Vec<usize>, usize)> {
     if ps.len() != us.len() || axis >= ps.len() || ps.is_empty() {
         return Err(Error::shape("TensorScatter: rank mismatch"));
     }
@@ -1123,16 +1136,15 @@ pub fn tensor_scatter(
         }
     }
     let batch = ps[0];
-    let w: Vec<i64> = match write {
-        Some(t) => t.to_i64_vec()?,
-        None => vec![0; batch],
-    };
+    let w = write.unwrap_or_else(|| vec![0; batch]);
     if w.len() < batch {
         return Err(Error::shape(
             "TensorScatter: write_indices shorter than the batch",
         ));
     }
-    let (outer, maxlen, inner) = split_at_axis(ps, axis);
+    let outer: usize = ps[..axis].iter().product();
+    let maxlen = ps[axis];
+    let inner: usize = ps[axis + 1..].iter().product();
     let seq = us[axis];
     let per_batch = outer.checked_div(batch).unwrap_or(1);
     let mut targets = Vec::with_capacity(outer * seq);
@@ -1163,7 +1175,7 @@ pub fn tensor_scatter(
             targets.push((o * maxlen + p) * inner);
         }
     }
-    scatter_apply(past, update, &targets, inner, Reduction::None)
+    Ok((targets, inner))
 }
 
 // ---------------------------------------------------------------------------------------

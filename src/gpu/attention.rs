@@ -15,7 +15,7 @@
 
 use super::record::{Recorder, LINEAR};
 use super::{GpuTensor, In, Kernel, Lowered, NodeFacts, Out};
-use crate::cpu::attention::AttnParams;
+use crate::cpu::attention::{view, AttnParams, View};
 use crate::error::{Error, Result};
 use crate::graph::ops::attention::{
     Attention, CausalConvWithState, LinearAttention, RotaryEmbedding,
@@ -40,61 +40,6 @@ fn narrow(dt: DType, v: &str) -> String {
     match dt {
         DType::F16 => format!("unpack2x16float(pack2x16float(vec2<f32>({v}, 0.0))).x"),
         _ => v.to_string(),
-    }
-}
-
-/// A 4-D view (batch, heads, seq, dim) over Q/K/V in 3-D or 4-D layout, with strides.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct View {
-    b: usize,
-    h: usize,
-    s: usize,
-    d: usize,
-    sb: usize,
-    sh: usize,
-    ss: usize,
-}
-
-fn div_heads(hidden: usize, heads: usize, what: &str) -> Result<usize> {
-    if heads == 0 || !hidden.is_multiple_of(heads) {
-        return Err(Error::shape(format!(
-            "Attention: {what} hidden size {hidden} is not divisible by {heads} heads"
-        )));
-    }
-    Ok(hidden / heads)
-}
-
-fn view(shape: &[usize], heads: Option<usize>, what: &str) -> Result<View> {
-    match *shape {
-        [b, s, hid] => {
-            let h = heads.ok_or_else(|| {
-                Error::attr(format!(
-                    "Attention: 3-D {what} needs q_num_heads/kv_num_heads"
-                ))
-            })?;
-            let d = div_heads(hid, h, what)?;
-            Ok(View {
-                b,
-                h,
-                s,
-                d,
-                sb: s * hid,
-                sh: d,
-                ss: hid,
-            })
-        }
-        [b, h, s, d] => Ok(View {
-            b,
-            h,
-            s,
-            d,
-            sb: h * s * d,
-            sh: s * d,
-            ss: d,
-        }),
-        _ => Err(Error::shape(format!(
-            "Attention: {what} must be 3-D or 4-D, got {shape:?}"
-        ))),
     }
 }
 

@@ -407,67 +407,6 @@ fn nd_targets(data: &[usize], ishape: &[usize], idx: &[i64]) -> Result<(Vec<usiz
     Ok((offs, block))
 }
 
-/// TensorScatter targets (block offsets) and the block size, as the CPU computes them.
-fn tensor_targets(
-    ps: &[usize],
-    us: &[usize],
-    write: Option<Vec<i64>>,
-    axis: usize,
-    circular: bool,
-) -> Result<(Vec<usize>, usize)> {
-    if ps.len() != us.len() || axis >= ps.len() || ps.is_empty() {
-        return Err(Error::shape("TensorScatter: rank mismatch"));
-    }
-    for i in 0..ps.len() {
-        if (i != axis && ps[i] != us[i]) || (i == axis && us[i] > ps[i]) {
-            return Err(Error::shape(format!(
-                "TensorScatter: update {us:?} does not fit cache {ps:?}"
-            )));
-        }
-    }
-    let batch = ps[0];
-    let w = write.unwrap_or_else(|| vec![0; batch]);
-    if w.len() < batch {
-        return Err(Error::shape(
-            "TensorScatter: write_indices shorter than the batch",
-        ));
-    }
-    let outer: usize = ps[..axis].iter().product();
-    let maxlen = ps[axis];
-    let inner: usize = ps[axis + 1..].iter().product();
-    let seq = us[axis];
-    let per_batch = outer.checked_div(batch).unwrap_or(1);
-    let mut targets = Vec::with_capacity(outer * seq);
-    for o in 0..outer {
-        let b = if axis == 0 { 0 } else { o / per_batch.max(1) };
-        let wb = if axis == 0 {
-            w.first().copied().unwrap_or(0)
-        } else {
-            w[b]
-        };
-        for s in 0..seq {
-            let pos = wb
-                .checked_add(s as i64)
-                .ok_or_else(|| Error::runtime("TensorScatter: index overflow"))?;
-            let p = if circular {
-                pos.rem_euclid(maxlen.max(1) as i64)
-            } else {
-                pos
-            };
-            let p = usize::try_from(p)
-                .ok()
-                .filter(|&p| p < maxlen)
-                .ok_or_else(|| {
-                    Error::runtime(format!(
-                        "TensorScatter: write index {pos} out of range for {maxlen}"
-                    ))
-                })?;
-            targets.push((o * maxlen + p) * inner);
-        }
-    }
-    Ok((targets, inner))
-}
-
 impl Kernel for ScatterKernel {
     fn host_inputs(&self) -> &[usize] {
         &self.host
@@ -518,7 +457,8 @@ impl Kernel for ScatterKernel {
                     None => None,
                 };
                 let a = crate::cpu::layout::norm_axis(axis, x.shape.len(), "TensorScatter")?;
-                let (t, block) = tensor_targets(&x.shape, &u.shape, w, a, circular)?;
+                let (t, block) =
+                    crate::cpu::layout::tensor_scatter_targets(&x.shape, &u.shape, w, a, circular)?;
                 (t, block, u)
             }
         };
@@ -1002,10 +942,24 @@ mod tests {
         let (t, b) = nd_targets(&[4, 2], &[2, 1], &[1, -1]).unwrap();
         assert_eq!((t, b), (vec![2, 6], 2));
         // cache [2, 4, 3] (batch, seq, dim), update of 2 steps at per-batch offsets.
-        let (t, b) = tensor_targets(&[2, 4, 3], &[2, 2, 3], Some(vec![1, 3]), 1, true).unwrap();
+        let (t, b) = crate::cpu::layout::tensor_scatter_targets(
+            &[2, 4, 3],
+            &[2, 2, 3],
+            Some(vec![1, 3]),
+            1,
+            true,
+        )
+        .unwrap();
         assert_eq!(b, 3);
         assert_eq!(t, vec![3, 6, 21, 12]);
-        assert!(tensor_targets(&[2, 4, 3], &[2, 2, 3], Some(vec![1, 3]), 1, false).is_err());
+        assert!(crate::cpu::layout::tensor_scatter_targets(
+            &[2, 4, 3],
+            &[2, 2, 3],
+            Some(vec![1, 3]),
+            1,
+            false
+        )
+        .is_err());
     }
 
     #[test]
