@@ -26,7 +26,9 @@ mod quant;
 pub mod record;
 mod reduce;
 mod resize;
+mod rnn;
 mod sample;
+mod signal;
 pub mod tensor;
 #[cfg(target_arch = "wasm32")]
 mod web;
@@ -194,6 +196,8 @@ const FAMILIES: &[Family] = &[
     indexing::lower,
     loss::lower,
     attention::lower,
+    signal::lower,
+    rnn::lower,
 ];
 
 /// How eagerly nodes go to the GPU.
