@@ -954,9 +954,45 @@ impl Op for Stft {
             .as_ref()
             .and_then(|s| s.first().cloned())
             .unwrap_or(Dim::Unknown);
+        // Frames and bins when the signal length, frame_step and frame length (input 3,
+        // else the window's length, else the signal's) are known.
+        let len = x
+            .shape
+            .as_ref()
+            .and_then(|s| s.get(1))
+            .and_then(|d| d.known());
+        // An empty window or frame_length counts as absent (as in `run`); a present one
+        // whose value is not known leaves the counts unknown.
+        let win_or_len = match cx.opt(2).map(|f| f.concrete_shape()) {
+            None => len,
+            Some(Some(s)) if s.first().is_some_and(|&w| w > 0) => s.first().copied(),
+            Some(Some(_)) => len,
+            Some(None) => None,
+        };
+        let fl = match cx.opt(3).map(|f| f.const_i64()) {
+            None => win_or_len,
+            Some(Some(v)) => match v.first() {
+                Some(&f) => usize::try_from(f).ok(),
+                None => win_or_len,
+            },
+            Some(None) => None,
+        };
+        let step = cx
+            .opt(1)
+            .and_then(|f| f.const_i64())
+            .and_then(|v| v.first().copied())
+            .and_then(|s| usize::try_from(s).ok())
+            .filter(|&s| s > 0);
+        let (frames, bins) = match (len, fl, step) {
+            (Some(l), Some(f), Some(st)) if f > 0 && f <= l => (
+                Dim::Known(1 + (l - f) / st),
+                Dim::Known(if self.onesided { f / 2 + 1 } else { f }),
+            ),
+            _ => (Dim::Unknown, Dim::Unknown),
+        };
         Ok(vec![Fact::new(
             x.dtype,
-            Some(vec![b, Dim::Unknown, Dim::Unknown, Dim::Known(2)]),
+            Some(vec![b, frames, bins, Dim::Known(2)]),
         )])
     }
     fn run(&self, _cx: &mut RunCx, args: &Args) -> Result<Vec<Value>> {
