@@ -19,6 +19,7 @@ mod pool;
 mod qconv;
 mod qgemm;
 mod quant;
+mod qtile;
 pub mod record;
 mod reduce;
 mod resize;

@@ -11,6 +11,7 @@
 use super::quant::{
     bits, dev, host, host_req, is8, one_value, out0, pack4, q8_values, range8, QHELPERS,
 };
+use super::qtile::{self, AMode, BSrc, ConvGeo, Epi, Gemm, PackedQ};
 use super::record::{Recorder, LINEAR};
 use super::{GpuTensor, In, Kernel, Lowered, NodeFacts, Out};
 use crate::cpu::nn::Window;
@@ -77,6 +78,12 @@ struct QConvKernel {
     w_idx: usize,
     xz_idx: usize,
     packed: Option<PackedW>,
+    /// Constant weights for the tiled implicit GEMM (`qtile`), M rows of C/group·k taps.
+    tiled: Option<PackedQ>,
+    /// The constant weights' shape (tiled).
+    wshape: Vec<usize>,
+    /// Products with `dot4I8Packed` (else unpacked bytes), in the tiled GEMM.
+    dot4: bool,
     host: Vec<usize>,
 }
 
@@ -173,11 +180,16 @@ impl Kernel for QConvKernel {
     ) -> Result<Vec<Out>> {
         let x = dev(ins, 0, "x")?;
         let (odt, oshape) = out0(outs)?;
-        let (w, wshape, wdt, packed) = match &self.packed {
-            Some(p) => (p.upload(r)?, p.shape.clone(), p.dtype, true),
-            None => {
+        let (wshape, wdt, packed) = match (&self.packed, &self.tiled) {
+            (Some(p), _) => (p.shape.clone(), p.dtype, true),
+            (None, Some(t)) => (
+                self.wshape.clone(),
+                if t.signed { DType::I8 } else { DType::U8 },
+                true,
+            ),
+            _ => {
                 let w = dev(ins, self.w_idx, "w")?;
-                (w.clone(), w.shape.clone(), w.dtype, false)
+                (w.shape.clone(), w.dtype, false)
             }
         };
         let xs = &x.shape;
@@ -216,6 +228,13 @@ impl Kernel for QConvKernel {
             }
         };
         per(wz.len(), "w_zero_point")?;
+        if let Some(t) = &self.tiled {
+            return self.encode_tiled(r, ins, t, (x, &geo, m, cg), &wz, (odt, oshape));
+        }
+        let w = match &self.packed {
+            Some(p) => p.upload(r)?,
+            None => dev(ins, self.w_idx, "w")?.clone(),
+        };
         let mut p = vec![0u32; HEAD];
         let (mut lo, mut hi, mut yz) = (0, 0, 0);
         let mut tail: Vec<u32> = (0..m)
@@ -318,7 +337,140 @@ impl Kernel for QConvKernel {
     }
 }
 
-pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
+impl QConvKernel {
+    /// The convolution as a tiled GEMM per (image, group): rows are output positions,
+    /// columns the group's output channels, k its input channels × taps.
+    fn encode_tiled(
+        &self,
+        r: &mut Recorder,
+        ins: &[In],
+        t: &PackedQ,
+        (x, geo, m, cg): (&GpuTensor, &crate::cpu::nn::Geom, usize, usize),
+        wz: &[i32],
+        (odt, oshape): (DType, Vec<usize>),
+    ) -> Result<Vec<Out>> {
+        let xs = &x.shape;
+        let rank = xs.len();
+        let c = if self.channels_last { xs[rank - 1] } else { xs[1] };
+        let group = self.group;
+        let (isz, osz) = (geo.in_size(), geo.out_size());
+        let pick = |v: &[i32], j: usize| v[if v.len() == 1 { 0 } else { j }];
+        let bz: Vec<i32> = (0..m).map(|j| pick(wz, j)).collect();
+        let (mut lo, mut hi, mut yz) = (0, 0, 0);
+        let mut mult = vec![0f32; m];
+        let mut ibias = vec![0i32; m];
+        let epi = if self.qlinear {
+            let xsc = k::scalar_scale(host_req(ins, 1, "x_scale")?, "x_scale")?;
+            let wsc = k::scales(host_req(ins, 4, "w_scale")?, "w_scale")?;
+            if wsc.len() != 1 && wsc.len() != m {
+                return Err(Error::shape(format!(
+                    "w_scale has {} values for {m} channels",
+                    wsc.len()
+                )));
+            }
+            let ysc = k::scalar_scale(host_req(ins, 6, "y_scale")?, "y_scale")?;
+            yz = k::scalar_zp(host(ins, 7), odt, "y_zero_point")?;
+            (lo, hi) = range8(odt).ok_or_else(|| Error::unsupported_dtype("QLinearConv output"))?;
+            for (j, v) in mult.iter_mut().enumerate() {
+                *v = xsc * wsc[if wsc.len() == 1 { 0 } else { j }] / ysc;
+            }
+            if let Some(b) = host(ins, 8) {
+                let v = b.as_slice::<i32>().map_err(|_| {
+                    Error::dtype(format!("QLinearConv bias must be int32, got {}", b.dtype()))
+                })?;
+                if v.len() != m {
+                    return Err(Error::shape(format!(
+                        "QLinearConv bias has {} values for {m} channels",
+                        v.len()
+                    )));
+                }
+                ibias.copy_from_slice(v);
+            }
+            Epi::Requant
+        } else {
+            Epi::Int
+        };
+        let y = r.alloc(odt, oshape.clone())?;
+        let n = xs[0];
+        if y.len() != n * m * osz {
+            return Err(Error::shape(format!(
+                "conv output {oshape:?} differs from the geometry ({} values)",
+                n * m * osz
+            )));
+        }
+        if y.is_empty() {
+            return Ok(vec![Out::Dev(y)]);
+        }
+        let (sxn, sxc, sxsp) = if self.channels_last {
+            (isz * c, 1, c)
+        } else {
+            (c * isz, isz, 1)
+        };
+        let (ysb, ysr, ysc) = if self.channels_last {
+            (osz * m, m, 1)
+        } else {
+            (m * osz, 1, osz)
+        };
+        let pointwise = geo.kernel == [1, 1, 1]
+            && geo.stride == [1, 1, 1]
+            && geo.pad_begin == [0, 0, 0]
+            && geo.output == geo.input;
+        let ao: Vec<usize> = (0..n * group)
+            .map(|z| (z / group) * sxn + (z % group) * cg * sxc)
+            .collect();
+        let xz = match ins.get(self.xz_idx) {
+            Some(In::Dev(t)) => Some(*t),
+            _ => None,
+        };
+        let conv = (!pointwise).then(|| ConvGeo {
+            input: geo.input,
+            output: geo.output,
+            kernel: geo.kernel,
+            stride: geo.stride,
+            dilation: geo.dilation,
+            pad: geo.pad_begin,
+            sxc,
+            sxsp,
+        });
+        qtile::encode(
+            r,
+            &Gemm {
+                a: x,
+                a_signed: x.dtype == DType::I8,
+                az: xz,
+                amode: if pointwise { AMode::Strided } else { AMode::Conv },
+                sam: sxsp,
+                sak: sxc,
+                conv,
+                b: BSrc::Packed(t),
+                b_signed: t.signed,
+                m: osz,
+                n: m / group,
+                k: cg * geo.k_size(),
+                groups: group,
+                bo: vec![0; ao.len()],
+                ao,
+                bz,
+                mult,
+                ibias,
+                fbias: None,
+                epi,
+                lo,
+                hi,
+                yz,
+                c: None,
+                y: &y,
+                ysb,
+                ysr,
+                ysc,
+                dot4: self.dot4,
+            },
+        )?;
+        Ok(vec![Out::Dev(y)])
+    }
+}
+
+pub(super) fn lower(f: &NodeFacts, cx: &super::GpuContext) -> Lowered {
     let any = f.node.op.as_any();
     let (window, group, qlinear, channels_last, w_idx) =
         if let Some(c) = any.downcast_ref::<QLinearConv>() {
@@ -340,22 +492,37 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
             "{name} with a per-channel x zero point stays on the CPU"
         ));
     }
-    let packed = match f.consts.get(w_idx).copied().flatten() {
+    // Constant weights: the tiled implicit GEMM, except one input channel per group
+    // (depthwise), which a direct loop over the few taps does well.
+    let (mut packed, mut tiled, mut wshape) = (None, None, Vec::new());
+    match f.consts.get(w_idx).copied().flatten() {
+        Some(w) if w.rank() >= 3 && w.shape()[1] > 1 => {
+            let rows = w.shape()[0];
+            let k = w.len().checked_div(rows).unwrap_or(0);
+            match q8_values(w).and_then(|v| PackedQ::new(&v, rows, k, w.dtype() == DType::I8)) {
+                Ok(p) => tiled = Some(p),
+                Err(e) => return Lowered::Cpu(format!("{name} weights: {e}")),
+            }
+            wshape = w.shape().to_vec();
+        }
         Some(w) if w.rank() >= 3 => match PackedW::new(w, w.shape()[0]) {
-            Ok(p) => Some(p),
+            Ok(p) => packed = Some(p),
             Err(e) => return Lowered::Cpu(format!("{name} weights: {e}")),
         },
-        _ => None,
-    };
+        _ => {}
+    }
     let mut host: Vec<usize> = if qlinear {
         vec![1, 4, 5, 6, 7, 8]
     } else {
         vec![3]
     };
-    if packed.is_some() {
+    if packed.is_some() || tiled.is_some() {
         host.push(w_idx);
     }
     Lowered::Kernel(Box::new(QConvKernel {
+        tiled,
+        wshape,
+        dot4: qtile::use_dot4(cx),
         window,
         group,
         qlinear,
