@@ -90,6 +90,113 @@ struct QConvKernel {
 /// Params before the per-channel arrays.
 const HEAD: usize = 40;
 
+/// Depthwise (one input channel per group): each thread computes four outputs along x,
+/// reading each weight once for the four and, at unit stride and dilation along x,
+/// each input once per kernel row and tap (a sliding window of four values), so the
+/// divisions and loads per output are a fraction of the one-thread-per-output loop's.
+fn source_dw(qlinear: bool, packed: bool, signed: bool, xz: bool) -> String {
+    let xz_bind = if xz {
+        "@group(0) @binding(3) var<storage, read> XZ: array<u32>;
+@group(0) @binding(4) var<storage, read> P: array<u32>;"
+    } else {
+        "@group(0) @binding(3) var<storage, read> P: array<u32>;"
+    };
+    let xz_val = if xz { "bitcast<i32>(XZ[0])" } else { "0" };
+    let out = if qlinear {
+        "let v = acc + bitcast<i32>(P[40u + 2u * M + m]);
+        let q = clamp(round_i(f32(v) * bitcast<f32>(P[40u + M + m])) + bitcast<i32>(P[32]),
+                      bitcast<i32>(P[30]), bitcast<i32>(P[31]));
+        Y[yi] = bitcast<u32>(q);"
+    } else {
+        "Y[yi] = bitcast<u32>(acc);"
+    };
+    format!(
+        "{LINEAR}{QHELPERS}
+@group(0) @binding(0) var<storage, read> X: array<u32>;
+@group(0) @binding(1) var<storage, read> W: array<u32>;
+@group(0) @binding(2) var<storage, read_write> Y: array<u32>;
+{xz_bind}
+{wget}
+var<private> xz: i32;
+fn ld(rb: u32, x: i32) -> i32 {{
+    if (x < 0 || x >= i32(P[7])) {{ return 0; }}
+    return bitcast<i32>(X[rb + u32(x) * P[25]]) - xz;
+}}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{
+    let i = linear_id(gid, nwg);
+    if (i >= P[0]) {{ return; }}
+    let M = P[1];
+    let owb = P[33];
+    let xb = i % owb;
+    var t = i / owb;
+    let oy = t % P[9];
+    t = t / P[9];
+    let oz = t % P[8];
+    t = t / P[8];
+    let m = t % M;
+    let n = t / M;
+    let ox0 = xb * 4u;
+    let g = m / P[3];
+    xz = {xz_val};
+    let wz = bitcast<i32>(P[40u + m]);
+    let kd = P[11]; let kh = P[12]; let kw = P[13];
+    let id = i32(P[5]); let ih = i32(P[6]); let iw = i32(P[7]);
+    let sw = P[16]; let dw = P[19];
+    let z0 = i32(oz * P[14]) - i32(P[20]);
+    let y0 = i32(oy * P[15]) - i32(P[21]);
+    let xs = i32(ox0 * sw) - i32(P[22]);
+    let unit = sw == 1u && dw == 1u;
+    let row = m * P[29];
+    let xbase = n * P[23] + g * P[24];
+    var acc0 = 0; var acc1 = 0; var acc2 = 0; var acc3 = 0;
+    var tap = 0u;
+    for (var a = 0u; a < kd; a++) {{
+        let z = z0 + i32(a * P[17]);
+        if (z < 0 || z >= id) {{ tap += kh * kw; continue; }}
+        for (var b = 0u; b < kh; b++) {{
+            let y = y0 + i32(b * P[18]);
+            if (y < 0 || y >= ih) {{ tap += kw; continue; }}
+            let rb = xbase + u32(z * ih + y) * u32(iw) * P[25];
+            if (unit) {{
+                var v0 = ld(rb, xs);
+                var v1 = ld(rb, xs + 1);
+                var v2 = ld(rb, xs + 2);
+                for (var e = 0u; e < kw; e++) {{
+                    let v3 = ld(rb, xs + i32(e) + 3);
+                    let wv = wget(row, tap) - wz;
+                    acc0 += v0 * wv; acc1 += v1 * wv; acc2 += v2 * wv; acc3 += v3 * wv;
+                    v0 = v1; v1 = v2; v2 = v3;
+                    tap += 1u;
+                }}
+            }} else {{
+                let st = i32(sw);
+                for (var e = 0u; e < kw; e++) {{
+                    let wv = wget(row, tap) - wz;
+                    let x = xs + i32(e * dw);
+                    acc0 += ld(rb, x) * wv;
+                    acc1 += ld(rb, x + st) * wv;
+                    acc2 += ld(rb, x + 2 * st) * wv;
+                    acc3 += ld(rb, x + 3 * st) * wv;
+                    tap += 1u;
+                }}
+            }}
+        }}
+    }}
+    let sp0 = (oz * P[9] + oy) * P[10] + ox0;
+    var accs = array<i32, 4>(acc0, acc1, acc2, acc3);
+    for (var o = 0u; o < 4u; o++) {{
+        if (ox0 + o >= P[10]) {{ break; }}
+        let acc = accs[o];
+        let yi = n * P[26] + m * P[27] + (sp0 + o) * P[28];
+        {out}
+    }}
+}}
+",
+        wget = wget(packed, signed),
+    )
+}
+
 fn source(qlinear: bool, packed: bool, signed: bool, xz: bool) -> String {
     let xz_bind = if xz {
         "@group(0) @binding(3) var<storage, read> XZ: array<u32>;
@@ -326,12 +433,25 @@ impl Kernel for QConvKernel {
             Some(In::Dev(t)) => Some(*t),
             _ => None,
         };
-        let src = source(self.qlinear, packed, wdt == DType::I8, xz.is_some());
+        let depthwise = cg == 1;
+        let threads = if depthwise {
+            let owb = geo.output[2].div_ceil(4);
+            p[33] = owb as u32;
+            n * m * geo.output[0] * geo.output[1] * owb
+        } else {
+            expect
+        };
+        p[0] = threads as u32;
+        let src = if depthwise {
+            source_dw(self.qlinear, packed, wdt == DType::I8, xz.is_some())
+        } else {
+            source(self.qlinear, packed, wdt == DType::I8, xz.is_some())
+        };
         let mut bufs = vec![x.buffer(), w.buffer(), y.buffer()];
         if let Some(z) = xz {
             bufs.push(z.buffer());
         }
-        let grid = r.grid(expect);
+        let grid = r.grid(threads);
         r.dispatch(&src, &bufs, &p, grid)?;
         Ok(vec![Out::Dev(y)])
     }

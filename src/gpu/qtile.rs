@@ -254,31 +254,40 @@ fn source(v: &Variant) -> String {
     let a_elem = match v.amode {
         AMode::Strided => "let av = bitcast<i32>(A[aoff + row * sam + kk * sak]) - oa;".to_string(),
         AMode::Conv => "var av = azp;
-                let c = kk / ksz;
-                let r = kk % ksz;
-                let e = r % kw;
-                let r2 = r / kw;
-                let bb = r2 % kh;
-                let aa = r2 / kh;
-                let z = pz + i32(aa * P[38]);
-                let y = py + i32(bb * P[37]);
-                let x = px + i32(e * P[36]);
-                if (z >= 0 && z < i32(P[31]) && y >= 0 && y < i32(P[30]) && x >= 0 && x < i32(P[29])) {
-                    av = bitcast<i32>(A[aoff + c * P[27] + ((u32(z) * P[30] + u32(y)) * P[29] + u32(x)) * P[28]]) - oa;
-                }"
+                        let tb = TO + kk * 4u;
+                        let z = rp.z + bitcast<i32>(P[tb + 1u]);
+                        let y = rp.y + bitcast<i32>(P[tb + 2u]);
+                        let x = rp.x + bitcast<i32>(P[tb + 3u]);
+                        if (z >= 0 && z < idd && y >= 0 && y < ihh && x >= 0 && x < iww) {
+                            av = bitcast<i32>(A[aoff + P[tb] + ((u32(z) * u32(ihh) + u32(y)) * u32(iww) + u32(x)) * sxsp]) - oa;
+                        }"
         .to_string(),
     };
-    let conv_row = match v.amode {
-        AMode::Strided => "",
-        AMode::Conv => {
-            "let ox = row % P[22];
-            let t = row / P[22];
-            let oy = t % P[23];
-            let oz = t / P[23];
-            let px = i32(ox * P[32]) - i32(P[42]);
-            let py = i32(oy * P[33]) - i32(P[41]);
-            let pz = i32(oz * P[34]) - i32(P[40]);"
-        }
+    // Conv: each tile row's window origin, computed once per workgroup (the divisions
+    // stay out of the K loop: vector integer division is slow on CPU-based adapters).
+    let (conv_pre, conv_row, conv_wg) = match v.amode {
+        AMode::Strided => (String::new(), String::new(), String::new()),
+        AMode::Conv => (
+            format!(
+                "if (lid < {bm}u) {{
+        let row = r0 + lid;
+        let ox = row % P[22];
+        let t = row / P[22];
+        let oy = t % P[23];
+        let oz = t / P[23];
+        Rp[lid] = vec4<i32>(i32(ox * P[32]) - i32(P[42]), i32(oy * P[33]) - i32(P[41]),
+                            i32(oz * P[34]) - i32(P[40]), 0);
+    }}
+    workgroupBarrier();
+    let iww = i32(P[29]);
+    let ihh = i32(P[30]);
+    let idd = i32(P[31]);
+    let sxsp = P[28];
+    let TO = BO + P[5];"
+            ),
+            format!("let rp = Rp[q / {KW}u];"),
+            format!("var<workgroup> Rp: array<vec4<i32>, {bm}>;"),
+        ),
     };
     let b_load = if v.b_packed {
         "if (col < N && kw0 + w < Kw) { word = W[colg * Kw + kw0 + w]; }"
@@ -302,47 +311,51 @@ fn s4(a: u32) -> i32 { return dot4I8Packed(a, 0x01010101u); }"
     return vec4<i32>(extractBits(s, 0u, 8u), extractBits(s, 8u, 8u), extractBits(s, 16u, 8u), extractBits(s, 24u, 8u));
 }"
     };
-    // The inner product over one word, unrolled over the thread's block.
+    // The inner product over four words (16 k), unrolled over the thread's block: one
+    // vec4 load per row and column (workgroup loads are gathers on CPU-based adapters).
+    let kv = KW / 4;
     let mut inner = String::new();
     for i in 0..tm {
-        inner += &format!("            let a{i} = As[(ty * {tm}u + {i}u) * {KW}u + w];\n");
+        inner += &format!("            let a{i} = As[(ty * {tm}u + {i}u) * {kv}u + w];\n");
     }
     for j in 0..tn {
-        inner += &format!("            let b{j} = Bs[(tx * {tn}u + {j}u) * {KW}u + w];\n");
+        inner += &format!("            let b{j} = Bs[(tx * {tn}u + {j}u) * {kv}u + w];\n");
     }
-    if !v.dot4 {
+    for comp in ["x", "y", "z", "w"] {
+        if !v.dot4 {
+            for i in 0..tm {
+                inner += &format!("            let va{i}{comp} = unp(a{i}.{comp});\n");
+            }
+            for j in 0..tn {
+                inner += &format!("            let vb{j}{comp} = unp(b{j}.{comp});\n");
+            }
+        }
         for i in 0..tm {
-            inner += &format!("            let va{i} = unp(a{i});\n");
+            for j in 0..tn {
+                inner += &if v.dot4 {
+                    format!("            acc{i}_{j} += d4(a{i}.{comp}, b{j}.{comp});\n")
+                } else {
+                    format!("            acc{i}_{j} += dot(va{i}{comp}, vb{j}{comp});\n")
+                };
+            }
         }
-        for j in 0..tn {
-            inner += &format!("            let vb{j} = unp(b{j});\n");
+        if v.need_sa {
+            for i in 0..tm {
+                inner += &if v.dot4 {
+                    format!("            sa{i} += s4(a{i}.{comp});\n")
+                } else {
+                    format!("            sa{i} += dot(va{i}{comp}, vec4<i32>(1));\n")
+                };
+            }
         }
-    }
-    for i in 0..tm {
-        for j in 0..tn {
-            inner += &if v.dot4 {
-                format!("            acc{i}_{j} += d4(a{i}, b{j});\n")
-            } else {
-                format!("            acc{i}_{j} += dot(va{i}, vb{j});\n")
-            };
-        }
-    }
-    if v.need_sa {
-        for i in 0..tm {
-            inner += &if v.dot4 {
-                format!("            sa{i} += s4(a{i});\n")
-            } else {
-                format!("            sa{i} += dot(va{i}, vec4<i32>(1));\n")
-            };
-        }
-    }
-    if !v.b_packed {
-        for j in 0..tn {
-            inner += &if v.dot4 {
-                format!("            sb{j} += s4(b{j});\n")
-            } else {
-                format!("            sb{j} += dot(vb{j}, vec4<i32>(1));\n")
-            };
+        if !v.b_packed {
+            for j in 0..tn {
+                inner += &if v.dot4 {
+                    format!("            sb{j} += s4(b{j}.{comp});\n")
+                } else {
+                    format!("            sb{j} += dot(vb{j}{comp}, vec4<i32>(1));\n")
+                };
+            }
         }
     }
     let mut decl = String::new();
@@ -405,14 +418,16 @@ fn s4(a: u32) -> i32 { return dot4I8Packed(a, 0x01010101u); }"
     }
     let aload_words = bm * KW;
     let bload_words = bn * KW;
+    let (av, bv) = (aload_words / 4, bload_words / 4);
     format!(
         "{helpers}
 @group(0) @binding(0) var<storage, read> A: array<u32>;
 @group(0) @binding(1) var<storage, read> W: array<u32>;
 @group(0) @binding(2) var<storage, read_write> Y: array<{ybind}>;
 {binds}
-var<workgroup> As: array<u32, {aload_words}>;
-var<workgroup> Bs: array<u32, {bload_words}>;
+var<workgroup> As: array<vec4<u32>, {av}>;
+var<workgroup> Bs: array<vec4<u32>, {bv}>;
+{conv_wg}
 {dot}
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {{
@@ -428,9 +443,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let sbn = P[10];
     let oa = bitcast<i32>(P[11]);
     let ob = bitcast<i32>(P[12]);
-    let ksz = P[24];
-    let kw = P[25];
-    let kh = P[26];
     let BZ = {HEAD}u;
     let MU = BZ + NT;
     let IB = MU + NT;
@@ -450,6 +462,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let r0 = wid.y * {bm}u;
     let c0 = wid.x * {bn}u;
 {decl}
+    {conv_pre}
     for (var kw0 = 0u; kw0 < Kw; kw0 += {KW}u) {{
         for (var q = lid; q < {aload_words}u; q += 256u) {{
             let row = r0 + q / {KW}u;
@@ -465,7 +478,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                     }}
                 }}
             }}
-            As[q] = word;
+            As[q / 4u][q % 4u] = word;
         }}
         for (var q = lid; q < {bload_words}u; q += 256u) {{
             let col = c0 + q / {KW}u;
@@ -473,10 +486,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let w = q % {KW}u;
             var word = 0u;
             {b_load}
-            Bs[q] = word;
+            Bs[q / 4u][q % 4u] = word;
         }}
         workgroupBarrier();
-        for (var w = 0u; w < {KW}u; w++) {{
+        for (var w = 0u; w < {kv}u; w++) {{
 {inner}        }}
         workgroupBarrier();
     }}
@@ -580,6 +593,19 @@ pub(super) fn encode(r: &mut Recorder, g: &Gemm) -> Result<()> {
     p.extend(sb.iter().map(|&v| v as u32));
     p.extend(g.ao.iter().map(|&v| v as u32));
     p.extend(g.bo.iter().map(|&v| v as u32));
+    if let Some(c) = cv {
+        // Per tap k = (channel, kd, kh, kw): channel offset and dilated window offsets.
+        let ksz: usize = c.kernel.iter().product();
+        for kk in 0..g.k {
+            let (ch, r) = (kk / ksz, kk % ksz);
+            let (e, r2) = (r % c.kernel[2], r / c.kernel[2]);
+            let (b, a) = (r2 % c.kernel[1], r2 / c.kernel[1]);
+            p.push((ch * c.sxc) as u32);
+            p.push((a * c.dilation[0]) as u32);
+            p.push((b * c.dilation[1]) as u32);
+            p.push((e * c.dilation[2]) as u32);
+        }
+    }
     let v = Variant {
         tile,
         amode: g.amode,
