@@ -49,9 +49,15 @@ fn workloads() -> Vec<(String, Vec<u8>, Vec<Tensor>)> {
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split_whitespace().next())
         .filter(|n| {
-            ["qlinearconv", "convinteger", "matmulinteger", "qlinearmatmul", "qgemm"]
-                .iter()
-                .any(|p| n.starts_with(p))
+            [
+                "qlinearconv",
+                "convinteger",
+                "matmulinteger",
+                "qlinearmatmul",
+                "qgemm",
+            ]
+            .iter()
+            .any(|p| n.starts_with(p))
         })
     {
         let cdir = dir.join(name);
@@ -101,7 +107,11 @@ fn packed_dot_and_portable_unpack_agree() {
     eprintln!(
         "{}: packed dot product {}",
         cx.summary,
-        if dot4 { "available" } else { "not offered: portable path only" }
+        if dot4 {
+            "available"
+        } else {
+            "not offered: portable path only"
+        }
     );
     for (name, bytes, inputs) in workloads() {
         cx.set_packed_dot(true);
@@ -124,13 +134,20 @@ fn packed_dot_and_portable_unpack_agree() {
             );
             assert_eq!(x, y, "{name} output {k}: dot4 and portable paths differ");
             if name.starts_with("ppocr") {
-                let d = y.iter().zip(&z).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                let d = y
+                    .iter()
+                    .zip(&z)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
                 assert!(d <= 2.0 / 256.0, "{name}: GPU and CPU differ by {d}");
             } else {
                 assert_eq!(y, z, "{name} output {k}: GPU and CPU differ");
             }
         }
-        eprintln!("{name}: identical on both paths ({} of {} nodes on the GPU)", b.gpu_nodes, b.nodes);
+        eprintln!(
+            "{name}: identical on both paths ({} of {} nodes on the GPU)",
+            b.gpu_nodes, b.nodes
+        );
     }
     cx.set_packed_dot(had);
 }

@@ -18,8 +18,9 @@ mod norm;
 mod pool;
 mod qconv;
 mod qgemm;
-mod quant;
+mod qnbits;
 mod qtile;
+mod quant;
 pub mod record;
 mod reduce;
 mod resize;
@@ -163,6 +164,7 @@ const FAMILIES: &[Family] = &[
     quant::lower,
     qconv::lower,
     qgemm::lower,
+    qnbits::lower,
 ];
 
 /// How eagerly nodes go to the GPU.

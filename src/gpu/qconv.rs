@@ -8,10 +8,10 @@
 //! folded into per-channel multipliers exactly as `cpu::quant::qlinear_conv` does. NHWC
 //! (com.microsoft `channels_last`) only changes the strides.
 
+use super::qtile::{self, AMode, BSrc, ConvGeo, Epi, Gemm, PackedQ};
 use super::quant::{
     bits, dev, host, host_req, is8, one_value, out0, pack4, q8_values, range8, QHELPERS,
 };
-use super::qtile::{self, AMode, BSrc, ConvGeo, Epi, Gemm, PackedQ};
 use super::record::{Recorder, LINEAR};
 use super::{GpuTensor, In, Kernel, Lowered, NodeFacts, Out};
 use crate::cpu::nn::Window;
@@ -471,7 +471,11 @@ impl QConvKernel {
     ) -> Result<Vec<Out>> {
         let xs = &x.shape;
         let rank = xs.len();
-        let c = if self.channels_last { xs[rank - 1] } else { xs[1] };
+        let c = if self.channels_last {
+            xs[rank - 1]
+        } else {
+            xs[1]
+        };
         let group = self.group;
         let (isz, osz) = (geo.in_size(), geo.out_size());
         let pick = |v: &[i32], j: usize| v[if v.len() == 1 { 0 } else { j }];
@@ -558,7 +562,11 @@ impl QConvKernel {
                 a: x,
                 a_signed: x.dtype == DType::I8,
                 az: xz,
-                amode: if pointwise { AMode::Strided } else { AMode::Conv },
+                amode: if pointwise {
+                    AMode::Strided
+                } else {
+                    AMode::Conv
+                },
                 sam: sxsp,
                 sak: sxc,
                 conv,
@@ -584,6 +592,7 @@ impl QConvKernel {
                 ysr,
                 ysc,
                 dot4: self.dot4,
+                a_scale: None,
             },
         )?;
         Ok(vec![Out::Dev(y)])

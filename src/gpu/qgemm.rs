@@ -10,11 +10,13 @@
 
 use super::qtile::{self, BSrc, Epi, Gemm, PackedQ};
 use super::quant::{dev, host, host_req, is8, one_value, out0, q8_values, range8};
-use super::record::Recorder;
+use super::record::{Recorder, LINEAR};
 use super::{In, Kernel, Lowered, NodeFacts, Out};
 use crate::cpu::quant as k;
 use crate::error::{Error, Result};
-use crate::graph::ops::quant::{MatMulInteger, MatMulIntegerToFloat, QGemm, QLinearMatMul};
+use crate::graph::ops::quant::{
+    DynamicQuantizeMatMul, MatMulInteger, MatMulIntegerToFloat, QGemm, QLinearMatMul,
+};
 use crate::tensor::{DType, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,25 +33,30 @@ enum Kind {
     },
     /// MatMulIntegerToFloat: a, b, a_scale, b_scale, a_zp?, b_zp?, bias?.
     ToFloat,
+    /// DynamicQuantizeMatMul: a (f32, quantized to uint8 from its range on the device),
+    /// b, b_scale, b_zp?, bias?.
+    DynQ,
 }
 
 impl Kind {
     fn b(self) -> usize {
         match self {
             Kind::QLinear | Kind::Gemm { .. } => 3,
-            Kind::Integer | Kind::ToFloat => 1,
+            Kind::Integer | Kind::ToFloat | Kind::DynQ => 1,
         }
     }
     fn a_zp(self) -> usize {
         match self {
             Kind::ToFloat => 4,
+            // None: made on the device.
+            Kind::DynQ => usize::MAX,
             _ => 2,
         }
     }
     fn b_zp(self) -> usize {
         match self {
             Kind::QLinear | Kind::Gemm { .. } | Kind::ToFloat => 5,
-            Kind::Integer => 3,
+            Kind::Integer | Kind::DynQ => 3,
         }
     }
 }
@@ -63,6 +70,58 @@ struct QMatKernel {
     /// Products with `dot4I8Packed` (else unpacked bytes).
     dot4: bool,
 }
+
+/// DynamicQuantizeMatMul's A range in one workgroup: scale and zero point as
+/// `cpu::quant::dynamic_qparams` forms them.
+const DQ_RANGE: &str = "
+@group(0) @binding(0) var<storage, read> X: array<f32>;
+@group(0) @binding(1) var<storage, read_write> S: array<f32>;
+@group(0) @binding(2) var<storage, read_write> Z: array<u32>;
+@group(0) @binding(3) var<storage, read> P: array<u32>;
+var<workgroup> mx: array<f32, 256>;
+var<workgroup> mn: array<f32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    var a = 0.0;
+    var b = 0.0;
+    for (var i = t; i < P[0]; i += 256u) {
+        a = max(a, X[i]);
+        b = min(b, X[i]);
+    }
+    mx[t] = a;
+    mn[t] = b;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (t < s) {
+            mx[t] = max(mx[t], mx[t + s]);
+            mn[t] = min(mn[t], mn[t + s]);
+        }
+        workgroupBarrier();
+    }
+    if (t == 0u) {
+        var scale = 1.0;
+        if (mx[0] != mn[0]) { scale = (mx[0] - mn[0]) / 255.0; }
+        S[0] = scale;
+        Z[0] = u32(round(clamp(0.0 - mn[0] / scale, 0.0, 255.0)));
+    }
+}
+";
+
+/// A quantized to uint8 with the scale and zero point of [`DQ_RANGE`].
+const DQ_QUANT: &str = "
+@group(0) @binding(0) var<storage, read> X: array<f32>;
+@group(0) @binding(1) var<storage, read> S: array<f32>;
+@group(0) @binding(2) var<storage, read> Z: array<u32>;
+@group(0) @binding(3) var<storage, read_write> Y: array<u32>;
+@group(0) @binding(4) var<storage, read> P: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(gid, nwg);
+    if (i >= P[0]) { return; }
+    Y[i] = u32(clamp(round(X[i] / S[0]) + f32(Z[0]), 0.0, 255.0));
+}
+";
 
 /// Broadcast batch offsets of numpy matmul: (M, K, N, a offsets, b offsets).
 type Plan = (usize, usize, usize, Vec<usize>, Vec<usize>);
@@ -321,15 +380,68 @@ impl Kernel for QMatKernel {
                 }
                 Epi::Float
             }
+            Kind::DynQ => {
+                // The CPU's multiplier is a_scale · b_scale[n], a_scale made on the device:
+                // the kernel forms the product in the same order.
+                mult = per_col(
+                    &k::scales(host_req(ins, 2, "b_scale")?, "b_scale")?,
+                    n,
+                    "b_scale",
+                )?;
+                if let Some(b) = host(ins, 4) {
+                    let v = k::scales(b, "bias")?;
+                    if v.len() != n {
+                        return Err(Error::shape(format!(
+                            "bias has {} values for {n} columns",
+                            v.len()
+                        )));
+                    }
+                    bias = Some(v);
+                }
+                Epi::Float
+            }
         };
         if epi == Epi::Float && odt != DType::F32 {
             return Err(Error::unsupported_dtype(
                 "integer matmul float output other than f32",
             ));
         }
-        let az = match ins.get(kind.a_zp()) {
+        let mut az = match ins.get(kind.a_zp()) {
             Some(In::Dev(t)) => Some(*t),
             _ => None,
+        };
+        // DynamicQuantizeMatMul: A's range, scale and zero point, then A in uint8.
+        let dynq = if kind == Kind::DynQ {
+            if a.dtype != DType::F32 {
+                return Err(Error::dtype("DynamicQuantizeMatMul A must be float32"));
+            }
+            let s = r.alloc(DType::F32, vec![])?;
+            let z = r.alloc(DType::U8, vec![])?;
+            let qa = r.alloc(DType::U8, a.shape.clone())?;
+            let len = a.len() as u32;
+            r.dispatch(
+                DQ_RANGE,
+                &[a.buffer(), s.buffer(), z.buffer()],
+                &[len],
+                [1, 1, 1],
+            )?;
+            let grid = r.grid(a.len());
+            r.dispatch(
+                &format!("{LINEAR}{DQ_QUANT}"),
+                &[a.buffer(), s.buffer(), z.buffer(), qa.buffer()],
+                &[len],
+                grid,
+            )?;
+            Some((s, z, qa))
+        } else {
+            None
+        };
+        let a = match &dynq {
+            Some((_, z, qa)) => {
+                az = Some(z);
+                qa
+            }
+            None => a,
         };
         let b = match &self.packed {
             Some(p) => BSrc::Packed(p),
@@ -372,6 +484,7 @@ impl Kernel for QMatKernel {
                 ysr: n,
                 ysc: 1,
                 dot4: self.dot4,
+                a_scale: dynq.as_ref().map(|(s, _, _)| s),
             },
         )?;
         Ok(vec![Out::Dev(y)])
@@ -406,16 +519,24 @@ pub(super) fn lower(f: &NodeFacts, cx: &super::GpuContext) -> Lowered {
         }
     } else if any.is::<MatMulIntegerToFloat>() {
         Kind::ToFloat
+    } else if any.is::<DynamicQuantizeMatMul>() {
+        Kind::DynQ
     } else {
         return Lowered::NotMine;
     };
     let name = &f.node.op_type;
-    if !is8(f.in_dtype(0)) || !is8(f.in_dtype(kind.b())) {
+    let a_ok = if kind == Kind::DynQ {
+        f.in_dtype(0) == Some(DType::F32)
+    } else {
+        is8(f.in_dtype(0))
+    };
+    if !a_ok || !is8(f.in_dtype(kind.b())) {
         return Lowered::Cpu(format!("{name} of these types stays on the CPU"));
     }
     let scalar_a = match kind {
         Kind::QLinear => one_value(f, 1) && one_value(f, 2),
         Kind::ToFloat => one_value(f, 2) && one_value(f, 4),
+        Kind::DynQ => true,
         _ => one_value(f, 2),
     };
     if !scalar_a {
@@ -434,6 +555,7 @@ pub(super) fn lower(f: &NodeFacts, cx: &super::GpuContext) -> Lowered {
         Kind::Integer => vec![3],
         Kind::Gemm { .. } => vec![1, 4, 5, 7, 8],
         Kind::ToFloat => vec![2, 3, 5, 6],
+        Kind::DynQ => vec![2, 3, 4],
     };
     if packed.is_some() {
         host.push(kind.b());

@@ -170,6 +170,9 @@ pub(super) struct Gemm<'a> {
     pub ysr: usize,
     pub ysc: usize,
     pub dot4: bool,
+    /// A's scale on the device (DynamicQuantizeMatMul): the multiplier is
+    /// a_scale · mult[col], formed in that order.
+    pub a_scale: Option<&'a GpuTensor>,
 }
 
 const HEAD: usize = 48;
@@ -232,6 +235,7 @@ struct Variant {
     c: bool,
     epi: Epi,
     dot4: bool,
+    dscale: bool,
 }
 
 fn source(v: &Variant) -> String {
@@ -245,6 +249,10 @@ fn source(v: &Variant) -> String {
     }
     if v.c {
         binds += &format!("@group(0) @binding({next}) var<storage, read> C: array<u32>;\n");
+        next += 1;
+    }
+    if v.dscale {
+        binds += &format!("@group(0) @binding({next}) var<storage, read> DS: array<f32>;\n");
         next += 1;
     }
     binds += &format!("@group(0) @binding({next}) var<storage, read> P: array<u32>;\n");
@@ -381,7 +389,7 @@ fn s4(a: u32) -> i32 { return dot4I8Packed(a, 0x01010101u); }"
             Y[yi] = bitcast<u32>(q);"
         }
         Epi::Float => {
-            "let fv = f32(acc) * bitcast<f32>(P[MU + colg]);
+            "let fv = f32(acc) * (MS * bitcast<f32>(P[MU + colg]));
             Y[yi] = select(fv, fv + bitcast<f32>(P[FB + colg]), P[18] != 0u);"
         }
     };
@@ -456,6 +464,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let boff = P[BO + zi];
     let ybase = (zi / G) * P[19];
     let azp = {az_val} - oa;
+    let MS = {ms};
     let ki = bitcast<i32>(K);
     let tx = lid % {wx}u;
     let ty = lid / {wx}u;
@@ -496,6 +505,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 {epilogue}}}
 ",
         helpers = super::quant::QHELPERS,
+        ms = if v.dscale { "DS[0]" } else { "1.0" },
     )
 }
 
@@ -507,7 +517,9 @@ pub(super) fn encode(r: &mut Recorder, g: &Gemm) -> Result<()> {
         return Ok(());
     }
     if g.bz.len() != nt || g.mult.len() != nt || g.ibias.len() != nt {
-        return Err(Error::runtime("tiled GEMM: per-channel arrays of the wrong size"));
+        return Err(Error::runtime(
+            "tiled GEMM: per-channel arrays of the wrong size",
+        ));
     }
     if g.bo.len() != z {
         return Err(Error::runtime("tiled GEMM: batch offsets differ"));
@@ -615,9 +627,12 @@ pub(super) fn encode(r: &mut Recorder, g: &Gemm) -> Result<()> {
         c: g.c.is_some(),
         epi: g.epi,
         dot4: g.dot4,
+        dscale: g.a_scale.is_some(),
     };
     if (g.epi == Epi::Float) != (g.y.dtype == DType::F32) {
-        return Err(Error::runtime("tiled GEMM: output dtype and epilogue differ"));
+        return Err(Error::runtime(
+            "tiled GEMM: output dtype and epilogue differ",
+        ));
     }
     let src = source(&v);
     let mut bufs = vec![g.a.buffer(), w.buffer(), g.y.buffer()];
@@ -626,6 +641,9 @@ pub(super) fn encode(r: &mut Recorder, g: &Gemm) -> Result<()> {
     }
     if let Some((c, _, _)) = g.c {
         bufs.push(c.buffer());
+    }
+    if let Some(s) = g.a_scale {
+        bufs.push(s.buffer());
     }
     let grid = [
         g.n.div_ceil(tile.bn()) as u32,
