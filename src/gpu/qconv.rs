@@ -546,7 +546,7 @@ impl QConvKernel {
             Some(In::Dev(t)) => Some(*t),
             _ => None,
         };
-        let conv = (!pointwise).then(|| ConvGeo {
+        let conv = (!pointwise).then_some(ConvGeo {
             input: geo.input,
             output: geo.output,
             kernel: geo.kernel,

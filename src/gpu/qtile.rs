@@ -662,7 +662,7 @@ mod tests {
         let p = PackedQ::new(&[0, 255, 128, 1, 2], 1, 5, false).unwrap();
         // 0 → -128 (0x80), 255 → 127, 128 → 0, 1 → -127 (0x81); 2 → -126 (0x82), padding 0
         assert_eq!(p.words, vec![0x81_00_7f_80, 0x82]);
-        assert_eq!(p.sums, vec![-128 + 127 + 0 - 127 - 126]);
+        assert_eq!(p.sums, vec![-128 + 127 - 127 - 126]);
         let s = PackedQ::new(&[-1, 5, -128, 127], 2, 2, true).unwrap();
         assert_eq!(s.words, vec![0x05ff, 0x7f80]);
         assert_eq!(s.sums, vec![4, -1]);
