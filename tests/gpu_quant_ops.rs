@@ -69,12 +69,7 @@ fn diff(a: &Tensor, b: &Tensor) -> (f64, usize, f64) {
 
 /// Cases with an op that stays on the CPU (no GPU kernel yet, or a type the GPU does not
 /// store).
-const CPU_CASES: &[&str] = &[
-    "dynamicquantizematmul",
-    "matmulnbits",
-    "quantizelinear_ms_u16",
-    "fp16_weights_cast_matmul",
-];
+const CPU_CASES: &[&str] = &["quantizelinear_ms_u16", "fp16_weights_cast_matmul"];
 
 #[test]
 fn quant_cases_match_the_cpu_on_the_gpu() {

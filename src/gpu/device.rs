@@ -88,6 +88,11 @@ pub struct GpuContext {
     uncaptured: Arc<Mutex<Vec<String>>>,
     pub(crate) pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     pub(crate) pool: Arc<super::tensor::Pool>,
+    /// WGSL `dot4I8Packed` is available (language extension
+    /// `packed_4x8_integer_dot_product`) and not turned off (`EDGEPREDICT_GPU_DOT4=0`, or
+    /// [`GpuContext::set_packed_dot`]): the int8 kernels lowered from then on use it.
+    packed_dot: AtomicBool,
+    packed_dot_available: bool,
 }
 
 impl fmt::Debug for GpuContext {
@@ -113,6 +118,13 @@ impl GpuContext {
             desc.backends = wgpu::Backends::BROWSER_WEBGPU;
         }
         let instance = wgpu::Instance::new(desc);
+        let packed_dot_available = instance
+            .wgsl_language_features()
+            .contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct);
+        #[cfg(not(target_arch = "wasm32"))]
+        let packed_dot_on = std::env::var("EDGEPREDICT_GPU_DOT4").map_or(true, |v| v != "0");
+        #[cfg(target_arch = "wasm32")]
+        let packed_dot_on = true;
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::HighPerformance,
@@ -215,7 +227,23 @@ impl GpuContext {
             uncaptured,
             pipelines: Mutex::new(HashMap::new()),
             pool: Arc::new(super::tensor::Pool::default()),
+            packed_dot: AtomicBool::new(packed_dot_available && packed_dot_on),
+            packed_dot_available,
         })
+    }
+
+    /// Whether int8 kernels lowered now use WGSL's packed dot product (`dot4I8Packed`)
+    /// rather than unpacking bytes.
+    pub fn packed_dot(&self) -> bool {
+        self.packed_dot.load(Ordering::SeqCst)
+    }
+
+    /// Turns the packed dot product on or off for kernels lowered from now on (on only
+    /// where the adapter's WGSL offers it); returns whether it is on.
+    pub fn set_packed_dot(&self, on: bool) -> bool {
+        let on = on && self.packed_dot_available;
+        self.packed_dot.store(on, Ordering::SeqCst);
+        on
     }
 
     /// None while the device is usable; the reason once it was lost.

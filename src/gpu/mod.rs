@@ -22,6 +22,8 @@ mod norm;
 mod pool;
 mod qconv;
 mod qgemm;
+mod qnbits;
+mod qtile;
 mod quant;
 pub mod record;
 mod reduce;
@@ -193,6 +195,7 @@ const FAMILIES: &[Family] = &[
     quant::lower,
     qconv::lower,
     qgemm::lower,
+    qnbits::lower,
     indexing::lower,
     loss::lower,
     attention::lower,

@@ -8,6 +8,7 @@
 //! folded into per-channel multipliers exactly as `cpu::quant::qlinear_conv` does. NHWC
 //! (com.microsoft `channels_last`) only changes the strides.
 
+use super::qtile::{self, AMode, BSrc, ConvGeo, Epi, Gemm, PackedQ};
 use super::quant::{
     bits, dev, host, host_req, is8, one_value, out0, pack4, q8_values, range8, QHELPERS,
 };
@@ -77,11 +78,124 @@ struct QConvKernel {
     w_idx: usize,
     xz_idx: usize,
     packed: Option<PackedW>,
+    /// Constant weights for the tiled implicit GEMM (`qtile`), M rows of C/group·k taps.
+    tiled: Option<PackedQ>,
+    /// The constant weights' shape (tiled).
+    wshape: Vec<usize>,
+    /// Products with `dot4I8Packed` (else unpacked bytes), in the tiled GEMM.
+    dot4: bool,
     host: Vec<usize>,
 }
 
 /// Params before the per-channel arrays.
 const HEAD: usize = 40;
+
+/// Depthwise (one input channel per group): each thread computes four outputs along x,
+/// reading each weight once for the four and, at unit stride and dilation along x,
+/// each input once per kernel row and tap (a sliding window of four values), so the
+/// divisions and loads per output are a fraction of the one-thread-per-output loop's.
+fn source_dw(qlinear: bool, packed: bool, signed: bool, xz: bool) -> String {
+    let xz_bind = if xz {
+        "@group(0) @binding(3) var<storage, read> XZ: array<u32>;
+@group(0) @binding(4) var<storage, read> P: array<u32>;"
+    } else {
+        "@group(0) @binding(3) var<storage, read> P: array<u32>;"
+    };
+    let xz_val = if xz { "bitcast<i32>(XZ[0])" } else { "0" };
+    let out = if qlinear {
+        "let v = acc + bitcast<i32>(P[40u + 2u * M + m]);
+        let q = clamp(round_i(f32(v) * bitcast<f32>(P[40u + M + m])) + bitcast<i32>(P[32]),
+                      bitcast<i32>(P[30]), bitcast<i32>(P[31]));
+        Y[yi] = bitcast<u32>(q);"
+    } else {
+        "Y[yi] = bitcast<u32>(acc);"
+    };
+    format!(
+        "{LINEAR}{QHELPERS}
+@group(0) @binding(0) var<storage, read> X: array<u32>;
+@group(0) @binding(1) var<storage, read> W: array<u32>;
+@group(0) @binding(2) var<storage, read_write> Y: array<u32>;
+{xz_bind}
+{wget}
+var<private> xz: i32;
+fn ld(rb: u32, x: i32) -> i32 {{
+    if (x < 0 || x >= i32(P[7])) {{ return 0; }}
+    return bitcast<i32>(X[rb + u32(x) * P[25]]) - xz;
+}}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{
+    let i = linear_id(gid, nwg);
+    if (i >= P[0]) {{ return; }}
+    let M = P[1];
+    let owb = P[33];
+    let xb = i % owb;
+    var t = i / owb;
+    let oy = t % P[9];
+    t = t / P[9];
+    let oz = t % P[8];
+    t = t / P[8];
+    let m = t % M;
+    let n = t / M;
+    let ox0 = xb * 4u;
+    let g = m / P[3];
+    xz = {xz_val};
+    let wz = bitcast<i32>(P[40u + m]);
+    let kd = P[11]; let kh = P[12]; let kw = P[13];
+    let id = i32(P[5]); let ih = i32(P[6]); let iw = i32(P[7]);
+    let sw = P[16]; let dw = P[19];
+    let z0 = i32(oz * P[14]) - i32(P[20]);
+    let y0 = i32(oy * P[15]) - i32(P[21]);
+    let xs = i32(ox0 * sw) - i32(P[22]);
+    let unit = sw == 1u && dw == 1u;
+    let row = m * P[29];
+    let xbase = n * P[23] + g * P[24];
+    var acc0 = 0; var acc1 = 0; var acc2 = 0; var acc3 = 0;
+    var tap = 0u;
+    for (var a = 0u; a < kd; a++) {{
+        let z = z0 + i32(a * P[17]);
+        if (z < 0 || z >= id) {{ tap += kh * kw; continue; }}
+        for (var b = 0u; b < kh; b++) {{
+            let y = y0 + i32(b * P[18]);
+            if (y < 0 || y >= ih) {{ tap += kw; continue; }}
+            let rb = xbase + u32(z * ih + y) * u32(iw) * P[25];
+            if (unit) {{
+                var v0 = ld(rb, xs);
+                var v1 = ld(rb, xs + 1);
+                var v2 = ld(rb, xs + 2);
+                for (var e = 0u; e < kw; e++) {{
+                    let v3 = ld(rb, xs + i32(e) + 3);
+                    let wv = wget(row, tap) - wz;
+                    acc0 += v0 * wv; acc1 += v1 * wv; acc2 += v2 * wv; acc3 += v3 * wv;
+                    v0 = v1; v1 = v2; v2 = v3;
+                    tap += 1u;
+                }}
+            }} else {{
+                let st = i32(sw);
+                for (var e = 0u; e < kw; e++) {{
+                    let wv = wget(row, tap) - wz;
+                    let x = xs + i32(e * dw);
+                    acc0 += ld(rb, x) * wv;
+                    acc1 += ld(rb, x + st) * wv;
+                    acc2 += ld(rb, x + 2 * st) * wv;
+                    acc3 += ld(rb, x + 3 * st) * wv;
+                    tap += 1u;
+                }}
+            }}
+        }}
+    }}
+    let sp0 = (oz * P[9] + oy) * P[10] + ox0;
+    var accs = array<i32, 4>(acc0, acc1, acc2, acc3);
+    for (var o = 0u; o < 4u; o++) {{
+        if (ox0 + o >= P[10]) {{ break; }}
+        let acc = accs[o];
+        let yi = n * P[26] + m * P[27] + (sp0 + o) * P[28];
+        {out}
+    }}
+}}
+",
+        wget = wget(packed, signed),
+    )
+}
 
 fn source(qlinear: bool, packed: bool, signed: bool, xz: bool) -> String {
     let xz_bind = if xz {
@@ -173,11 +287,16 @@ impl Kernel for QConvKernel {
     ) -> Result<Vec<Out>> {
         let x = dev(ins, 0, "x")?;
         let (odt, oshape) = out0(outs)?;
-        let (w, wshape, wdt, packed) = match &self.packed {
-            Some(p) => (p.upload(r)?, p.shape.clone(), p.dtype, true),
-            None => {
+        let (wshape, wdt, packed) = match (&self.packed, &self.tiled) {
+            (Some(p), _) => (p.shape.clone(), p.dtype, true),
+            (None, Some(t)) => (
+                self.wshape.clone(),
+                if t.signed { DType::I8 } else { DType::U8 },
+                true,
+            ),
+            _ => {
                 let w = dev(ins, self.w_idx, "w")?;
-                (w.clone(), w.shape.clone(), w.dtype, false)
+                (w.shape.clone(), w.dtype, false)
             }
         };
         let xs = &x.shape;
@@ -216,6 +335,13 @@ impl Kernel for QConvKernel {
             }
         };
         per(wz.len(), "w_zero_point")?;
+        if let Some(t) = &self.tiled {
+            return self.encode_tiled(r, ins, t, (x, &geo, m, cg), &wz, (odt, oshape));
+        }
+        let w = match &self.packed {
+            Some(p) => p.upload(r)?,
+            None => dev(ins, self.w_idx, "w")?.clone(),
+        };
         let mut p = vec![0u32; HEAD];
         let (mut lo, mut hi, mut yz) = (0, 0, 0);
         let mut tail: Vec<u32> = (0..m)
@@ -307,18 +433,173 @@ impl Kernel for QConvKernel {
             Some(In::Dev(t)) => Some(*t),
             _ => None,
         };
-        let src = source(self.qlinear, packed, wdt == DType::I8, xz.is_some());
+        let depthwise = cg == 1;
+        let threads = if depthwise {
+            let owb = geo.output[2].div_ceil(4);
+            p[33] = owb as u32;
+            n * m * geo.output[0] * geo.output[1] * owb
+        } else {
+            expect
+        };
+        p[0] = threads as u32;
+        let src = if depthwise {
+            source_dw(self.qlinear, packed, wdt == DType::I8, xz.is_some())
+        } else {
+            source(self.qlinear, packed, wdt == DType::I8, xz.is_some())
+        };
         let mut bufs = vec![x.buffer(), w.buffer(), y.buffer()];
         if let Some(z) = xz {
             bufs.push(z.buffer());
         }
-        let grid = r.grid(expect);
+        let grid = r.grid(threads);
         r.dispatch(&src, &bufs, &p, grid)?;
         Ok(vec![Out::Dev(y)])
     }
 }
 
-pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
+impl QConvKernel {
+    /// The convolution as a tiled GEMM per (image, group): rows are output positions,
+    /// columns the group's output channels, k its input channels × taps.
+    fn encode_tiled(
+        &self,
+        r: &mut Recorder,
+        ins: &[In],
+        t: &PackedQ,
+        (x, geo, m, cg): (&GpuTensor, &crate::cpu::nn::Geom, usize, usize),
+        wz: &[i32],
+        (odt, oshape): (DType, Vec<usize>),
+    ) -> Result<Vec<Out>> {
+        let xs = &x.shape;
+        let rank = xs.len();
+        let c = if self.channels_last {
+            xs[rank - 1]
+        } else {
+            xs[1]
+        };
+        let group = self.group;
+        let (isz, osz) = (geo.in_size(), geo.out_size());
+        let pick = |v: &[i32], j: usize| v[if v.len() == 1 { 0 } else { j }];
+        let bz: Vec<i32> = (0..m).map(|j| pick(wz, j)).collect();
+        let (mut lo, mut hi, mut yz) = (0, 0, 0);
+        let mut mult = vec![0f32; m];
+        let mut ibias = vec![0i32; m];
+        let epi = if self.qlinear {
+            let xsc = k::scalar_scale(host_req(ins, 1, "x_scale")?, "x_scale")?;
+            let wsc = k::scales(host_req(ins, 4, "w_scale")?, "w_scale")?;
+            if wsc.len() != 1 && wsc.len() != m {
+                return Err(Error::shape(format!(
+                    "w_scale has {} values for {m} channels",
+                    wsc.len()
+                )));
+            }
+            let ysc = k::scalar_scale(host_req(ins, 6, "y_scale")?, "y_scale")?;
+            yz = k::scalar_zp(host(ins, 7), odt, "y_zero_point")?;
+            (lo, hi) = range8(odt).ok_or_else(|| Error::unsupported_dtype("QLinearConv output"))?;
+            for (j, v) in mult.iter_mut().enumerate() {
+                *v = xsc * wsc[if wsc.len() == 1 { 0 } else { j }] / ysc;
+            }
+            if let Some(b) = host(ins, 8) {
+                let v = b.as_slice::<i32>().map_err(|_| {
+                    Error::dtype(format!("QLinearConv bias must be int32, got {}", b.dtype()))
+                })?;
+                if v.len() != m {
+                    return Err(Error::shape(format!(
+                        "QLinearConv bias has {} values for {m} channels",
+                        v.len()
+                    )));
+                }
+                ibias.copy_from_slice(v);
+            }
+            Epi::Requant
+        } else {
+            Epi::Int
+        };
+        let y = r.alloc(odt, oshape.clone())?;
+        let n = xs[0];
+        if y.len() != n * m * osz {
+            return Err(Error::shape(format!(
+                "conv output {oshape:?} differs from the geometry ({} values)",
+                n * m * osz
+            )));
+        }
+        if y.is_empty() {
+            return Ok(vec![Out::Dev(y)]);
+        }
+        let (sxn, sxc, sxsp) = if self.channels_last {
+            (isz * c, 1, c)
+        } else {
+            (c * isz, isz, 1)
+        };
+        let (ysb, ysr, ysc) = if self.channels_last {
+            (osz * m, m, 1)
+        } else {
+            (m * osz, 1, osz)
+        };
+        let pointwise = geo.kernel == [1, 1, 1]
+            && geo.stride == [1, 1, 1]
+            && geo.pad_begin == [0, 0, 0]
+            && geo.output == geo.input;
+        let ao: Vec<usize> = (0..n * group)
+            .map(|z| (z / group) * sxn + (z % group) * cg * sxc)
+            .collect();
+        let xz = match ins.get(self.xz_idx) {
+            Some(In::Dev(t)) => Some(*t),
+            _ => None,
+        };
+        let conv = (!pointwise).then_some(ConvGeo {
+            input: geo.input,
+            output: geo.output,
+            kernel: geo.kernel,
+            stride: geo.stride,
+            dilation: geo.dilation,
+            pad: geo.pad_begin,
+            sxc,
+            sxsp,
+        });
+        qtile::encode(
+            r,
+            &Gemm {
+                a: x,
+                a_signed: x.dtype == DType::I8,
+                az: xz,
+                amode: if pointwise {
+                    AMode::Strided
+                } else {
+                    AMode::Conv
+                },
+                sam: sxsp,
+                sak: sxc,
+                conv,
+                b: BSrc::Packed(t),
+                b_signed: t.signed,
+                m: osz,
+                n: m / group,
+                k: cg * geo.k_size(),
+                groups: group,
+                bo: vec![0; ao.len()],
+                ao,
+                bz,
+                mult,
+                ibias,
+                fbias: None,
+                epi,
+                lo,
+                hi,
+                yz,
+                c: None,
+                y: &y,
+                ysb,
+                ysr,
+                ysc,
+                dot4: self.dot4,
+                a_scale: None,
+            },
+        )?;
+        Ok(vec![Out::Dev(y)])
+    }
+}
+
+pub(super) fn lower(f: &NodeFacts, cx: &super::GpuContext) -> Lowered {
     let any = f.node.op.as_any();
     let (window, group, qlinear, channels_last, w_idx) =
         if let Some(c) = any.downcast_ref::<QLinearConv>() {
@@ -340,22 +621,37 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
             "{name} with a per-channel x zero point stays on the CPU"
         ));
     }
-    let packed = match f.consts.get(w_idx).copied().flatten() {
+    // Constant weights: the tiled implicit GEMM, except one input channel per group
+    // (depthwise), which a direct loop over the few taps does well.
+    let (mut packed, mut tiled, mut wshape) = (None, None, Vec::new());
+    match f.consts.get(w_idx).copied().flatten() {
+        Some(w) if w.rank() >= 3 && w.shape()[1] > 1 => {
+            let rows = w.shape()[0];
+            let k = w.len().checked_div(rows).unwrap_or(0);
+            match q8_values(w).and_then(|v| PackedQ::new(&v, rows, k, w.dtype() == DType::I8)) {
+                Ok(p) => tiled = Some(p),
+                Err(e) => return Lowered::Cpu(format!("{name} weights: {e}")),
+            }
+            wshape = w.shape().to_vec();
+        }
         Some(w) if w.rank() >= 3 => match PackedW::new(w, w.shape()[0]) {
-            Ok(p) => Some(p),
+            Ok(p) => packed = Some(p),
             Err(e) => return Lowered::Cpu(format!("{name} weights: {e}")),
         },
-        _ => None,
-    };
+        _ => {}
+    }
     let mut host: Vec<usize> = if qlinear {
         vec![1, 4, 5, 6, 7, 8]
     } else {
         vec![3]
     };
-    if packed.is_some() {
+    if packed.is_some() || tiled.is_some() {
         host.push(w_idx);
     }
     Lowered::Kernel(Box::new(QConvKernel {
+        tiled,
+        wshape,
+        dot4: qtile::use_dot4(cx),
         window,
         group,
         qlinear,

@@ -8,13 +8,15 @@
 //! it at run time); scales, B's zero points and bias are read on the host and folded into
 //! per-column constants exactly as `cpu::quant` forms them.
 
-use super::qconv::{wget, PackedW};
-use super::quant::{bits, dev, host, host_req, is8, one_value, out0, range8, QHELPERS};
+use super::qtile::{self, BSrc, Epi, Gemm, PackedQ};
+use super::quant::{dev, host, host_req, is8, one_value, out0, q8_values, range8};
 use super::record::{Recorder, LINEAR};
 use super::{In, Kernel, Lowered, NodeFacts, Out};
 use crate::cpu::quant as k;
 use crate::error::{Error, Result};
-use crate::graph::ops::quant::{MatMulInteger, MatMulIntegerToFloat, QGemm, QLinearMatMul};
+use crate::graph::ops::quant::{
+    DynamicQuantizeMatMul, MatMulInteger, MatMulIntegerToFloat, QGemm, QLinearMatMul,
+};
 use crate::tensor::{DType, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,25 +33,30 @@ enum Kind {
     },
     /// MatMulIntegerToFloat: a, b, a_scale, b_scale, a_zp?, b_zp?, bias?.
     ToFloat,
+    /// DynamicQuantizeMatMul: a (f32, quantized to uint8 from its range on the device),
+    /// b, b_scale, b_zp?, bias?.
+    DynQ,
 }
 
 impl Kind {
     fn b(self) -> usize {
         match self {
             Kind::QLinear | Kind::Gemm { .. } => 3,
-            Kind::Integer | Kind::ToFloat => 1,
+            Kind::Integer | Kind::ToFloat | Kind::DynQ => 1,
         }
     }
     fn a_zp(self) -> usize {
         match self {
             Kind::ToFloat => 4,
+            // None: made on the device.
+            Kind::DynQ => usize::MAX,
             _ => 2,
         }
     }
     fn b_zp(self) -> usize {
         match self {
             Kind::QLinear | Kind::Gemm { .. } | Kind::ToFloat => 5,
-            Kind::Integer => 3,
+            Kind::Integer | Kind::DynQ => 3,
         }
     }
 }
@@ -58,93 +65,63 @@ impl Kind {
 struct QMatKernel {
     kind: Kind,
     /// Constant 2-D B, packed as N rows of K.
-    packed: Option<PackedW>,
+    packed: Option<PackedQ>,
     host: Vec<usize>,
+    /// Products with `dot4I8Packed` (else unpacked bytes).
+    dot4: bool,
 }
 
-/// Output of the accumulator.
-#[derive(Clone, Copy, PartialEq)]
-enum Epi {
-    Int,
-    Requant,
-    Float,
-}
-
-const HEAD: usize = 20;
-
-fn source(epi: Epi, packed: bool, signed: bool, az: bool, c: bool) -> String {
-    let mut binds = String::new();
-    let mut next = 3;
-    let ybind = if epi == Epi::Float { "f32" } else { "u32" };
-    if az {
-        binds += &format!("@group(0) @binding({next}) var<storage, read> AZ: array<u32>;\n");
-        next += 1;
-    }
-    if c {
-        binds += &format!("@group(0) @binding({next}) var<storage, read> C: array<u32>;\n");
-        next += 1;
-    }
-    binds += &format!("@group(0) @binding({next}) var<storage, read> P: array<u32>;\n");
-    let az_val = if az { "bitcast<i32>(AZ[0])" } else { "0" };
-    let c_add = if c {
-        "acc += bitcast<i32>(C[m * P[15] + col * P[16]]);"
-    } else {
-        ""
-    };
-    let out = match epi {
-        Epi::Int => "Y[i] = bitcast<u32>(acc);",
-        Epi::Requant => {
-            "let q = clamp(round_i(f32(acc) * bitcast<f32>(P[20u + N + col])) + bitcast<i32>(P[12]),
-                  bitcast<i32>(P[10]), bitcast<i32>(P[11]));
-    Y[i] = bitcast<u32>(q);"
-        }
-        Epi::Float => {
-            "let v = f32(acc) * bitcast<f32>(P[20u + N + col]);
-    Y[i] = select(v, v + bitcast<f32>(P[20u + 2u * N + col]), P[17] != 0u);"
-        }
-    };
-    let brow = if packed {
-        "col * P[9]"
-    } else {
-        "boff + col * P[8]"
-    };
-    let bk = if packed { "kk" } else { "kk * P[7]" };
-    format!(
-        "{LINEAR}{QHELPERS}
-@group(0) @binding(0) var<storage, read> A: array<u32>;
-@group(0) @binding(1) var<storage, read> W: array<u32>;
-@group(0) @binding(2) var<storage, read_write> Y: array<{ybind}>;
-{binds}
-{wget}
-// P: total M N K batch | sam sak sbk sbn | row words | lo hi yz | - | - | csm csn | bias? |
-//    - - | bz[N] mult[N] bias[N] a_off[batch] b_off[batch]
+/// DynamicQuantizeMatMul's A range in one workgroup: scale and zero point as
+/// `cpu::quant::dynamic_qparams` forms them.
+const DQ_RANGE: &str = "
+@group(0) @binding(0) var<storage, read> X: array<f32>;
+@group(0) @binding(1) var<storage, read_write> S: array<f32>;
+@group(0) @binding(2) var<storage, read_write> Z: array<u32>;
+@group(0) @binding(3) var<storage, read> P: array<u32>;
+var<workgroup> mx: array<f32, 256>;
+var<workgroup> mn: array<f32, 256>;
 @compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{
-    let i = linear_id(gid, nwg);
-    if (i >= P[0]) {{ return; }}
-    let M = P[1];
-    let N = P[2];
-    let K = P[3];
-    let col = i % N;
-    let m = (i / N) % M;
-    let b = i / (M * N);
-    let aoff = P[20u + 3u * N + b];
-    let boff = P[20u + 3u * N + P[4] + b];
-    let az = {az_val};
-    let bz = bitcast<i32>(P[20u + col]);
-    let arow = aoff + m * P[5];
-    let row = {brow};
-    var acc = 0;
-    for (var kk = 0u; kk < K; kk++) {{
-        acc += (bitcast<i32>(A[arow + kk * P[6]]) - az) * (wget(row, {bk}) - bz);
-    }}
-    {c_add}
-    {out}
-}}
-",
-        wget = wget(packed, signed),
-    )
+fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = lid.x;
+    var a = 0.0;
+    var b = 0.0;
+    for (var i = t; i < P[0]; i += 256u) {
+        a = max(a, X[i]);
+        b = min(b, X[i]);
+    }
+    mx[t] = a;
+    mn[t] = b;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (t < s) {
+            mx[t] = max(mx[t], mx[t + s]);
+            mn[t] = min(mn[t], mn[t + s]);
+        }
+        workgroupBarrier();
+    }
+    if (t == 0u) {
+        var scale = 1.0;
+        if (mx[0] != mn[0]) { scale = (mx[0] - mn[0]) / 255.0; }
+        S[0] = scale;
+        Z[0] = u32(round(clamp(0.0 - mn[0] / scale, 0.0, 255.0)));
+    }
 }
+";
+
+/// A quantized to uint8 with the scale and zero point of [`DQ_RANGE`].
+const DQ_QUANT: &str = "
+@group(0) @binding(0) var<storage, read> X: array<f32>;
+@group(0) @binding(1) var<storage, read> S: array<f32>;
+@group(0) @binding(2) var<storage, read> Z: array<u32>;
+@group(0) @binding(3) var<storage, read_write> Y: array<u32>;
+@group(0) @binding(4) var<storage, read> P: array<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = linear_id(gid, nwg);
+    if (i >= P[0]) { return; }
+    Y[i] = u32(clamp(round(X[i] / S[0]) + f32(Z[0]), 0.0, 255.0));
+}
+";
 
 /// Broadcast batch offsets of numpy matmul: (M, K, N, a offsets, b offsets).
 type Plan = (usize, usize, usize, Vec<usize>, Vec<usize>);
@@ -240,11 +217,15 @@ impl Kernel for QMatKernel {
         let kind = self.kind;
         let a = dev(ins, 0, "A")?;
         let (odt, oshape) = out0(outs)?;
-        let (w, bshape, bdt, packed) = match &self.packed {
-            Some(p) => (p.upload(r)?, p.shape.clone(), p.dtype, true),
+        let (bshape, bdt, packed) = match &self.packed {
+            Some(p) => (
+                vec![p.rows, p.k],
+                if p.signed { DType::I8 } else { DType::U8 },
+                true,
+            ),
             None => {
                 let b = dev(ins, kind.b(), "B")?;
-                (b.clone(), b.shape.clone(), b.dtype, false)
+                (b.shape.clone(), b.dtype, false)
             }
         };
         // Geometry: M, K, N, strides of A and B, batch offsets.
@@ -399,51 +380,119 @@ impl Kernel for QMatKernel {
                 }
                 Epi::Float
             }
+            Kind::DynQ => {
+                // The CPU's multiplier is a_scale · b_scale[n], a_scale made on the device:
+                // the kernel forms the product in the same order.
+                mult = per_col(
+                    &k::scales(host_req(ins, 2, "b_scale")?, "b_scale")?,
+                    n,
+                    "b_scale",
+                )?;
+                if let Some(b) = host(ins, 4) {
+                    let v = k::scales(b, "bias")?;
+                    if v.len() != n {
+                        return Err(Error::shape(format!(
+                            "bias has {} values for {n} columns",
+                            v.len()
+                        )));
+                    }
+                    bias = Some(v);
+                }
+                Epi::Float
+            }
         };
         if epi == Epi::Float && odt != DType::F32 {
             return Err(Error::unsupported_dtype(
                 "integer matmul float output other than f32",
             ));
         }
-        let mut p = vec![0u32; HEAD];
-        let head = [total, m, n, kk, batch, sam, sak, sbk, sbn, kk.div_ceil(4)];
-        for (d, &v) in p.iter_mut().zip(head.iter()) {
-            *d = v as u32;
-        }
-        p[10] = lo as u32;
-        p[11] = hi as u32;
-        p[12] = yz as u32;
-        p[15] = c_strides.0 as u32;
-        p[16] = c_strides.1 as u32;
-        p[17] = bias.is_some() as u32;
-        p.extend(bz.iter().map(|&z| z as u32));
-        p.extend(mult.iter().map(|&v| bits(v)));
-        match &bias {
-            Some(b) => p.extend(b.iter().map(|&v| bits(v))),
-            None => p.extend(std::iter::repeat_n(0u32, n)),
-        }
-        p.extend(ao.iter().map(|&v| v as u32));
-        p.extend(bo.iter().map(|&v| v as u32));
-        let az = match ins.get(kind.a_zp()) {
+        let mut az = match ins.get(kind.a_zp()) {
             Some(In::Dev(t)) => Some(*t),
             _ => None,
         };
-        let src = source(epi, packed, bdt == DType::I8, az.is_some(), c_buf.is_some());
-        let mut bufs = vec![a.buffer(), w.buffer(), y.buffer()];
-        if let Some(z) = az {
-            bufs.push(z.buffer());
-        }
-        if let Some(c) = c_buf {
-            bufs.push(c.buffer());
-        }
-        let grid = r.grid(total);
-        r.dispatch(&src, &bufs, &p, grid)?;
+        // DynamicQuantizeMatMul: A's range, scale and zero point, then A in uint8.
+        let dynq = if kind == Kind::DynQ {
+            if a.dtype != DType::F32 {
+                return Err(Error::dtype("DynamicQuantizeMatMul A must be float32"));
+            }
+            let s = r.alloc(DType::F32, vec![])?;
+            let z = r.alloc(DType::U8, vec![])?;
+            let qa = r.alloc(DType::U8, a.shape.clone())?;
+            let len = a.len() as u32;
+            r.dispatch(
+                DQ_RANGE,
+                &[a.buffer(), s.buffer(), z.buffer()],
+                &[len],
+                [1, 1, 1],
+            )?;
+            let grid = r.grid(a.len());
+            r.dispatch(
+                &format!("{LINEAR}{DQ_QUANT}"),
+                &[a.buffer(), s.buffer(), z.buffer(), qa.buffer()],
+                &[len],
+                grid,
+            )?;
+            Some((s, z, qa))
+        } else {
+            None
+        };
+        let a = match &dynq {
+            Some((_, z, qa)) => {
+                az = Some(z);
+                qa
+            }
+            None => a,
+        };
+        let b = match &self.packed {
+            Some(p) => BSrc::Packed(p),
+            None => BSrc::Raw {
+                t: dev(ins, kind.b(), "B")?,
+                sbk,
+                sbn,
+            },
+        };
+        let c = c_buf.map(|t| (t, c_strides.0, c_strides.1));
+        qtile::encode(
+            r,
+            &Gemm {
+                a,
+                a_signed: a.dtype == DType::I8,
+                az,
+                amode: qtile::AMode::Strided,
+                sam,
+                sak,
+                conv: None,
+                b,
+                b_signed: bdt == DType::I8,
+                m,
+                n,
+                k: kk,
+                groups: 1,
+                ao,
+                bo,
+                bz,
+                mult,
+                ibias: vec![0; n],
+                fbias: bias,
+                epi,
+                lo,
+                hi,
+                yz,
+                c,
+                y: &y,
+                ysb: m * n,
+                ysr: n,
+                ysc: 1,
+                dot4: self.dot4,
+                a_scale: dynq.as_ref().map(|(s, _, _)| s),
+            },
+        )?;
         Ok(vec![Out::Dev(y)])
     }
 }
 
 /// B transposed to N rows of K (from K×N, or N×K already when `trans`).
-fn pack_b(b: &Tensor, trans: bool) -> Result<PackedW> {
+fn pack_b(b: &Tensor, trans: bool) -> Result<PackedQ> {
     let [r, c] = *b.shape() else {
         return Err(Error::shape("packed B must be 2-D"));
     };
@@ -453,12 +502,10 @@ fn pack_b(b: &Tensor, trans: bool) -> Result<PackedW> {
         crate::cpu::layout::transpose(b, Some(&[1, 0]))?
     };
     let (n, k) = if trans { (r, c) } else { (c, r) };
-    let mut p = PackedW::new(&bt, n)?;
-    p.shape = vec![n, k];
-    Ok(p)
+    PackedQ::new(&q8_values(&bt)?, n, k, b.dtype() == DType::I8)
 }
 
-pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
+pub(super) fn lower(f: &NodeFacts, cx: &super::GpuContext) -> Lowered {
     let any = f.node.op.as_any();
     let kind = if any.is::<QLinearMatMul>() {
         Kind::QLinear
@@ -472,16 +519,24 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
         }
     } else if any.is::<MatMulIntegerToFloat>() {
         Kind::ToFloat
+    } else if any.is::<DynamicQuantizeMatMul>() {
+        Kind::DynQ
     } else {
         return Lowered::NotMine;
     };
     let name = &f.node.op_type;
-    if !is8(f.in_dtype(0)) || !is8(f.in_dtype(kind.b())) {
+    let a_ok = if kind == Kind::DynQ {
+        f.in_dtype(0) == Some(DType::F32)
+    } else {
+        is8(f.in_dtype(0))
+    };
+    if !a_ok || !is8(f.in_dtype(kind.b())) {
         return Lowered::Cpu(format!("{name} of these types stays on the CPU"));
     }
     let scalar_a = match kind {
         Kind::QLinear => one_value(f, 1) && one_value(f, 2),
         Kind::ToFloat => one_value(f, 2) && one_value(f, 4),
+        Kind::DynQ => true,
         _ => one_value(f, 2),
     };
     if !scalar_a {
@@ -500,9 +555,15 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
         Kind::Integer => vec![3],
         Kind::Gemm { .. } => vec![1, 4, 5, 7, 8],
         Kind::ToFloat => vec![2, 3, 5, 6],
+        Kind::DynQ => vec![2, 3, 4],
     };
     if packed.is_some() {
         host.push(kind.b());
     }
-    Lowered::Kernel(Box::new(QMatKernel { kind, packed, host }))
+    Lowered::Kernel(Box::new(QMatKernel {
+        kind,
+        packed,
+        host,
+        dot4: qtile::use_dot4(cx),
+    }))
 }
