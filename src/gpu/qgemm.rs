@@ -71,44 +71,8 @@ struct QMatKernel {
     dot4: bool,
 }
 
-/// DynamicQuantizeMatMul's A range in one workgroup: scale and zero point as
-/// `cpu::quant::dynamic_qparams` forms them.
-const DQ_RANGE: &str = "
-@group(0) @binding(0) var<storage, read> X: array<f32>;
-@group(0) @binding(1) var<storage, read_write> S: array<f32>;
-@group(0) @binding(2) var<storage, read_write> Z: array<u32>;
-@group(0) @binding(3) var<storage, read> P: array<u32>;
-var<workgroup> mx: array<f32, 256>;
-var<workgroup> mn: array<f32, 256>;
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
-    let t = lid.x;
-    var a = 0.0;
-    var b = 0.0;
-    for (var i = t; i < P[0]; i += 256u) {
-        a = max(a, X[i]);
-        b = min(b, X[i]);
-    }
-    mx[t] = a;
-    mn[t] = b;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
-        if (t < s) {
-            mx[t] = max(mx[t], mx[t + s]);
-            mn[t] = min(mn[t], mn[t + s]);
-        }
-        workgroupBarrier();
-    }
-    if (t == 0u) {
-        var scale = 1.0;
-        if (mx[0] != mn[0]) { scale = (mx[0] - mn[0]) / 255.0; }
-        S[0] = scale;
-        Z[0] = u32(round(clamp(0.0 - mn[0] / scale, 0.0, 255.0)));
-    }
-}
-";
-
-/// A quantized to uint8 with the scale and zero point of [`DQ_RANGE`].
+/// A quantized to uint8 with the scale and zero point of DynamicQuantizeLinear's range
+/// kernel (`quant::DQL_RANGE`, the parameters `cpu::quant::dynamic_qparams` forms).
 const DQ_QUANT: &str = "
 @group(0) @binding(0) var<storage, read> X: array<f32>;
 @group(0) @binding(1) var<storage, read> S: array<f32>;
@@ -420,7 +384,7 @@ impl Kernel for QMatKernel {
             let qa = r.alloc(DType::U8, a.shape.clone())?;
             let len = a.len() as u32;
             r.dispatch(
-                DQ_RANGE,
+                super::quant::DQL_RANGE,
                 &[a.buffer(), s.buffer(), z.buffer()],
                 &[len],
                 [1, 1, 1],

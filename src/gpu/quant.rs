@@ -339,7 +339,7 @@ impl Kernel for QuantizeKernel {
 #[derive(Debug)]
 struct DynQuantKernel;
 
-const DQL_RANGE: &str = "
+pub(super) const DQL_RANGE: &str = "
 @group(0) @binding(0) var<storage, read> X: array<f32>;
 @group(0) @binding(1) var<storage, read_write> S: array<f32>;
 @group(0) @binding(2) var<storage, read_write> Z: array<u32>;
