@@ -29,11 +29,8 @@ grep -E "conformance total|suite " target/conformance-report.txt || true
 grep -E "conformance total|suite " target/conformance-report-webgpu.txt || true
 
 step "real models on the GPU backend (lavapipe)"
-# The int8 magika and PP-OCR rec variants (batches of 120 and 40) are left out here:
-# with the first (one thread per output) int8 kernels each takes over ten minutes on
-# lavapipe's two software cores. tests/gpu_quant_ops.rs checks rec int8 on the GPU
-# against the CPU on one line, bit for bit.
-EDGEPREDICT_BACKEND=webgpu cargo test --test real_models --test quantized_models -- --skip magika_qdq --skip magika_qop --skip magika_dyn --skip ppocr_rec_q --skip ppocr_rec_dyn --skip ppocr_rec_per_tensor 2>&1 | tee target/gpu-models.log
+# Every real model, float and int8, on the GPU backend against onnxruntime's outputs.
+EDGEPREDICT_BACKEND=webgpu cargo test --test real_models --test quantized_models 2>&1 | tee target/gpu-models.log
 grep -E "nodes on the GPU" target/gpu-models.log || true
 
 step "wasm32 build + size"
