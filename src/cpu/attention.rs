@@ -162,7 +162,27 @@ struct Bias {
 }
 
 fn make_bias(m: &Tensor, b: usize, h: usize, sq: usize, t: usize) -> Result<Bias> {
-    let sh = m.shape();
+    let (st, cols) = mask_strides(m.shape(), b, h, sq, t)?;
+    let data = if m.dtype() == DType::Bool {
+        m.as_slice::<bool>()?
+            .iter()
+            .map(|&x| if x { 0.0 } else { f32::NEG_INFINITY })
+            .collect()
+    } else {
+        m.to_f32_vec()?
+    };
+    Ok(Bias { data, st, cols })
+}
+
+/// The mask's broadcast strides over (batch, head, query, key) and the key columns it
+/// covers; shared with the GPU kernel.
+pub(crate) fn mask_strides(
+    sh: &[usize],
+    b: usize,
+    h: usize,
+    sq: usize,
+    t: usize,
+) -> Result<([usize; 4], usize)> {
     if sh.is_empty() || sh.len() > 4 {
         return Err(Error::shape(format!(
             "Attention: attn_mask must have rank 1..4, got {sh:?}"
@@ -184,14 +204,6 @@ fn make_bias(m: &Tensor, b: usize, h: usize, sq: usize, t: usize) -> Result<Bias
             d4[3]
         )));
     }
-    let data = if m.dtype() == DType::Bool {
-        m.as_slice::<bool>()?
-            .iter()
-            .map(|&x| if x { 0.0 } else { f32::NEG_INFINITY })
-            .collect()
-    } else {
-        m.to_f32_vec()?
-    };
     let mut st = [0usize; 4];
     let mut acc = 1;
     for i in (0..4).rev() {
@@ -199,11 +211,7 @@ fn make_bias(m: &Tensor, b: usize, h: usize, sq: usize, t: usize) -> Result<Bias
         acc *= d4[i];
     }
     st[3] = 1;
-    Ok(Bias {
-        data,
-        st,
-        cols: d4[3],
-    })
+    Ok((st, d4[3]))
 }
 
 /// Stable in-place softmax of one row; a row that is entirely -inf becomes NaN like the

@@ -1819,17 +1819,15 @@ pub fn dft(
     }
     Tensor::from_vec(out_shape, out)?.cast(x.dtype())
 }
-
-/// STFT: `signal` (B, L, 1|2) framed every `step` samples into frames of `frame_length`,
-/// weighted by `window`, transformed; output (B, frames, bins, 2).
-pub fn stft(
-    signal: &Tensor,
+/// STFT's geometry, checked (shared with the GPU kernel): batch, signal length,
+/// components (1 real, 2 complex), frame step, frame length, frames, bins.
+pub(crate) fn stft_geometry(
+    ss: &[usize],
     step: i64,
-    window: Option<&Tensor>,
+    window: Option<&[usize]>,
     frame_length: Option<i64>,
     onesided: bool,
-) -> Result<Tensor> {
-    let ss = signal.shape();
+) -> Result<[usize; 7]> {
     if ss.len() != 3 || (ss[2] != 1 && ss[2] != 2) {
         return Err(Error::shape(format!(
             "STFT: signal must be (batch, length, 1 or 2), got {ss:?}"
@@ -1843,28 +1841,23 @@ pub fn stft(
         .ok()
         .filter(|&s| s > 0)
         .ok_or_else(|| Error::runtime(format!("STFT: frame_step {step} must be positive")))?;
-    let win: Option<Vec<f64>> = match window {
-        Some(w) => {
-            if w.rank() != 1 {
-                return Err(Error::shape("STFT: window must be 1-D"));
-            }
-            Some(w.to_f64_vec()?)
-        }
+    let win_len = match window {
+        Some(w) if w.len() != 1 => return Err(Error::shape("STFT: window must be 1-D")),
+        Some(w) => Some(w[0]),
         None => None,
     };
-    let fl = match (frame_length, &win) {
+    let fl = match (frame_length, win_len) {
         (Some(f), _) => usize::try_from(f)
             .ok()
             .filter(|&f| f > 0)
             .ok_or_else(|| Error::runtime(format!("STFT: frame_length {f} must be positive")))?,
-        (None, Some(w)) => w.len(),
+        (None, Some(w)) => w,
         (None, None) => len,
     };
-    if let Some(w) = &win {
-        if w.len() != fl {
+    if let Some(w) = win_len {
+        if w != fl {
             return Err(Error::shape(format!(
-                "STFT: window of {} values for frame_length {fl}",
-                w.len()
+                "STFT: window of {w} values for frame_length {fl}"
             )));
         }
     }
@@ -1875,6 +1868,26 @@ pub fn stft(
     }
     let frames = 1 + (len - fl) / step;
     let bins = if onesided { fl / 2 + 1 } else { fl };
+    Ok([nb, len, comp, step, fl, frames, bins])
+}
+
+/// STFT: `signal` (B, L, 1|2) framed every `step` samples into frames of `frame_length`,
+/// weighted by `window`, transformed; output (B, frames, bins, 2).
+pub fn stft(
+    signal: &Tensor,
+    step: i64,
+    window: Option<&Tensor>,
+    frame_length: Option<i64>,
+    onesided: bool,
+) -> Result<Tensor> {
+    let [nb, len, comp, step, fl, frames, bins] = stft_geometry(
+        signal.shape(),
+        step,
+        window.map(|w| w.shape()),
+        frame_length,
+        onesided,
+    )?;
+    let win: Option<Vec<f64>> = window.map(|w| w.to_f64_vec()).transpose()?;
     let out_shape = vec![nb, frames, bins, 2];
     let total = numel(&out_shape, signal.dtype())?;
     let src = signal.to_f64_vec()?;

@@ -15,7 +15,7 @@
 
 use super::record::{Recorder, LINEAR};
 use super::{GpuTensor, In, Kernel, Lowered, NodeFacts, Out};
-use crate::cpu::attention::{view, AttnParams, View};
+use crate::cpu::attention::{mask_strides, view, AttnParams, View};
 use crate::error::{Error, Result};
 use crate::graph::ops::attention::{
     Attention, CausalConvWithState, LinearAttention, RotaryEmbedding,
@@ -41,46 +41,6 @@ fn narrow(dt: DType, v: &str) -> String {
         DType::F16 => format!("unpack2x16float(pack2x16float(vec2<f32>({v}, 0.0))).x"),
         _ => v.to_string(),
     }
-}
-
-/// The mask's broadcast strides over (batch, head, query, key) and its key columns,
-/// checked as the CPU does.
-fn mask_strides(
-    sh: &[usize],
-    b: usize,
-    h: usize,
-    sq: usize,
-    t: usize,
-) -> Result<([usize; 4], usize)> {
-    if sh.is_empty() || sh.len() > 4 {
-        return Err(Error::shape(format!(
-            "Attention: attn_mask must have rank 1..4, got {sh:?}"
-        )));
-    }
-    let mut d4 = [1usize; 4];
-    d4[4 - sh.len()..].copy_from_slice(sh);
-    let want = [b, h, sq, t];
-    for i in 0..3 {
-        if d4[i] != 1 && d4[i] != want[i] {
-            return Err(Error::shape(format!(
-                "Attention: attn_mask shape {sh:?} does not broadcast to [{b}, {h}, {sq}, {t}]"
-            )));
-        }
-    }
-    if d4[3] > t {
-        return Err(Error::shape(format!(
-            "Attention: attn_mask has {} key columns, more than the {t} keys",
-            d4[3]
-        )));
-    }
-    let mut st = [0usize; 4];
-    let mut acc = 1;
-    for i in (0..4).rev() {
-        st[i] = if d4[i] == 1 { 0 } else { acc };
-        acc *= d4[i];
-    }
-    st[3] = 1;
-    Ok((st, d4[3]))
 }
 
 fn concat_source(past: bool, dt: DType) -> String {

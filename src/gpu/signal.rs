@@ -277,61 +277,28 @@ impl Kernel for StftKernel {
             .ok_or_else(|| Error::runtime("STFT: missing signal"))?
             .dev()?;
         let ss = &x.shape;
-        if ss.len() != 3 || (ss[2] != 1 && ss[2] != 2) {
-            return Err(Error::shape(format!(
-                "STFT: signal must be (batch, length, 1 or 2), got {ss:?}"
-            )));
-        }
-        let (nb, len, comp) = (ss[0], ss[1], ss[2]);
-        if self.onesided && comp == 2 {
-            return Err(Error::runtime("STFT: onesided output needs a real signal"));
-        }
         let step = ins
             .get(1)
             .and_then(|t| t.host())
             .ok_or_else(|| Error::runtime("STFT: missing frame_step"))?
             .scalar_i64()?;
-        let step = usize::try_from(step)
-            .ok()
-            .filter(|&s| s > 0)
-            .ok_or_else(|| Error::runtime(format!("STFT: frame_step {step} must be positive")))?;
         let win = match ins.get(2) {
             Some(In::Dev(w)) if !w.is_empty() => Some(*w),
             _ => None,
         };
-        if let Some(w) = win {
-            if w.shape.len() != 1 {
-                return Err(Error::shape("STFT: window must be 1-D"));
-            }
-        }
-        let fl = match (
-            ins.get(3).and_then(|t| t.host()).filter(|t| !t.is_empty()),
-            win,
-        ) {
-            (Some(t), _) => {
-                let f = t.scalar_i64()?;
-                usize::try_from(f).ok().filter(|&f| f > 0).ok_or_else(|| {
-                    Error::runtime(format!("STFT: frame_length {f} must be positive"))
-                })?
-            }
-            (None, Some(w)) => w.len(),
-            (None, None) => len,
-        };
-        if let Some(w) = win {
-            if w.len() != fl {
-                return Err(Error::shape(format!(
-                    "STFT: window of {} values for frame_length {fl}",
-                    w.len()
-                )));
-            }
-        }
-        if fl == 0 || fl > len {
-            return Err(Error::shape(format!(
-                "STFT: frame_length {fl} does not fit a signal of {len}"
-            )));
-        }
-        let frames = 1 + (len - fl) / step;
-        let bins = if self.onesided { fl / 2 + 1 } else { fl };
+        let frame_length = ins
+            .get(3)
+            .and_then(|t| t.host())
+            .filter(|t| !t.is_empty())
+            .map(|t| t.scalar_i64())
+            .transpose()?;
+        let [nb, len, comp, step, fl, frames, bins] = crate::cpu::sampling::stft_geometry(
+            ss,
+            step,
+            win.map(|w| w.shape.as_slice()),
+            frame_length,
+            self.onesided,
+        )?;
         let (dt, oshape) = outs
             .first()
             .ok_or_else(|| Error::runtime("STFT: missing output"))?;
