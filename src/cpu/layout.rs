@@ -1459,7 +1459,6 @@ pub fn reverse_sequence(
 }
 
 pub fn compress(t: &Tensor, cond: &Tensor, axis: Option<usize>) -> Result<Tensor> {
-    let c = cond.cast(DType::Bool)?.into_vec::<bool>()?;
     let (view, axis) = match axis {
         Some(a) => (t.clone(), a),
         None => (with_shape(t, vec![t.len()])?, 0),
@@ -1468,6 +1467,13 @@ pub fn compress(t: &Tensor, cond: &Tensor, axis: Option<usize>) -> Result<Tensor
         .shape()
         .get(axis)
         .ok_or_else(|| Error::shape("Compress: axis out of range"))?;
+    let idx = compress_indices(cond, len)?;
+    take(&view, axis, &idx, &[idx.len()])
+}
+
+/// The indices Compress keeps along an axis of `len` (shared with the GPU kernel).
+pub fn compress_indices(cond: &Tensor, len: usize) -> Result<Vec<usize>> {
+    let c = cond.cast(DType::Bool)?.into_vec::<bool>()?;
     let idx: Vec<usize> = c
         .iter()
         .enumerate()
@@ -1479,7 +1485,7 @@ pub fn compress(t: &Tensor, cond: &Tensor, axis: Option<usize>) -> Result<Tensor
             "Compress: condition selects beyond the axis length",
         ));
     }
-    take(&view, axis, &idx, &[idx.len()])
+    Ok(idx)
 }
 
 /// Unique: (Y, indices, inverse_indices, counts).

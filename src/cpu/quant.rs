@@ -178,7 +178,8 @@ pub fn is_quant_type(dt: DType) -> bool {
     )
 }
 
-fn qrange(dt: DType) -> Result<(f32, f32)> {
+/// The integer range of a quantized type (shared with the GPU kernels).
+pub(crate) fn qrange(dt: DType) -> Result<(f32, f32)> {
     Ok(match dt {
         DType::U8 => (0.0, 255.0),
         DType::I8 => (-128.0, 127.0),

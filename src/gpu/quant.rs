@@ -195,17 +195,7 @@ fn param_layout(
 
 /// The integer range of a quantized type (None for the narrow float outputs).
 fn qrange(dt: DType) -> Option<(f32, f32)> {
-    Some(match dt {
-        DType::U8 => (0.0, 255.0),
-        DType::I8 => (-128.0, 127.0),
-        DType::U16 => (0.0, 65535.0),
-        DType::I16 => (-32768.0, 32767.0),
-        DType::U4 => (0.0, 15.0),
-        DType::I4 => (-8.0, 7.0),
-        DType::U2 => (0.0, 3.0),
-        DType::I2 => (-2.0, 1.0),
-        _ => return None,
-    })
+    crate::cpu::quant::qrange(dt).ok()
 }
 
 /// QuantizeLinear / DequantizeLinear of every width the CPU has: 8/16/4/2-bit integers

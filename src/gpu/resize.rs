@@ -12,7 +12,7 @@ use super::record::{Recorder, LINEAR};
 use super::tensor::to_words;
 use super::{GpuTensor, In, Kernel, Lowered, NodeFacts, Out, Storage};
 use crate::cpu::common::strides;
-use crate::cpu::layout::{center_crop_maps, norm_axis, pad_map, shape_from_i64};
+use crate::cpu::layout::{center_crop_maps, compress_indices, norm_axis, pad_map, shape_from_i64};
 use crate::cpu::sampling::{
     interp_table, nearest_map, pass_order, resize_axes, AxisSpec, CoordMode, InterpMode,
     KeepAspect, ResizeCfg, Table,
@@ -520,9 +520,7 @@ impl Kernel for CompressKernel {
         let cond = ins
             .get(1)
             .and_then(|v| v.host())
-            .ok_or_else(|| Error::input("Compress needs condition"))?
-            .cast(DType::Bool)?
-            .into_vec::<bool>()?;
+            .ok_or_else(|| Error::input("Compress needs condition"))?;
         // Without an axis, the input is read flattened.
         let (view, axis) = match self.axis {
             Some(a) => (x.clone(), norm_axis(a, x.shape.len(), "Compress")?),
@@ -535,18 +533,7 @@ impl Kernel for CompressKernel {
                 0,
             ),
         };
-        let len = view.shape[axis];
-        let idx: Vec<usize> = cond
-            .iter()
-            .enumerate()
-            .filter(|(_, &b)| b)
-            .map(|(i, _)| i)
-            .collect();
-        if idx.iter().any(|&i| i >= len) {
-            return Err(Error::runtime(
-                "Compress: condition selects beyond the axis length",
-            ));
-        }
+        let idx = compress_indices(cond, view.shape[axis])?;
         let mut maps: Vec<Vec<Option<usize>>> = view
             .shape
             .iter()
