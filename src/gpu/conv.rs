@@ -46,7 +46,18 @@ fn tail_bindings(bias: bool) -> &'static str {
 
 // P (GEMM): MG NP K G | C M cg isz | id ih iw | od oh ow | kd kh kw | sd sh sw | dd dh dw |
 // pd ph pw
-fn gemm_source(act: Option<Activation>, bias: bool, pointwise: bool) -> String {
+/// `half`: float16 operands with `shader-f16`: f16 tiles, K steps of 32, exact products
+/// accumulated in f32, output rounded to f16 (as MatMul's, see `matmul::source`).
+fn gemm_source(act: Option<Activation>, bias: bool, pointwise: bool, half: bool) -> String {
+    let (enable, ty, kt) = if half {
+        ("enable f16;\n", "f16", 32u32)
+    } else {
+        ("", "f32", 16u32)
+    };
+    let mut out = epilogue(act, bias);
+    if half {
+        out = super::elementwise::narrow_wgsl(DType::F16, &out, Default::default());
+    }
     let load_b = if pointwise {
         "if (gk < K && pok) { vb = X[xbase + gk * isz + p]; }"
     } else {
@@ -63,13 +74,13 @@ fn gemm_source(act: Option<Activation>, bias: bool, pointwise: bool) -> String {
             }"
     };
     format!(
-        "{helpers}
+        "{enable}{helpers}
 @group(0) @binding(0) var<storage, read> X: array<f32>;
 @group(0) @binding(1) var<storage, read> W: array<f32>;
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;
 {tail}
-var<workgroup> As: array<f32, 1024>;
-var<workgroup> Bs: array<f32, 1024>;
+var<workgroup> As: array<{ty}, {tile}>;
+var<workgroup> Bs: array<{ty}, {tile}>;
 @compute @workgroup_size(16, 16)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {{
     let MG = P[0]; let NP = P[1]; let K = P[2]; let G = P[3];
@@ -90,26 +101,26 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let zw0 = i32(ow_ * P[19]) - i32(P[25]);
     var acc0 = vec4<f32>(0.0); var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0); var acc3 = vec4<f32>(0.0);
-    for (var k0 = 0u; k0 < K; k0 += 16u) {{
-        for (var l = 0u; l < 4u; l++) {{
+    for (var k0 = 0u; k0 < K; k0 += {kt}u) {{
+        for (var l = 0u; l < {loads}u; l++) {{
             let e = tid + l * 256u;
-            let mm = e / 16u; let kk = e % 16u;
+            let mm = e / {kt}u; let kk = e % {kt}u;
             let gm = m0 + mm; let gka = k0 + kk;
             var va = 0.0;
             if (gm < MG && gka < K) {{ va = W[wbase + gm * K + gka]; }}
-            As[kk * 64u + mm] = va;
+            As[kk * 64u + mm] = {ty}(va);
             let kb = e / 64u;
             let gk = k0 + kb;
             var vb = 0.0;
             {load_b}
-            Bs[kb * 64u + tid % 64u] = vb;
+            Bs[kb * 64u + tid % 64u] = {ty}(vb);
         }}
         workgroupBarrier();
-        for (var kk = 0u; kk < 16u; kk++) {{
+        for (var kk = 0u; kk < {kt}u; kk++) {{
             let ab = kk * 64u + lid.y * 4u;
-            let a = vec4<f32>(As[ab], As[ab + 1u], As[ab + 2u], As[ab + 3u]);
+            let a = vec4<f32>(vec4<{ty}>(As[ab], As[ab + 1u], As[ab + 2u], As[ab + 3u]));
             let bb = kk * 64u + lid.x * 4u;
-            let bv = vec4<f32>(Bs[bb], Bs[bb + 1u], Bs[bb + 2u], Bs[bb + 3u]);
+            let bv = vec4<f32>(vec4<{ty}>(Bs[bb], Bs[bb + 1u], Bs[bb + 2u], Bs[bb + 3u]));
             acc0 += a.x * bv; acc1 += a.y * bv; acc2 += a.z * bv; acc3 += a.w * bv;
         }}
         workgroupBarrier();
@@ -130,7 +141,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 ",
         helpers = activation_helpers(),
         tail = tail_bindings(bias),
-        out = epilogue(act, bias),
+        tile = 64 * kt,
+        loads = kt / 4,
     )
 }
 
@@ -283,6 +295,8 @@ struct ConvKernel {
     window: Window,
     group: usize,
     activation: Option<Activation>,
+    /// float16 tiles in the implicit GEMM (see [`gemm_source`]).
+    half: bool,
 }
 
 impl Kernel for ConvKernel {
@@ -357,7 +371,7 @@ impl Kernel for ConvKernel {
                 isz as u32,
             ];
             params.extend(geom_words(&g));
-            let src = gemm_source(self.activation, bias.is_some(), pointwise);
+            let src = gemm_source(self.activation, bias.is_some(), pointwise, self.half);
             let grid = [
                 osz.div_ceil(64) as u32,
                 mg.div_ceil(64) as u32,
@@ -441,9 +455,11 @@ impl Kernel for ConvTransposeKernel {
     }
 }
 
-pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
+pub(super) fn lower(f: &NodeFacts, cx: &super::GpuContext) -> Lowered {
     let any = f.node.op.as_any();
     let floats = f.float_inputs();
+    let half = cx.summary.shader_f16
+        && (0..f.ins.len()).all(|i| !f.has_input(i) || f.in_dtype(i) == Some(DType::F16));
     if let Some(cv) = any.downcast_ref::<Conv>() {
         if !floats {
             return Lowered::Cpu("Conv on non-float inputs stays on the CPU".into());
@@ -452,6 +468,7 @@ pub(super) fn lower(f: &NodeFacts, _cx: &super::GpuContext) -> Lowered {
             window: cv.window.clone(),
             group: cv.group,
             activation: cv.activation,
+            half,
         }));
     }
     if let Some(ct) = any.downcast_ref::<ConvTranspose>() {
