@@ -4,30 +4,13 @@
 // Run: node --test tests/js/webgpu_chromium.test.mjs
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import http from "node:http";
 import fs from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { root, serve, launchChromium } from "./support.mjs";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 // PP-OCR's direction classifier: MobileNetV3 on a 48×192 text line.
 const MODEL = process.env.EDGEPREDICT_GPU_MODEL ?? ".cache/models/ppocr_cls.onnx";
 const SHAPE = process.env.EDGEPREDICT_GPU_SHAPE ?? "1,3,48,192";
-const types = { ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".html": "text/html" };
-
-function serve() {
-  const server = http.createServer((req, res) => {
-    const p = path.join(root, decodeURIComponent(new URL(req.url, "http://x").pathname));
-    if (!p.startsWith(root) || !fs.existsSync(p) || !fs.statSync(p).isFile()) {
-      res.writeHead(404).end();
-      return;
-    }
-    res.writeHead(200, { "content-type": types[path.extname(p)] ?? "application/octet-stream" });
-    fs.createReadStream(p).pipe(res);
-  });
-  return new Promise((ok) => server.listen(0, "127.0.0.1", () => ok(server)));
-}
 
 test("a real model runs on WebGPU in headless Chromium and matches the CPU", { timeout: 300_000 }, async () => {
   assert.ok(fs.existsSync(path.join(root, "target/web-pkg/edgepredict.js")), "run tools/build_web.sh first");
@@ -36,12 +19,7 @@ test("a real model runs on WebGPU in headless Chromium and matches the CPU", { t
   let browser;
   try {
     // Playwright gives each launch a fresh profile directory.
-    browser = await chromium.launch({
-      executablePath: "/usr/bin/chromium",
-      args: ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--enable-unsafe-webgpu"],
-    });
+    browser = await launchChromium();
     const page = await browser.newPage();
     page.on("console", (m) => console.log("[page]", m.text()));
     const url = `http://127.0.0.1:${server.address().port}/tests/js/webgpu_page.html?model=/${MODEL}&shape=${SHAPE}`;
