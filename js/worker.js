@@ -1,0 +1,107 @@
+// The module worker behind WorkerModel (js/worker-client.js): one Model per worker, off the
+// main thread. Messages in: {id, type: "load", src, options, progress}, {id, type: "run",
+// feeds}, {id, type: "dispose"} (an abort terminates the worker). Replies: {id, ok: true, ...} or
+// {id, ok: false, error: {name, code, message, node, op}}; {id, type: "progress", progress}
+// while a URL downloads. Typed-array buffers travel as transfers both ways.
+import { Model } from "./entry/web.js";
+import { fetchModel } from "./fetch.js";
+
+// What a reply copies from the Model so that WorkerModel answers like one.
+const META = ["inputs", "outputs", "metadata", "backend", "fallbackReason", "adapter", "plan"];
+// fetchModel's options that mean nothing to Model.load once the bytes are here.
+const FETCH_ONLY = ["sha256", "cache", "cacheName", "gzip", "retries", "headers"];
+
+let model = null;
+// Requests run one at a time, in order: a Model's run is not re-entrant.
+let queue = Promise.resolve();
+
+self.onmessage = (event) => {
+  const msg = event.data;
+  queue = queue.then(() => handle(msg));
+};
+
+async function handle(msg) {
+  const { id, type } = msg;
+  try {
+    if (type === "load") await load(msg);
+    else if (type === "run") await run(msg);
+    else if (type === "dispose") {
+      model?.dispose();
+      model = null;
+      self.postMessage({ id, ok: true });
+    } else throw Object.assign(new Error(`unknown message "${type}"`), { code: "Runtime" });
+  } catch (e) {
+    self.postMessage({ id, ok: false, error: plainError(e) });
+  }
+}
+
+function plainError(e) {
+  const out = { name: e?.name ?? "Error", code: e?.code ?? "Runtime", message: e?.message ?? String(e) };
+  if (e?.node != null) out.node = e.node;
+  if (e?.op != null) out.op = e.op;
+  return out;
+}
+
+function meta(m) {
+  const out = {};
+  for (const k of META) out[k] = m[k];
+  return out;
+}
+
+async function load({ id, src, options = {}, progress }) {
+  let bytes = src;
+  if (typeof src === "string") {
+    bytes = await fetchModel(src, {
+      ...options,
+      onProgress: progress ? (p) => self.postMessage({ id, type: "progress", progress: p }) : undefined,
+    });
+  }
+  const modelOptions = { ...options };
+  for (const k of FETCH_ONLY) delete modelOptions[k];
+  model?.dispose();
+  model = null;
+  model = await Model.load(bytes, modelOptions);
+  postMeta({ id, ok: true, meta: meta(model) });
+}
+
+async function run({ id, feeds }) {
+  if (!model) throw Object.assign(new Error("no model loaded"), { code: "Disposed" });
+  const out = await model.run(feeds);
+  const outputs = {};
+  for (const [name, t] of Object.entries(out)) outputs[name] = { dtype: t.dtype, dims: [...t.dims], data: t.data };
+  // The backend can change after a run (a lost device falls back to the CPU).
+  const reply = { id, ok: true, outputs, meta: meta(model) };
+  try {
+    self.postMessage(reply, buffersOf(outputs, false));
+  } catch {
+    // A view on memory that cannot be detached (wasm memory): send compact copies instead.
+    self.postMessage(reply, buffersOf(outputs, true));
+  }
+}
+
+function postMeta(reply) {
+  try {
+    self.postMessage(reply);
+  } catch {
+    // Metadata that structured clone refuses: JSON keeps what a caller can read.
+    self.postMessage(JSON.parse(JSON.stringify(reply)));
+  }
+}
+
+/// Makes each tensor's data transferable (a whole, unshared buffer, copied if it is a
+/// view on a larger or shared one, or always when `copy`) and lists the buffers.
+function buffersOf(tensors, copy) {
+  const list = [];
+  const seen = new Set();
+  for (const t of Object.values(tensors)) {
+    const d = t.data;
+    if (!ArrayBuffer.isView(d)) continue;
+    const whole = d.byteOffset === 0 && d.byteLength === d.buffer.byteLength && !seen.has(d.buffer);
+    if (copy || !whole || typeof SharedArrayBuffer !== "undefined" && d.buffer instanceof SharedArrayBuffer) {
+      t.data = d.slice();
+    }
+    seen.add(t.data.buffer);
+    list.push(t.data.buffer);
+  }
+  return list;
+}
