@@ -140,6 +140,16 @@ test("WorkerModel runs digits_mlp in a Web Worker like Model on the main thread"
     assert.ok(r.workerErr.isEdgeError);
     assert.equal(r.workerErr.code, r.mainErr.code);
     assert.equal(r.disposedErr?.code, "Disposed");
+
+    const e = await page.evaluate(() => window.workerErrors());
+    assert.ok(e.mainGarbage?.code, "Model.load rejects garbage");
+    assert.equal(e.workerGarbage?.code, e.mainGarbage.code);
+    assert.ok(e.workerGarbage.isEdgeError);
+    assert.equal(e.missing?.code, "Fetch");
+    assert.match(e.missing.message, /404/);
+    assert.equal(e.preAborted?.code, "Aborted");
+    assert.equal(e.abortedMidway?.code, "Aborted");
+    assert.equal(e.badScript?.code, "Runtime", "a worker that cannot start fails instead of hanging");
   } finally {
     await context.close();
   }
