@@ -1,4 +1,5 @@
 // Types of js/fetch.js (model delivery).
+import type { EdgeError, ErrorCode } from "./index.js";
 
 export interface FetchProgress {
   /** Bytes received so far (compressed bytes for gzip); includes resumed bytes. */
@@ -26,8 +27,8 @@ export interface FetchModelOptions {
   onProgress?: (p: FetchProgress) => void;
   /** Aborting rejects with code "Aborted"; the bytes received are kept for a later call. */
   signal?: AbortSignal;
-  /** Use Cache Storage (default true where available). */
-  cache?: boolean;
+  /** Use Cache Storage: true (default where it exists), false, or a cache name. */
+  cache?: boolean | string;
   /** Default "edgepredict-models". */
   cacheName?: string;
   /** Default globalThis.caches. */
@@ -53,5 +54,5 @@ export function sha256Hex(bytes: BufferSource): Promise<string>;
 /** Forgets the in-memory partial download of `url`, or all of them. */
 export function dropPartial(url?: string | URL): void;
 
-/** Makes the error fetchModel throws: an Error with name "EdgeError" and `code`. */
-export function fetchError(code: "Fetch" | "Integrity" | "Aborted" | string, message: string, extra?: object): Error & { code: string };
+/** Makes the error fetchModel throws: the package's EdgeError. */
+export function fetchError(code: ErrorCode, message: string, extra?: { node?: string | null; op?: string | null; cause?: unknown }): EdgeError;

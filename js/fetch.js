@@ -14,13 +14,15 @@
 //   DecompressionStream once complete, and the SHA-256 is over the DECOMPRESSED model, so
 //   the same hash checks `m.onnx` and `m.onnx.gz`. The cache stores the decompressed model.
 
+import { EdgeError } from "./edgepredict.js";
+
 export const DEFAULT_CACHE_NAME = "edgepredict-models";
 const DEFAULT_RETRIES = 3;
 const PARTIAL_MAX = 4;
 
-/// The error every failure here throws. The lead can make this return the real EdgeError.
+/// The error every failure here throws: the package's EdgeError.
 export function fetchError(code, message, extra) {
-  return Object.assign(new Error(message), { name: "EdgeError", code }, extra);
+  return new EdgeError(code, message, extra);
 }
 
 /// Hex SHA-256 of bytes (crypto.subtle).
@@ -106,7 +108,8 @@ async function openCache(opts) {
   const storage = opts.cacheStorage ?? globalThis.caches;
   if (!storage) return null;
   try {
-    return await storage.open(opts.cacheName ?? DEFAULT_CACHE_NAME);
+    const name = typeof opts.cache === "string" ? opts.cache : opts.cacheName ?? DEFAULT_CACHE_NAME;
+    return await storage.open(name);
   } catch {
     // Cache Storage can refuse (opaque origins, private modes): the download still works.
     return null;
@@ -114,6 +117,7 @@ async function openCache(opts) {
 }
 
 /// Downloads a model and returns its bytes; see the options in docs/js-api.md.
+/// `cache`: true (default where Cache Storage exists), false, or a cache name.
 /// Extra options: `cacheStorage` (a CacheStorage-like object, for Node), `cacheName`,
 /// `retries` (resumes or restarts after a broken body, default 3), `fetch`, `headers`.
 export async function fetchModel(url, opts = {}) {

@@ -6,19 +6,12 @@ import { Tensor, EdgeError } from "./edgepredict.js";
 // Options that cannot cross to a worker: functions and objects bound to this realm.
 const LOCAL_ONLY = ["onProgress", "signal", "cacheStorage", "fetch", "workerUrl", "transfer"];
 
-/// A real Error whose prototype is EdgeError's, so `instanceof EdgeError` holds whatever
-/// EdgeError's constructor takes.
 function edgeError(code, message, extra) {
-  const e = new Error(message);
-  Object.setPrototypeOf(e, EdgeError.prototype);
-  return Object.assign(e, { name: "EdgeError", code }, extra);
+  return new EdgeError(code, message, extra);
 }
 
 function fromPlain(err) {
-  const extra = {};
-  if (err.node != null) extra.node = err.node;
-  if (err.op != null) extra.op = err.op;
-  return edgeError(err.code ?? "Runtime", err.message, extra);
+  return edgeError(err.code ?? "Runtime", err.message, { node: err.node ?? null, op: err.op ?? null });
 }
 
 function aborted() {

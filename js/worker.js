@@ -4,12 +4,9 @@
 // {id, ok: false, error: {name, code, message, node, op}}; {id, type: "progress", progress}
 // while a URL downloads. Typed-array buffers travel as transfers both ways.
 import { Model } from "./entry/web.js";
-import { fetchModel } from "./fetch.js";
 
 // What a reply copies from the Model so that WorkerModel answers like one.
 const META = ["inputs", "outputs", "metadata", "backend", "fallbackReason", "adapter", "plan"];
-// fetchModel's options that mean nothing to Model.load once the bytes are here.
-const FETCH_ONLY = ["sha256", "cache", "cacheName", "gzip", "retries", "headers"];
 
 let model = null;
 // Requests run one at a time, in order: a Model's run is not re-entrant.
@@ -49,18 +46,13 @@ function meta(m) {
 }
 
 async function load({ id, src, options = {}, progress }) {
-  let bytes = src;
-  if (typeof src === "string") {
-    bytes = await fetchModel(src, {
-      ...options,
-      onProgress: progress ? (p) => self.postMessage({ id, type: "progress", progress: p }) : undefined,
-    });
-  }
-  const modelOptions = { ...options };
-  for (const k of FETCH_ONLY) delete modelOptions[k];
   model?.dispose();
   model = null;
-  model = await Model.load(bytes, modelOptions);
+  // A URL (made absolute by the client) goes through fetchModel inside Model.load.
+  model = await Model.load(src, {
+    ...options,
+    onProgress: progress ? (p) => self.postMessage({ id, type: "progress", progress: p }) : undefined,
+  });
   postMeta({ id, ok: true, meta: meta(model) });
 }
 

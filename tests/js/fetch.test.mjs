@@ -7,6 +7,7 @@ import http from "node:http";
 import zlib from "node:zlib";
 import crypto from "node:crypto";
 import { fetchModel, fetchError, sha256Hex, dropPartial, DEFAULT_CACHE_NAME } from "../../js/fetch.js";
+import { EdgeError } from "../../js/entry/node.js";
 
 // Deterministic, incompressible-ish payload, big enough to arrive in many chunks.
 const SIZE = 1_000_003;
@@ -210,6 +211,7 @@ test("a 206 with another ETag (If-Range ignored by the server) restarts from 0",
 test("retries are bounded: a server that always cuts fails with code Fetch", async () => {
   cfg.cutAfter = [1000, 1000, 1000, 1000, 1000];
   await assert.rejects(fetchModel(`${base}/model.onnx`, { retries: 2 }), (e) => {
+    assert.ok(e instanceof EdgeError);
     assert.equal(e.name, "EdgeError");
     assert.equal(e.code, "Fetch");
     assert.ok(e instanceof Error);
@@ -310,9 +312,12 @@ test("Cache Storage: a hit reports fromCache and sends no request", async () => 
   assert.equal(log.length, 1, "no new request on a hit");
   assert.deepEqual(events, [{ loaded: SIZE, total: SIZE, fromCache: true, resumed: false }]);
 
-  // cache: false bypasses it.
+  // cache: false bypasses it; a string names another cache.
   await fetchModel(url, { cacheStorage, cache: false });
   assert.equal(log.length, 2);
+  await fetchModel(url, { cacheStorage, cache: "mine" });
+  assert.equal(log.length, 3);
+  assert.ok(cacheStorage.caches.get("mine")?.entries.has(url));
 });
 
 test("Cache Storage: a stale entry is replaced; failed downloads are never stored", async () => {
@@ -338,9 +343,10 @@ test("Cache Storage: a stale entry is replaced; failed downloads are never store
   assert.equal(cache.puts, 2, "one seeded put, one verified put");
 });
 
-test("fetchError makes EdgeError-like errors", () => {
+test("fetchError makes the package's EdgeError", () => {
   const e = fetchError("Fetch", "boom");
   assert.ok(e instanceof Error);
+  assert.ok(e instanceof EdgeError);
   assert.equal(e.name, "EdgeError");
   assert.equal(e.code, "Fetch");
   assert.equal(e.message, "boom");

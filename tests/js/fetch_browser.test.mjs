@@ -1,6 +1,6 @@
 // fetchModel with Chromium's real Cache Storage, and WorkerModel in a real Web Worker,
 // through a page that imports the package with an import map (no bundler).
-// Run: node --test tests/js/fetch_browser.test.mjs (the worker test needs dist/READY).
+// Run: node --test tests/js/fetch_browser.test.mjs (after tools/build_pkg.sh).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -88,12 +88,8 @@ test("a second load of a model comes from Cache Storage, with no network request
   }
 });
 
-test("WorkerModel runs digits_mlp in a Web Worker like Model on the main thread", { timeout: 150_000 }, async (t) => {
-  if (!fs.existsSync(path.join(root, "dist/READY")) || !fs.existsSync(path.join(root, "js/entry/web.js"))) {
-    // Without the built package there is nothing to run; say so rather than pass.
-    t.skip("needs dist/READY and js/entry/web.js (merge main)");
-    return;
-  }
+test("WorkerModel runs digits_mlp in a Web Worker like Model on the main thread", { timeout: 150_000 }, async () => {
+  assert.ok(fs.existsSync(path.join(root, "dist/bindings.js")), "build the package first: tools/build_pkg.sh");
   const { shape, data } = readNpy(path.join(root, "models/digits_test.npy"));
   const labels = readNpy(path.join(root, "models/digits_test_labels.npy")).data;
   const n = 64;
