@@ -51,11 +51,10 @@ export function dropPartial(url) {
 }
 
 function absolute(url) {
-  const base = globalThis.location?.href;
   try {
-    return new URL(url, base).href;
+    return new URL(url, globalThis.location?.href).href;
   } catch {
-    return String(url);
+    throw fetchError("Fetch", `not a URL: ${url}`);
   }
 }
 
@@ -199,7 +198,7 @@ async function download(key, url, opts) {
     }
     let res;
     try {
-      res = await doFetch(url, { signal, headers });
+      res = await doFetch(key, { signal, headers });
     } catch (e) {
       if (isAbort(e, signal)) {
         keepPartial(key, state);
@@ -252,20 +251,33 @@ async function download(key, url, opts) {
     }
 
     const reader = res.body.getReader();
+    let broken = null;
     try {
       for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        state.chunks.push(value);
-        state.loaded += value.byteLength;
+        let chunk;
+        try {
+          chunk = await reader.read();
+        } catch (e) {
+          broken = e;
+          break;
+        }
+        if (chunk.done) break;
+        state.chunks.push(chunk.value);
+        state.loaded += chunk.value.byteLength;
+        // An onProgress that throws ends the call with its error (not a retry).
         report();
       }
     } catch (e) {
-      if (isAbort(e, signal)) {
+      await reader.cancel().catch(() => {});
+      if (!encoded) keepPartial(key, state);
+      throw e;
+    }
+    if (broken) {
+      if (isAbort(broken, signal)) {
         if (!encoded) keepPartial(key, state);
         throw aborted(signal);
       }
-      lastError = e;
+      lastError = broken;
       if (encoded) state = { chunks: [], loaded: 0, validator: null, total: null };
       continue;
     }

@@ -343,6 +343,16 @@ test("Cache Storage: a stale entry is replaced; failed downloads are never store
   assert.equal(cache.puts, 2, "one seeded put, one verified put");
 });
 
+test("an onProgress that throws ends the call with its error, without retries", async () => {
+  const boom = new Error("callback failed");
+  const onProgress = (e) => {
+    if (e.loaded > 0) throw boom;
+  };
+  await assert.rejects(fetchModel(`${base}/model.onnx`, { onProgress }), (e) => e === boom);
+  assert.equal(log.length, 1);
+  await assert.rejects(fetchModel("relative/model.onnx"), { code: "Fetch" });
+});
+
 test("fetchError makes the package's EdgeError", () => {
   const e = fetchError("Fetch", "boom");
   assert.ok(e instanceof Error);
