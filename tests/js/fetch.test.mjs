@@ -43,12 +43,15 @@ before(async () => {
     let status = 200;
     const m = /^bytes=(\d+)-$/.exec(req.headers.range ?? "");
     const ifRangeOk = cfg.ignoreIfRange || !req.headers["if-range"] || req.headers["if-range"] === cfg.etag;
+    let end = body.length;
     if (m && !cfg.ignoreRange && ifRangeOk) {
-      start = cfg.wrongRangeStart ? 0 : Number(m[1]);
+      start = Number(m[1]);
       status = 206;
-      headers["content-range"] = `bytes ${start}-${body.length - 1}/${body.length}`;
+      // wrongRangeStart: as many bytes as asked for, but from 0 (a broken proxy).
+      if (cfg.wrongRangeStart) [start, end] = [0, body.length - start];
+      headers["content-range"] = `bytes ${start}-${end - 1}/${body.length}`;
     }
-    const part = body.subarray(start);
+    const part = body.subarray(start, end);
     headers["content-length"] = String(part.length);
     res.writeHead(status, headers);
     // cutAfter: one entry per request, consumed in order; K = send K bytes then drop.
