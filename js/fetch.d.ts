@@ -1,5 +1,5 @@
 // Types of js/fetch.js (model delivery).
-import type { EdgeError, ErrorCode } from "./index.js";
+import type { EdgeError, ErrorCode } from "./index.d.ts";
 
 export interface FetchProgress {
   /** Bytes received so far (compressed bytes for gzip); includes resumed bytes. */
@@ -49,7 +49,7 @@ export const DEFAULT_CACHE_NAME: "edgepredict-models";
 export function fetchModel(url: string | URL, options?: FetchModelOptions): Promise<Uint8Array>;
 
 /** Hex SHA-256 (crypto.subtle). */
-export function sha256Hex(bytes: BufferSource): Promise<string>;
+export function sha256Hex(bytes: ArrayBuffer | ArrayBufferView): Promise<string>;
 
 /** Forgets the in-memory partial download of `url`, or all of them. */
 export function dropPartial(url?: string | URL): void;

@@ -1,5 +1,5 @@
 // Types of js/worker-client.js (Web Worker mode).
-import type { Feed, IoInfo, LoadOptions, ModelMetadata, Plan, Tensor } from "./index.js";
+import type { Feed, IoInfo, LoadOptions, ModelMetadata, Plan, Tensor } from "./index.d.ts";
 
 export interface WorkerLoadOptions extends LoadOptions {
   /** The worker script, instead of the bundled `new URL("./worker.js", import.meta.url)`. */
