@@ -75,7 +75,7 @@ function modelRow(statusEl, url, label) {
 
 function backendText(model) {
   if (model.backend === "webgpu") return `runs on WebGPU${model.adapter ? ` (${model.adapter})` : ""}`;
-  return "runs on the CPU (wasm SIMD)";
+  return "runs on the CPU (wasm)";
 }
 
 /// The panels' context. `Model` is the package's class (injected, so that the page can

@@ -137,7 +137,7 @@ test("file type: python, png and the small-file rule", { skip, timeout: 150_000 
     const v = await waitPanel(id, "done", 60_000, `s.dataset.result && JSON.parse(s.dataset.result).file === ${JSON.stringify(c.name)} && s.dataset.result !== ${JSON.stringify(seen)}`);
     seen = v.result;
     const r = JSON.parse(v.result);
-    console.log(`${c.name}: ${r.label} ${r.score.toFixed(5)}; top 3 ${r.top3.map((t) => `${t.label} ${t.score.toFixed(4)}`).join(", ")}`);
+    console.log(`${c.name}: ${r.label} ${r.score.toFixed(5)} on ${r.backend}; top 3 ${r.top3.map((t) => `${t.label} ${t.score.toFixed(4)}`).join(", ")}`);
     assert.equal(r.label, c.want, c.name);
     assert.equal(r.size, c.buffer.length);
     if (c.small) {
@@ -163,6 +163,17 @@ test("file type: python, png and the small-file rule", { skip, timeout: 150_000 
   const timing = await page.$eval(`#${id} .timing[data-label="classify"]`, (e) => e.textContent);
   assert.match(timing, /classify: [\d.]+ ms/);
   await shot("filetype");
+
+  // Moving the switch reloads the model on the other backend and classifies the last file again.
+  const other = BACKEND === "cpu" ? "auto" : "cpu";
+  await page.click(`#backend label:has(input[value=${other}])`);
+  const v = await waitPanel(id, "done", 120_000, `JSON.parse(s.dataset.result).requested === ${JSON.stringify(other)}`);
+  const r = JSON.parse(v.result);
+  console.log(`after switching to ${other}: ${r.label} on ${r.backend}`);
+  assert.equal(r.label, cases.at(-1).want);
+  assert.equal(await page.$$eval(`#${id} .model`, (rows) => rows.length), 1);
+  await page.click(`#backend label:has(input[value=${BACKEND}])`);
+  await waitPanel(id, "done", 120_000, `JSON.parse(s.dataset.result).requested === ${JSON.stringify(BACKEND)}`);
 });
 
 const QUERY = "How do I bake bread at home?";
@@ -187,7 +198,7 @@ async function rankWith(variant) {
   await page.click(`#${id} button.primary`);
   const v = await waitPanel(id, "done", 120_000, `JSON.parse(s.dataset.result || "{}").model === ${JSON.stringify(variant)} && JSON.parse(s.dataset.result).query === ${JSON.stringify(QUERY)}`);
   const r = JSON.parse(v.result);
-  console.log(`${variant}: ${r.ranking.map((x) => `${x.index}:${x.score.toFixed(3)}`).join(" ")}`);
+  console.log(`${variant} on ${r.backend}: ${r.ranking.map((x) => `${x.index}:${x.score.toFixed(3)}`).join(" ")}`);
   return r;
 }
 

@@ -85,7 +85,7 @@ export async function mount(section, ctx) {
     );
     setResult(section, {
       file: file.name, size: file.size, label: answer.label, dlLabel: answer.dlLabel, score: answer.score,
-      confident: answer.confident, top3: ranked, backend: model.backend,
+      confident: answer.confident, top3: ranked, requested: ctx.backend(), backend: model.backend,
     });
   }
 

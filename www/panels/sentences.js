@@ -150,7 +150,7 @@ export async function mount(section, ctx) {
             h("span", { class: "num", title: "cosine similarity" }, r.score.toFixed(3))))),
       );
       setResult(section, {
-        query: q, best: ranking[0].sentence, ranking, model: section.dataset.model, backend: m.backend,
+        query: q, best: ranking[0].sentence, ranking, model: section.dataset.model, requested: ctx.backend(), backend: m.backend,
         tokens: batch.dims[1],
       });
     } catch (e) {
