@@ -221,6 +221,27 @@ test("sentences: the matching sentence ranks first, float32 and int8 alike", { s
   }
 });
 
+test("a panel that fails to import or to mount shows why, and the others still work", { skip, timeout: 60_000 }, async () => {
+  const p2 = await browser.newPage();
+  try {
+    await p2.route("**/www/panels/voice.js", (r) => r.fulfill({ status: 404, body: "" }));
+    await p2.route("**/www/panels/ocr.js", (r) => r.fulfill({
+      contentType: "text/javascript",
+      body: 'export async function mount(s) { s.append("drawn"); throw new Error("mount broke"); }',
+    }));
+    await p2.goto(`http://127.0.0.1:${server.address().port}/www/?backend=cpu`);
+    await p2.waitForSelector("#panel-filetype[data-state=ready]", { timeout: 50_000 });
+    const voice = await p2.waitForSelector("#panel-voice[data-state=error]");
+    assert.match(await voice.textContent(), /did not load.*voice\.js/s);
+    const ocr = await p2.waitForSelector("#panel-ocr[data-state=error]");
+    const text = await ocr.textContent();
+    assert.match(text, /drawn/, "what the panel drew stays");
+    assert.match(text, /mount broke/);
+  } finally {
+    await p2.close();
+  }
+});
+
 test("no uncaught errors on the page", { skip }, () => {
   assert.deepEqual(pageErrors, []);
 });
