@@ -85,6 +85,7 @@ export function createContext({ Model, initialBackend = "auto" }) {
   const listeners = [];
   const cache = new Map(); // `${backend} ${url}` -> Promise<Model>
   const sizes = new Map(); // url -> bytes, from the download's progress
+  let generation = 0; // a newer load of the same url owns its status row
 
   async function load(statusEl, url, { sha256, label } = {}) {
     const backend = current;
@@ -93,6 +94,9 @@ export function createContext({ Model, initialBackend = "auto" }) {
     const row = modelRow(statusEl, url, name);
     const bar = row.querySelector("progress");
     const text = row.querySelector(".model-text");
+    const gen = String(++generation);
+    row.dataset.gen = gen;
+    const mine = () => row.dataset.gen === gen;
     let last = null;
     const t0 = performance.now();
     let promise = cache.get(key);
@@ -104,6 +108,7 @@ export function createContext({ Model, initialBackend = "auto" }) {
         sha256,
         onProgress: (p) => {
           last = p;
+          if (!mine()) return;
           if (p.fromCache) {
             bar.value = 1;
             text.textContent = `${fmtBytes(p.loaded)} from cache`;
@@ -129,6 +134,7 @@ export function createContext({ Model, initialBackend = "auto" }) {
       model = await promise;
     } catch (e) {
       if (cache.get(key) === promise) cache.delete(key);
+      if (!mine()) throw e;
       row.classList.add("error");
       bar.value = 0;
       text.textContent = `failed: ${errorText(e)}`;
@@ -144,6 +150,7 @@ export function createContext({ Model, initialBackend = "auto" }) {
     }
     const ms = performance.now() - t0;
     if (last) sizes.set(url, last.total ?? last.loaded);
+    if (!mine()) return model;
     const size = sizes.get(url) ?? null;
     row.classList.add("loaded");
     bar.value = 1;
