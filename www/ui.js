@@ -74,7 +74,12 @@ function modelRow(statusEl, url, label) {
 }
 
 function backendText(model) {
-  if (model.backend === "webgpu") return `runs on WebGPU${model.adapter ? ` (${model.adapter})` : ""}`;
+  if (model.backend === "webgpu") {
+    const plan = model.plan;
+    const details = [model.adapter?.trim(), plan?.nodes ? `${plan.gpuNodes} of ${plan.nodes} nodes on the GPU` : null];
+    const d = details.filter(Boolean).join(", ");
+    return `runs on WebGPU${d ? ` (${d})` : ""}`;
+  }
   return "runs on the CPU (wasm)";
 }
 
@@ -156,13 +161,13 @@ export function createContext({ Model, initialBackend = "auto" }) {
     bar.value = 1;
     row.dataset.size = size ?? "";
     row.dataset.backend = model.backend;
-    text.replaceChildren(
+    text.replaceChildren(...[
       h("span", {}, size != null ? fmtBytes(size) : "size unknown"),
-      h("span", {}, last?.fromCache ? "from cache" : shared ? "already loaded" : `ready in ${fmtMs(ms)}`),
+      h("span", {}, shared ? "already loaded" : `${last?.fromCache ? "from cache, " : ""}ready in ${fmtMs(ms)}`),
       h("span", { class: `backend-${model.backend}` }, backendText(model)),
       // Asked for the CPU, the CPU is no fallback.
       model.fallbackReason && backend !== "cpu" ? h("span", { class: "fallback" }, `CPU because: ${model.fallbackReason}`) : null,
-    );
+    ].filter(Boolean));
     return model;
   }
 

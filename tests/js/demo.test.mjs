@@ -242,6 +242,9 @@ test("a panel that fails to import or to mount shows why, and the others still w
   }
 });
 
-test("no uncaught errors on the page", { skip }, () => {
+test("no uncaught errors, no stray null / undefined / NaN in the panels' text", { skip }, async () => {
   assert.deepEqual(pageErrors, []);
+  for (const id of ["panel-filetype", "panel-sentences"]) {
+    assert.doesNotMatch(await page.$eval(`#${id}`, (e) => e.innerText), /\b(null|undefined|NaN)\b/, id);
+  }
 });
