@@ -8,6 +8,8 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import zlib from "node:zlib";
+import os from "node:os";
+import http from "node:http";
 import { root, serve, launchChromium } from "./support.mjs";
 import { magikaFeatures } from "../../www/lib/magika.js";
 
@@ -246,5 +248,70 @@ test("no uncaught errors, no stray null / undefined / NaN in the panels' text", 
   assert.deepEqual(pageErrors, []);
   for (const id of ["panel-filetype", "panel-sentences"]) {
     assert.doesNotMatch(await page.$eval(`#${id}`, (e) => e.innerText), /\b(null|undefined|NaN)\b/, id);
+  }
+});
+
+// tools/serve.mjs, which `npm start` runs: what the page and the delivery layer rely on.
+test("the server: / redirects, /models/ falls back to .cache, wasm type, ETag and ranges", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "serve-"));
+  const wasm = Buffer.from([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]);
+  fs.writeFileSync(path.join(dir, "m.wasm"), wasm);
+  const body = Buffer.from(Array.from({ length: 1000 }, (_, i) => i & 255));
+  fs.writeFileSync(path.join(dir, "blob.bin"), body);
+  const s1 = await serve({ base: dir });
+  const s2 = await serve();
+  try {
+    const at = (s, p, init) => fetch(`http://127.0.0.1:${s.address().port}${p}`, { redirect: "manual", ...init });
+    let r = await at(s1, "/m.wasm");
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get("content-type"), "application/wasm");
+    assert.equal(r.headers.get("content-length"), "8");
+    assert.deepEqual(Buffer.from(await r.arrayBuffer()), wasm);
+    const etag = r.headers.get("etag");
+    assert.ok(etag);
+    r = await at(s1, "/m.wasm", { headers: { "if-none-match": etag } });
+    assert.equal(r.status, 304);
+    // Resume: bytes=N- answers 206 with a matching Content-Range.
+    r = await at(s1, "/blob.bin", { headers: { range: "bytes=600-" } });
+    assert.equal(r.status, 206);
+    assert.equal(r.headers.get("content-range"), "bytes 600-999/1000");
+    assert.equal(r.headers.get("content-length"), "400");
+    assert.deepEqual(Buffer.from(await r.arrayBuffer()), body.subarray(600));
+    r = await at(s1, "/blob.bin", { headers: { range: "bytes=10-19" } });
+    assert.deepEqual(Buffer.from(await r.arrayBuffer()), body.subarray(10, 20));
+    r = await at(s1, "/blob.bin", { headers: { range: "bytes=-5" } });
+    assert.deepEqual(Buffer.from(await r.arrayBuffer()), body.subarray(995));
+    r = await at(s1, "/blob.bin", { headers: { range: "bytes=1000-" } });
+    assert.equal(r.status, 416);
+    assert.equal(r.headers.get("content-range"), "bytes */1000");
+    // A stale If-Range gets the whole file.
+    r = await at(s1, "/blob.bin", { headers: { range: "bytes=600-", "if-range": '"old"' } });
+    assert.equal(r.status, 200);
+    assert.equal((await r.arrayBuffer()).byteLength, 1000);
+    // Paths out of the served folder, sent raw (fetch would normalize them away).
+    const raw = (p) => new Promise((ok, fail) =>
+      http.get({ host: "127.0.0.1", port: s1.address().port, path: p }, (res) => (res.resume(), ok(res.statusCode))).on("error", fail));
+    fs.writeFileSync(path.join(path.dirname(dir), `${path.basename(dir)}-secret`), "x");
+    assert.equal(await raw(`/../${path.basename(dir)}-secret`), 404);
+    assert.equal(await raw(`/%2e%2e/${path.basename(dir)}-secret`), 404);
+    assert.equal(await raw(`/..%2f${path.basename(dir)}-secret`), 404);
+    fs.rmSync(`${dir}-secret`);
+    // The repo root: / goes to the page; a model in models/ or .cache/models/ is found.
+    r = await at(s2, "/");
+    assert.equal(r.status, 302);
+    assert.equal(r.headers.get("location"), "/www/");
+    r = await at(s2, "/www");
+    assert.equal(r.headers.get("location"), "/www/");
+    r = await at(s2, "/models/digits_mlp.onnx", { method: "HEAD" });
+    assert.equal(r.status, 200, "a committed model in models/");
+    if (fs.existsSync(path.join(root, ".cache/models/magika_config.json"))) {
+      r = await at(s2, "/models/magika_config.json");
+      assert.equal(r.status, 200);
+      assert.equal((await r.json()).target_labels_space.length, 214);
+    }
+  } finally {
+    s1.close();
+    s2.close();
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
