@@ -76,7 +76,7 @@ function modelRow(statusEl, url, label) {
 function backendText(model) {
   if (model.backend === "webgpu") {
     const plan = model.plan;
-    const details = [model.adapter?.trim(), plan?.nodes ? `${plan.gpuNodes} of ${plan.nodes} nodes on the GPU` : null];
+    const details = [model.adapter?.trim().replace(/^\((.*)\)$/, "$1"), plan?.nodes ? `${plan.gpuNodes} of ${plan.nodes} nodes on the GPU` : null];
     const d = details.filter(Boolean).join(", ");
     return `runs on WebGPU${d ? ` (${d})` : ""}`;
   }
