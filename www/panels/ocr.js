@@ -18,18 +18,17 @@ function el(tag, props = {}, ...children) {
 }
 
 export function mount(section, ctx) {
-  const status = Object.fromEntries(Object.keys(MODELS).map((k) => [k, el("div", { className: "model-status" })]));
+  // One status element: ctx puts a row per model and a latency per label in it.
+  const status = el("div", { className: "status" });
   const input = el("input", { type: "file", accept: "image/*", disabled: true });
-  const timing = { det: el("span"), cls: el("span"), rec: el("span"), total: el("span") };
   const view = el("canvas", { className: "ocr-view", width: 640, height: 0 });
   const list = el("ol", { className: "ocr-lines" });
   const error = el("p", { className: "error", hidden: true });
   section.append(
     el("h2", {}, "OCR"),
     el("p", { className: "hint" }, "PP-OCR: det finds the lines, cls turns upside-down ones, rec reads them."),
-    el("div", { className: "models" }, ...Object.values(status)),
     el("label", {}, "Image ", input),
-    el("div", { className: "timings" }, ...Object.values(timing)),
+    status,
     view,
     list,
     error,
@@ -53,11 +52,11 @@ export function mount(section, ctx) {
     section.dataset.state = "loading";
     input.disabled = true;
     error.hidden = true;
-    if (models) for (const m of Object.values(models)) m.dispose();
+    // ctx owns the models (it frees those of the previous backend), so no dispose here.
     models = null;
     const loaded = {};
     for (const [k, m] of Object.entries(MODELS)) {
-      loaded[k] = await ctx.loadModel(status[k], m.url, { sha256: m.sha256, label: m.label });
+      loaded[k] = await ctx.loadModel(status, m.url, { sha256: m.sha256, label: m.label });
     }
     const character = loaded.rec.metadata?.props?.character;
     if (!character) throw new Error("ppocr_rec.onnx has no 'character' metadata: no charset to decode with");
@@ -74,8 +73,8 @@ export function mount(section, ctx) {
     list.replaceChildren();
     const image = await createImageBitmap(file);
     const t0 = performance.now();
-    const result = await ctx.timed(timing.total, "total", () =>
-      readText(image, models, Tensor, chars, { time: (label, fn) => ctx.timed(timing[label], label, fn) }),
+    const result = await ctx.timed(status, "total", () =>
+      readText(image, models, Tensor, chars, { time: (label, fn) => ctx.timed(status, label, fn) }),
     );
     const ms = Math.round(performance.now() - t0);
     draw(image, result.lines);

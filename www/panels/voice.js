@@ -19,22 +19,23 @@ function el(tag, props = {}, ...children) {
 }
 
 export function mount(section, ctx) {
-  const status = el("div", { className: "model-status" });
+  // ctx puts the model's row and the file run's latency in here.
+  const status = el("div", { className: "status" });
   const file = el("input", { type: "file", accept: "audio/*", disabled: true });
   const startBtn = el("button", { type: "button", className: "mic-start", disabled: true }, "Start microphone");
   const stopBtn = el("button", { type: "button", className: "mic-stop", disabled: true }, "Stop");
   const speaking = el("span", { className: "speaking" }, "silent");
-  const timing = el("span", { className: "timing" });
+  const info = el("p", { className: "vad-info" });
   const timeline = el("canvas", { className: "vad-timeline", width: 640, height: 120 });
   const list = el("ol", { className: "vad-segments" });
   const error = el("p", { className: "error", hidden: true });
   section.append(
     el("h2", {}, "Voice activity"),
     el("p", { className: "hint" }, "silero VAD v6 on 32 ms frames at 16 kHz; speech from 0.5, back to silence under 0.35."),
-    status,
     el("label", {}, "Audio file ", file),
     el("div", { className: "mic" }, startBtn, " ", stopBtn, " ", speaking),
-    timing,
+    status,
+    info,
     timeline,
     list,
     error,
@@ -69,8 +70,7 @@ export function mount(section, ctx) {
     section.dataset.state = "loading";
     controls(false);
     stopBtn.disabled = true;
-    vad?.model.dispose();
-    vad = null;
+    vad = null; // ctx owns the model: it frees the previous backend's
     const model = await ctx.loadModel(status, MODEL.url, { sha256: MODEL.sha256, label: MODEL.label });
     vad = new SileroVad(model, Tensor);
     controls(true);
@@ -91,10 +91,9 @@ export function mount(section, ctx) {
     controls(false);
     stopBtn.disabled = true;
     const audio = await decodeTo16k(await f.arrayBuffer());
-    const { probs, segments } = await ctx.timed(timing, `VAD, ${Math.ceil(audio.samples.length / FRAME)} frames`, () =>
-      detectSpeech(vad, audio.samples),
-    );
+    const { probs, segments } = await ctx.timed(status, "VAD (file)", () => detectSpeech(vad, audio.samples));
     const duration = audio.samples.length / SAMPLE_RATE;
+    info.textContent = `${duration.toFixed(2)} s (${audio.sourceRate} Hz, ${audio.channels} ch → 16 kHz mono), ${probs.length} frames`;
     drawTimeline(probs, 0, duration, segments);
     showSegments(segments);
     section.dataset.result = JSON.stringify({
@@ -117,61 +116,52 @@ export function mount(section, ctx) {
     error.hidden = true;
     controls(false);
     vad.reset();
-    const tracker = new SpeechTracker();
-    const probs = [];
-    let chain = Promise.resolve();
-    let drawn = 0;
-    const t0 = performance.now();
-    let inferMs = 0;
-    const live = { tracker, probs, get chain() { return chain; } };
-    mic = await startMic((frame) => {
-      chain = chain.then(async () => {
-        const t = performance.now();
-        const p = await vad.step(frame);
-        inferMs += performance.now() - t;
-        probs.push(p);
-        tracker.push(p);
-        setSpeaking(tracker.speaking);
-        // Redraw at most every 4 frames (~128 ms).
-        if (probs.length - drawn >= 4) {
-          drawn = probs.length;
-          const end = probs.length * FRAME_S;
-          const open = tracker.speaking ? [{ start: tracker.start, end: probs.length * FRAME }] : [];
-          const segs = padSegments([...tracker.segments, ...open], probs.length * FRAME);
-          drawTimeline(probs, Math.max(0, end - LIVE_WINDOW_S), end, segs);
-          timing.textContent = `live: ${probs.length} frames, ${(inferMs / probs.length).toFixed(2)} ms a frame`;
-        }
-      }).catch(fail);
+    // One recording: frames run in order on a promise chain (the state carries).
+    const rec = { tracker: new SpeechTracker(), probs: [], chain: Promise.resolve(), inferMs: 0, drawn: 0 };
+    const onFrame = async (frame) => {
+      const t = performance.now();
+      const p = await vad.step(frame);
+      rec.inferMs += performance.now() - t;
+      rec.probs.push(p);
+      rec.tracker.push(p);
+      setSpeaking(rec.tracker.speaking);
+      const n = rec.probs.length;
+      if (n - rec.drawn < 4) return; // redraw every 4 frames (~128 ms)
+      rec.drawn = n;
+      const open = rec.tracker.speaking ? [{ start: rec.tracker.start, end: n * FRAME }] : [];
+      const end = n * FRAME_S;
+      drawTimeline(rec.probs, Math.max(0, end - LIVE_WINDOW_S), end, padSegments([...rec.tracker.segments, ...open], n * FRAME));
+      info.textContent = `live: ${end.toFixed(1)} s, ${n} frames, ${(rec.inferMs / n).toFixed(2)} ms a frame`;
+    };
+    rec.mic = await startMic((frame) => {
+      rec.chain = rec.chain.then(() => onFrame(frame)).catch(fail);
     });
-    live.mode = mic.mode;
-    live.inputRate = mic.inputRate;
-    live.t0 = t0;
-    mic.live = live;
+    mic = rec;
     section.dataset.state = "listening";
-    section.dataset.micMode = mic.mode;
+    section.dataset.micMode = rec.mic.mode;
   }
 
   async function stopLive() {
-    const m = mic;
+    const rec = mic;
     mic = null;
-    if (!m) return;
-    await m.stop();
-    const { tracker, probs } = m.live;
-    await m.live.chain;
-    const total = probs.length * FRAME;
-    tracker.finish(total);
+    if (!rec) return;
+    await rec.mic.stop();
+    await rec.chain;
+    const total = rec.probs.length * FRAME;
+    rec.tracker.finish(total);
     setSpeaking(false);
-    const segments = padSegments(tracker.segments, total);
+    const segments = padSegments(rec.tracker.segments, total);
     const duration = total / SAMPLE_RATE;
-    drawTimeline(probs, Math.max(0, duration - LIVE_WINDOW_S), duration, segments);
+    drawTimeline(rec.probs, Math.max(0, duration - LIVE_WINDOW_S), duration, segments);
     showSegments(segments);
+    info.textContent = `${duration.toFixed(1)} s heard (${rec.mic.mode}, ${rec.mic.inputRate} Hz → 16 kHz), ${(rec.inferMs / Math.max(1, rec.probs.length)).toFixed(2)} ms a frame`;
     section.dataset.result = JSON.stringify({
       mode: "mic",
       segments,
       duration: +duration.toFixed(3),
-      frames: probs.length,
-      capture: m.live.mode,
-      inputRate: m.live.inputRate,
+      frames: rec.probs.length,
+      capture: rec.mic.mode,
+      inputRate: rec.mic.inputRate,
     });
     controls(true);
     section.dataset.state = "done";
