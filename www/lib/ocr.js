@@ -334,6 +334,15 @@ export function ctcDecodeBatch(probs, dims, chars) {
 
 // ---- browser: canvas and the pipeline ---------------------------------------------------
 
+// Lines per cls/rec run: bounds the batch tensor on pages with many lines.
+const BATCH = 8;
+
+function batches(items, size) {
+  const out = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
 function canvas(w, h) {
   if (typeof OffscreenCanvas !== "undefined") return new OffscreenCanvas(w, h);
   const c = document.createElement("canvas");
@@ -390,27 +399,34 @@ export async function readText(image, { det, cls, rec }, Tensor, chars, { time =
     const crop = cropLine(image, b.points);
     return pixels(crop, lineWidth(crop.width, crop.height, CLS_WIDTH), REC_HEIGHT);
   });
-  const clsOut = Object.values(
-    await time("cls", () =>
-      cls.run({ [cls.inputs[0].name]: new Tensor("float32", lineBatch(clsLines, CLS_WIDTH), [boxes.length, 3, REC_HEIGHT, CLS_WIDTH]) }),
-    ),
-  )[0];
-  const rotated = boxes.map((_, i) => {
-    const p0 = clsOut.data[i * 2], p1 = clsOut.data[i * 2 + 1];
-    return p1 > p0 && p1 > 0.9;
+  const rotated = new Array(boxes.length);
+  await time("cls", async () => {
+    for (const idx of batches(clsLines.map((_, i) => i), BATCH)) {
+      const x = lineBatch(idx.map((i) => clsLines[i]), CLS_WIDTH);
+      const out = Object.values(await cls.run({ [cls.inputs[0].name]: new Tensor("float32", x, [idx.length, 3, REC_HEIGHT, CLS_WIDTH]) }))[0];
+      idx.forEach((i, k) => {
+        const p0 = out.data[k * 2], p1 = out.data[k * 2 + 1];
+        rotated[i] = p1 > p0 && p1 > 0.9;
+      });
+    }
   });
 
   const recLines = boxes.map((b, i) => {
     const crop = cropLine(image, rotated[i] ? rotateBox180(b.points) : b.points);
     return pixels(crop, lineWidth(crop.width, crop.height, REC_MAX_WIDTH), REC_HEIGHT);
   });
-  const padTo = recBatchWidth(recLines.map((l) => l.width));
-  const recOut = Object.values(
-    await time("rec", () =>
-      rec.run({ [rec.inputs[0].name]: new Tensor("float32", lineBatch(recLines, padTo), [boxes.length, 3, REC_HEIGHT, padTo]) }),
-    ),
-  )[0];
-  const decoded = ctcDecodeBatch(recOut.data, recOut.dims, chars);
+  // Batches of lines of similar width (sorted), each padded to its widest, as PaddleOCR
+  // does: one padded batch of everything would cost the longest line's width for every line.
+  const decoded = new Array(boxes.length);
+  const byWidth = recLines.map((_, i) => i).sort((a, b) => recLines[a].width - recLines[b].width);
+  await time("rec", async () => {
+    for (const idx of batches(byWidth, BATCH)) {
+      const padTo = recBatchWidth(idx.map((i) => recLines[i].width));
+      const x = lineBatch(idx.map((i) => recLines[i]), padTo);
+      const out = Object.values(await rec.run({ [rec.inputs[0].name]: new Tensor("float32", x, [idx.length, 3, REC_HEIGHT, padTo]) }))[0];
+      ctcDecodeBatch(out.data, out.dims, chars).forEach((d, k) => (decoded[idx[k]] = d));
+    }
+  });
   const lines = boxes.map((b, i) => ({
     text: decoded[i].text,
     score: +decoded[i].score.toFixed(4),

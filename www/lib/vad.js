@@ -46,7 +46,7 @@ export class SileroVad {
       state: new T("float32", this.state, this.stateDims),
       sr: new T("int64", BigInt64Array.of(BigInt(SAMPLE_RATE)), []),
     });
-    this.state = out.stateN.data;
+    this.state = out.stateN.data.slice(); // our own copy: the next run's input
     this.stateDims = out.stateN.dims;
     this.context = frame.slice(FRAME - CONTEXT);
     return out.output.data[0];
