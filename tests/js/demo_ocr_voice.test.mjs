@@ -44,7 +44,6 @@ before(async () => {
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
     `--use-file-for-fake-audio-capture=${wav}`,
-    "--autoplay-policy=no-user-gesture-required",
   ]);
   page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
   page.on("pageerror", (e) => pageErrors.push(e.message));
