@@ -148,10 +148,11 @@ test("voice: the microphone (fake capture of the WAV) marks speech live and keep
   const t0 = Date.now();
   await page.click("#panel-voice button.mic-start");
   await waitPanel("panel-voice", "listening", 30_000);
-  // Speech marked live, then (the utterance over) back to silent, then stop.
+  // Speech marked live; then a whole segment kept (≥ 250 ms, closed by 100 ms of silence;
+  // a lone frame over 0.5 lights the indicator but makes no segment), then stop.
   await waitPanel("panel-voice", "listening", 60_000, "s.dataset.speechSeen === 'true'");
   times.micFirstSpeech = Date.now() - t0;
-  await waitPanel("panel-voice", "listening", 30_000, "s.dataset.speaking === 'false'");
+  await waitPanel("panel-voice", "listening", 60_000, "Number(s.dataset.liveSegments) >= 1 && s.dataset.speaking === 'false'");
   await page.click("#panel-voice button.mic-stop");
   const d = await waitPanel("panel-voice", "done", 30_000, "JSON.parse(s.dataset.result).mode === 'mic'");
   times.mic = Date.now() - t0;

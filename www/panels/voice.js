@@ -1,6 +1,7 @@
 // Voice panel: speech detection with silero VAD v6, on an audio file or the microphone.
 // State on the section: data-state loading | ready | running | listening | done | error;
-// data-speaking "true"/"false" live, data-speech-seen "true" once the mic heard speech; on
+// data-speaking "true"/"false" live, data-speech-seen "true" once the mic heard speech,
+// data-live-segments the count of segments the mic has closed (kept, ≥ 250 ms); on
 // done, data-result is JSON { mode: "file" | "mic", segments: [{ start, end }] (seconds),
 // duration, frames, ... }.
 import { Tensor } from "edgepredict";
@@ -113,6 +114,7 @@ export function mount(section, ctx) {
     section.dataset.state = "running";
     delete section.dataset.result;
     delete section.dataset.speechSeen;
+    section.dataset.liveSegments = "0";
     error.hidden = true;
     controls(false);
     vad.reset();
@@ -123,7 +125,7 @@ export function mount(section, ctx) {
       const p = await vad.step(frame);
       rec.inferMs += performance.now() - t;
       rec.probs.push(p);
-      rec.tracker.push(p);
+      if (rec.tracker.push(p)) section.dataset.liveSegments = String(rec.tracker.segments.length);
       setSpeaking(rec.tracker.speaking);
       const n = rec.probs.length;
       if (n - rec.drawn < 4) return; // redraw every 4 frames (~128 ms)
