@@ -21,7 +21,9 @@ export function mount(section, ctx) {
   // One status element: ctx puts a row per model and a latency per label in it.
   const status = el("div", { className: "status" });
   const input = el("input", { type: "file", accept: "image/*", disabled: true });
-  const view = el("canvas", { className: "ocr-view", width: 640, height: 0 });
+  const view = el("canvas", { className: "ocr-view", width: 0, height: 0 });
+  // Fits the panel whatever its width (the drawing itself is up to 1280 px wide).
+  Object.assign(view.style, { display: "block", maxWidth: "100%", height: "auto" });
   const list = el("ol", { className: "ocr-lines" });
   const error = el("p", { className: "error", hidden: true });
   section.append(
@@ -90,13 +92,14 @@ export function mount(section, ctx) {
   }
 
   function draw(image, lines) {
-    const scale = Math.min(1, 640 / image.width);
+    const scale = Math.min(1, 1280 / image.width);
     view.width = Math.round(image.width * scale);
     view.height = Math.round(image.height * scale);
     const g = view.getContext("2d");
     g.drawImage(image, 0, 0, view.width, view.height);
-    g.lineWidth = 2;
-    g.font = "12px sans-serif";
+    const px = Math.max(1, view.width / Math.max(1, view.clientWidth || view.width)); // canvas px per CSS px
+    g.lineWidth = 2 * px;
+    g.font = `${Math.round(12 * px)}px sans-serif`;
     lines.forEach((l, i) => {
       g.strokeStyle = l.rotated ? "#d33" : "#1a7f37";
       g.beginPath();

@@ -28,6 +28,8 @@ export function mount(section, ctx) {
   const speaking = el("span", { className: "speaking" }, "silent");
   const info = el("p", { className: "vad-info" });
   const timeline = el("canvas", { className: "vad-timeline", width: 640, height: 120 });
+  // As wide as the panel; the bitmap is sized to it at each draw (sharp on HiDPI).
+  Object.assign(timeline.style, { display: "block", width: "100%", height: "120px" });
   const list = el("ol", { className: "vad-segments" });
   const error = el("p", { className: "error", hidden: true });
   section.append(
@@ -171,8 +173,13 @@ export function mount(section, ctx) {
 
   // Probability over [t0, t1] seconds, the two thresholds, and the segments shaded.
   function drawTimeline(probs, t0, t1, segments) {
+    const dpr = globalThis.devicePixelRatio || 1;
+    const W = timeline.clientWidth || 640, H = timeline.clientHeight || 120;
+    if (timeline.width !== Math.round(W * dpr)) timeline.width = Math.round(W * dpr);
+    if (timeline.height !== Math.round(H * dpr)) timeline.height = Math.round(H * dpr);
     const g = timeline.getContext("2d");
-    const W = timeline.width, H = timeline.height, span = Math.max(t1 - t0, 1e-3);
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    const span = Math.max(t1 - t0, 1e-3);
     const X = (t) => ((t - t0) / span) * W;
     const Y = (p) => H - 4 - p * (H - 8);
     g.clearRect(0, 0, W, H);
