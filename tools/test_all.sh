@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: set-up, formatting and lints (native and
-# wasm32), unit + conformance + real-model + bad-input tests, the wasm build and a real
-# model inside wasm (Node), and a bounded fuzz smoke run.
+# wasm32), unit + conformance + real-model + bad-input tests, a real model inside wasm
+# (Node), the npm package and its JS tests in every runtime, and a bounded fuzz smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -33,19 +33,15 @@ step "real models on the GPU backend (lavapipe)"
 EDGEPREDICT_BACKEND=webgpu cargo test --test real_models --test quantized_models 2>&1 | tee target/gpu-models.log
 grep -E "nodes on the GPU" target/gpu-models.log || true
 
-step "wasm32 build + size"
-RUSTFLAGS="-C target-feature=+simd128" cargo build --release --lib --target wasm32-unknown-unknown \
-  --no-default-features --target-dir target/wasm-simd
-w=target/wasm-simd/wasm32-unknown-unknown/release/edgepredict.wasm
-echo "wasm (simd128, before wasm-bindgen/wasm-opt): $(stat -c %s "$w") bytes, $(gzip -9c "$w" | wc -c) gzipped"
-
 step "wasm test (Node)"
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test --release --target wasm32-unknown-unknown --no-default-features --test wasm
 
-step "wasm + WebGPU: headless Chromium (SwiftShader) and Deno (lavapipe)"
-tools/build_web.sh
-node --test tests/js/*.test.mjs
+step "npm package: two wasm builds (SIMD, relaxed SIMD), wasm-bindgen, wasm-opt, npm pack"
+tools/build_pkg.sh
+
+step "JS: package API (Node), delivery layer, demo page, WebGPU (Chromium), Workers, Deno, Vite"
+node --test --test-concurrency=1 tests/js/
 node_modules/.bin/deno test --allow-read --allow-env tests/js/webgpu_deno.test.ts
 
 step "fuzz smoke"

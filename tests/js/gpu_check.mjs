@@ -1,5 +1,6 @@
 // Runs one model on the CPU and on WebGPU through the wasm package and compares the
 // outputs. Shared by the Chromium page and the Deno test: plain ES module, no Node APIs.
+// Throws EdgeError (code, message) on failure.
 
 /** Deterministic pseudo-random floats in [0, 1). */
 function rng(seed) {
@@ -10,63 +11,51 @@ function rng(seed) {
   };
 }
 
-/** Shape from an input type such as "float32[?,3,48,192]" (unknown dims → 1). */
-export function shapeOf(type) {
-  const m = /\[(.*)\]/.exec(type);
-  if (!m || m[1] === "") return [];
-  return m[1].split(",").map((d) => (/^\d+$/.test(d.trim()) ? Number(d) : 1));
+/** A concrete shape from declared dims (symbolic or unknown dims → 1). */
+export function shapeOf(dims) {
+  return (dims ?? []).map((d) => (typeof d === "number" ? d : 1));
 }
 
-/** EdgeError objects carry kind and message; rethrow them as plain Errors. */
-async function plain(p) {
+/** Runs one model on the CPU and on WebGPU with the package's `Model` and compares. */
+export async function checkModel(Model, bytes, { atol = 1e-4, rtol = 1e-3, shape: given } = {}) {
+  const cpu = await Model.load(bytes, { backend: "cpu" });
+  const gpu = await Model.load(bytes, { backend: "webgpu" });
   try {
-    return await p;
-  } catch (e) {
-    if (e && typeof e === "object" && "kind" in e) throw new Error(`${e.kind}: ${e.message}`);
-    throw e;
-  }
-}
-
-export async function checkModel(mod, bytes, opts = {}) {
-  return plain(check(mod, bytes, opts));
-}
-
-async function check(mod, bytes, { atol = 1e-4, rtol = 1e-3, shape: given } = {}) {
-  const cpu = await mod.EdgeModel.create(bytes, "cpu");
-  const gpu = await mod.EdgeModel.create(bytes, "webgpu");
-  const feeds = () => {
-    const f = new mod.Feeds();
-    const next = rng(42);
-    const names = cpu.inputNames();
-    names.forEach((name, i) => {
-      const type = cpu.inputType(i);
-      if (!type.startsWith("float32")) throw new Error(`test feeds only float32 inputs, ${name} is ${type}`);
-      const shape = given ?? shapeOf(type);
-      const n = shape.reduce((a, b) => a * b, 1);
-      f.f32(name, Float32Array.from({ length: n }, next), Uint32Array.from(shape));
-    });
-    return f;
-  };
-  const a = await cpu.runAsync(feeds());
-  const b = await gpu.runAsync(feeds());
-  let worst = 0;
-  const outputs = [];
-  for (let i = 0; i < a.len(); i++) {
-    const x = a.f32(i), y = b.f32(i);
-    if (x.length !== y.length) throw new Error(`output ${i}: ${x.length} vs ${y.length} values`);
-    for (let k = 0; k < x.length; k++) {
-      const err = Math.abs(x[k] - y[k]) / (atol + rtol * Math.abs(x[k]));
-      if (!(err <= worst)) worst = Number.isNaN(err) ? Infinity : Math.max(worst, err);
+    const feeds = () => {
+      const next = rng(42);
+      const f = {};
+      for (const { name, dtype, dims } of cpu.inputs) {
+        if (dtype !== "float32") throw new Error(`test feeds only float32 inputs, ${name} is ${dtype}`);
+        const shape = given ?? shapeOf(dims);
+        const n = shape.reduce((a, b) => a * b, 1);
+        f[name] = { data: Float32Array.from({ length: n }, next), dims: shape };
+      }
+      return f;
+    };
+    const a = await cpu.run(feeds());
+    const b = await gpu.run(feeds());
+    let worst = 0;
+    const outputs = [];
+    for (const [name, x] of Object.entries(a)) {
+      const y = b[name];
+      if (x.data.length !== y.data.length) throw new Error(`${name}: ${x.data.length} vs ${y.data.length} values`);
+      for (let k = 0; k < x.data.length; k++) {
+        const err = Math.abs(x.data[k] - y.data[k]) / (atol + rtol * Math.abs(x.data[k]));
+        if (!(err <= worst)) worst = Number.isNaN(err) ? Infinity : Math.max(worst, err);
+      }
+      outputs.push({ name, shape: x.dims, first: Array.from(y.data.slice(0, 4)) });
     }
-    outputs.push({ name: a.name(i), shape: Array.from(a.shape(i)), first: Array.from(y.slice(0, 4)) });
+    return {
+      backend: gpu.backend,
+      adapter: gpu.adapter,
+      fallbackReason: gpu.fallbackReason,
+      gpuNodes: gpu.plan.gpuNodes,
+      // 1.0 = at the tolerance; below 1 passes.
+      worst,
+      outputs,
+    };
+  } finally {
+    cpu.dispose();
+    gpu.dispose();
   }
-  return {
-    backend: gpu.backend(),
-    adapter: gpu.adapter() ?? null,
-    fallbackReason: gpu.fallbackReason() ?? null,
-    gpuNodes: gpu.gpuNodes(),
-    // 1.0 = at the tolerance; below 1 passes.
-    worst,
-    outputs,
-  };
 }

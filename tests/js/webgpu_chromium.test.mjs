@@ -1,6 +1,6 @@
 // A real model end to end on WebGPU in headless Chromium (SwiftShader, which reports
 // isFallbackAdapter: true — accepted): the page loads the wasm package built by
-// tools/build_web.sh, runs the model on the CPU and on WebGPU and compares.
+// tools/build_pkg.sh (through an import map, no bundler), runs the model on the CPU and on WebGPU and compares.
 // Run: node --test tests/js/webgpu_chromium.test.mjs
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -13,7 +13,7 @@ const MODEL = process.env.EDGEPREDICT_GPU_MODEL ?? ".cache/models/ppocr_cls.onnx
 const SHAPE = process.env.EDGEPREDICT_GPU_SHAPE ?? "1,3,48,192";
 
 test("a real model runs on WebGPU in headless Chromium and matches the CPU", { timeout: 300_000 }, async () => {
-  assert.ok(fs.existsSync(path.join(root, "target/web-pkg/edgepredict.js")), "run tools/build_web.sh first");
+  assert.ok(fs.existsSync(path.join(root, "dist/bindings.js")), "run tools/build_pkg.sh first");
   assert.ok(fs.existsSync(path.join(root, MODEL)), `${MODEL} missing: run tools/fetch_models.sh`);
   const server = await serve();
   let browser;

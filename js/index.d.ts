@@ -1,0 +1,147 @@
+// Types of the npm package `edgepredict` (docs/js-api.md).
+
+export type Backend = "auto" | "webgpu" | "cpu";
+export type DType =
+  | "float32" | "float64" | "float16" | "bfloat16"
+  | "int64" | "uint64" | "int32" | "uint32" | "int16" | "uint16" | "int8" | "uint8"
+  | "bool" | "string"
+  | "float8e4m3fn" | "float8e4m3fnuz" | "float8e5m2" | "float8e5m2fnuz" | "float8e8m0" | "float4e2m1"
+  | "int4" | "int2" | "uint4" | "uint2";
+export type TensorData =
+  | Float32Array | Float64Array | BigInt64Array | BigUint64Array | Int32Array | Uint32Array
+  | Int16Array | Uint16Array | Int8Array | Uint8Array | string[];
+
+/** A dim: its size, a symbol's name, or null when unknown. */
+export type Dim = number | string | null;
+
+export interface IoInfo {
+  name: string;
+  kind: "tensor" | "sequence" | "optional";
+  dtype: DType | null;
+  /** null when even the rank is unknown. */
+  dims: Dim[] | null;
+  /** An input with an initializer default, which may be left out. */
+  optional: boolean;
+}
+
+export interface ModelMetadata {
+  producer: string;
+  irVersion: number;
+  /** Domain ("" is ai.onnx) → opset version. */
+  opsets: Record<string, number>;
+  /** The model's metadata_props. */
+  props: Record<string, string>;
+}
+
+export interface NodePlacement {
+  name: string;
+  op: string;
+  device: "gpu" | "cpu";
+  reason: string;
+}
+
+export interface Plan {
+  gpuNodes: number;
+  nodes: number;
+  placement: NodePlacement[];
+  /** The schedule as text: node order, placement, value lifetimes, buffer slots. */
+  text: string;
+}
+
+export type ErrorCode =
+  | "Decode" | "InvalidModel" | "UnsupportedOp" | "UnsupportedDType" | "ExternalData"
+  | "InvalidAttribute" | "Shape" | "DType" | "InvalidInput" | "MemoryLimit" | "Runtime" | "Device"
+  | "Fetch" | "Integrity" | "Aborted" | "Disposed" | "Init";
+
+export class EdgeError extends Error {
+  constructor(code: ErrorCode, message: string, extra?: { node?: string | null; op?: string | null; cause?: unknown });
+  readonly name: "EdgeError";
+  readonly code: ErrorCode;
+  /** The node that failed, when one did. */
+  readonly node: string | null;
+  readonly op: string | null;
+}
+
+export class Tensor {
+  /** `dtype` null: taken from the typed array (Uint8Array is uint8; say "bool" for bool). */
+  constructor(dtype: DType | null, data: TensorData, dims?: ArrayLike<number>);
+  readonly dtype: DType;
+  readonly data: TensorData;
+  readonly dims: number[];
+  readonly size: number;
+}
+
+export type Feed = Tensor | { data: TensorData; dims: ArrayLike<number>; dtype?: DType };
+
+export interface ProgressEvent {
+  /** Bytes received so far (compressed bytes for gzip). */
+  loaded: number;
+  /** From Content-Length / Content-Range; null when unknown. */
+  total: number | null;
+  /** True when the bytes came from Cache Storage, not the network. */
+  fromCache: boolean;
+  /** True when this download continued an interrupted one (HTTP Range). */
+  resumed: boolean;
+}
+
+export interface FetchOptions {
+  /** Hex SHA-256 of the model; checked before use (EdgeError "Integrity"). */
+  sha256?: string;
+  onProgress?: (e: ProgressEvent) => void;
+  signal?: AbortSignal;
+  /** Cache Storage: true (default where it exists), false, or a cache name. */
+  cache?: boolean | string;
+  /** The body is gzip; default: the URL ends in .gz. */
+  gzip?: boolean;
+  /** A CacheStorage-like object where globalThis.caches is missing (Node). */
+  cacheStorage?: CacheStorage;
+}
+
+export interface LoadOptions extends FetchOptions {
+  /** Default "auto": WebGPU only where it should win, the reason in fallbackReason. */
+  backend?: Backend;
+  /** Graph optimisations (default true). */
+  optimize?: boolean;
+  /** Largest tensor (bytes) a model may declare or produce. */
+  memoryLimit?: number;
+}
+
+export interface InitInfo {
+  build: "relaxed-simd" | "simd";
+  /** navigator.gpu exists. */
+  webgpu: boolean;
+}
+
+export function init(options?: { build?: "relaxed-simd" | "simd"; module?: WebAssembly.Module | BufferSource | Response }): Promise<InitInfo>;
+export function relaxedSimdSupported(): boolean;
+/** Bytes of wasm linear memory now. */
+export function memoryBytes(): number;
+
+export class Model {
+  static load(source: Uint8Array | ArrayBuffer | string | URL | Response, options?: LoadOptions): Promise<Model>;
+  readonly inputs: IoInfo[];
+  readonly outputs: IoInfo[];
+  readonly metadata: ModelMetadata;
+  readonly backend: "webgpu" | "cpu";
+  readonly fallbackReason: string | null;
+  readonly adapter: string | null;
+  readonly plan: Plan;
+  run(feeds: Record<string, Feed>): Promise<Record<string, Tensor>>;
+  dispose(): void;
+}
+
+export function fetchModel(url: string | URL, options?: FetchOptions): Promise<Uint8Array>;
+
+/** The same API, with the model in a module Web Worker. */
+export class WorkerModel {
+  static load(source: Uint8Array | ArrayBuffer | string | URL, options?: LoadOptions): Promise<WorkerModel>;
+  readonly inputs: IoInfo[];
+  readonly outputs: IoInfo[];
+  readonly metadata: ModelMetadata;
+  readonly backend: "webgpu" | "cpu";
+  readonly fallbackReason: string | null;
+  readonly adapter: string | null;
+  readonly plan: Plan;
+  run(feeds: Record<string, Feed>): Promise<Record<string, Tensor>>;
+  dispose(): void;
+}
