@@ -2,7 +2,7 @@
 // Deno.serve. `npm:edgepredict` resolves to the package in ./node_modules (deno.json:
 // "nodeModulesDir": "manual"), so nothing is downloaded at run time.
 // Run: deno run --allow-net=127.0.0.1 --allow-read --allow-env main.js
-import { Model, Tensor, EdgeError, memoryBytes } from "npm:edgepredict";
+import { Model, Tensor, EdgeError, init, memoryBytes } from "npm:edgepredict";
 import { magikaFeatures, magikaLabel, magikaSmallFile } from "../../www/lib/magika.js";
 
 const MAX_BODY = 10 * 1024 * 1024;
@@ -92,6 +92,7 @@ async function handle(request) {
     const result = await predict(request);
     return json(result, 200, {
       "x-wasm-memory-bytes": String(memoryBytes()),
+      "x-wasm-build": (await init()).build,
       "x-backend": model.backend,
       "server-timing": `predict;dur=${(performance.now() - t0).toFixed(1)}`,
     });

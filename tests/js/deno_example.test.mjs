@@ -12,12 +12,15 @@ const dir = path.join(root, "examples/deno");
 const deno = path.join(root, "node_modules/.bin/deno");
 const MAX_BODY = 10 * 1024 * 1024;
 
-/// The package as a user gets it: EDGEPREDICT_TGZ, or `npm pack` of the repo root now.
+/// The package as a user gets it: EDGEPREDICT_TGZ (e.g. tools/build_pkg.sh's tarball), or
+/// `npm pack` of the repo root now.
 function packageTarball() {
   if (process.env.EDGEPREDICT_TGZ) return path.resolve(process.env.EDGEPREDICT_TGZ);
   const out = fs.mkdtempSync(path.join(os.tmpdir(), "edgepredict-pack-"));
   const [info] = JSON.parse(execFileSync("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", out],
     { cwd: root, encoding: "utf8" }));
+  // npm pack skips a symlinked dist/ (worktrees): say so rather than test a wasm-less package.
+  assert.ok(info.files.some((f) => f.path.endsWith(".wasm")), "the packed package has no wasm: build dist/ first");
   return path.join(out, info.filename);
 }
 
@@ -91,10 +94,11 @@ test("magika on Deno names a Python file and a PNG, with the reference scores", 
     assert.equal(json.top[0].label, expected);
     assert.equal(json.top.length, 5);
     assert.equal(res.headers.get("x-backend"), "cpu");
+    assert.match(res.headers.get("x-wasm-build"), /^(relaxed-simd|simd)$/);
     const mem = Number(res.headers.get("x-wasm-memory-bytes"));
     assert.ok(mem > 0 && mem < 128 * 2 ** 20, `wasm memory ${res.headers.get("x-wasm-memory-bytes")}`);
     console.log(`${file}: ${json.label} ${json.score.toFixed(5)}, first request ${first.ms.toFixed(0)} ms, then` +
-      ` ${ms.toFixed(0)} ms (${res.headers.get("server-timing")}); wasm memory ${(mem / 2 ** 20).toFixed(1)} MiB`);
+      ` ${ms.toFixed(0)} ms (${res.headers.get("server-timing")}); wasm memory ${(mem / 2 ** 20).toFixed(1)} MiB, build ${res.headers.get("x-wasm-build")}`);
   }
   const form = new FormData();
   form.append("file", new Blob([fs.readFileSync(path.join(root, "tools/make_reference.py"))]), "x.py");

@@ -11,12 +11,15 @@ import { root, serve, launchChromium } from "./support.mjs";
 const dir = path.join(root, "examples/vite");
 const dist = path.join(dir, "dist");
 
-/// The package as a user gets it: EDGEPREDICT_TGZ, or `npm pack` of the repo root now.
+/// The package as a user gets it: EDGEPREDICT_TGZ (e.g. tools/build_pkg.sh's tarball), or
+/// `npm pack` of the repo root now.
 function packageTarball() {
   if (process.env.EDGEPREDICT_TGZ) return path.resolve(process.env.EDGEPREDICT_TGZ);
   const out = fs.mkdtempSync(path.join(os.tmpdir(), "edgepredict-pack-"));
   const [info] = JSON.parse(execFileSync("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", out],
     { cwd: root, encoding: "utf8" }));
+  // npm pack skips a symlinked dist/ (worktrees): say so rather than test a wasm-less package.
+  assert.ok(info.files.some((f) => f.path.endsWith(".wasm")), "the packed package has no wasm: build dist/ first");
   return path.join(out, info.filename);
 }
 
@@ -81,8 +84,11 @@ test("the built app labels digits in Chromium with the relaxed or plain SIMD bui
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
   page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+  const wasmFetched = [];
+  page.on("request", (r) => r.url().endsWith(".wasm") && wasmFetched.push(path.basename(new URL(r.url()).pathname)));
   try {
     for (const row of rows) {
+      wasmFetched.length = 0;
       await page.goto(`${base}?row=${row}`);
       const el = page.locator('#label:not([data-state="loading"])');
       await el.waitFor({ timeout: 60_000 });
@@ -91,6 +97,9 @@ test("the built app labels digits in Chromium with the relaxed or plain SIMD bui
       assert.equal(state, "done", `${text}\n${errors.join("\n")}`);
       assert.equal(Number(text), expected[row], `row ${row}`);
       assert.ok(build === "relaxed-simd" || build === "simd", `init() build: ${build}`);
+      // Only the build init() picked is downloaded.
+      assert.equal(wasmFetched.length, 1, `wasm fetched: ${wasmFetched}`);
+      assert.ok(wasmFetched[0].startsWith(build === "simd" ? "edgepredict_simd" : "edgepredict_relaxed"), wasmFetched[0]);
       console.log(`row ${row}: label ${text} (onnxruntime ${expected[row]}), build ${build}, run ${ms} ms`);
     }
   } finally {

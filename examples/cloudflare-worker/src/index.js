@@ -1,7 +1,7 @@
 // POST /predict with a file (raw body or multipart "file") → magika's label for it.
 // The edgepredict package resolves to its `workerd` entry here: the wasm is a bundled
 // WebAssembly.Module, so nothing is compiled at run time (Workers forbid that).
-import { Model, Tensor, EdgeError, memoryBytes } from "edgepredict";
+import { Model, Tensor, EdgeError, init, memoryBytes } from "edgepredict";
 // Data module (wrangler.toml rule): the model bytes are part of the deployed bundle.
 import modelBytes from "../../../.cache/models/magika.onnx";
 import cfg from "../../../.cache/models/magika_config.json";
@@ -105,7 +105,8 @@ export default {
       }
       const result = await predict(request);
       // The isolate's share of the 128 MB that wasm holds: linear memory only grows.
-      return json(result, 200, { "x-wasm-memory-bytes": String(memoryBytes()) });
+      const { build } = await init(); // already done: says which wasm build runs
+      return json(result, 200, { "x-wasm-memory-bytes": String(memoryBytes()), "x-wasm-build": build });
     } catch (e) {
       if (e instanceof HttpError) return json({ error: { code: e.code, message: e.message } }, e.status, e.headers);
       // A model failure: the EdgeError's code (the Rust error kind) goes back as is.
