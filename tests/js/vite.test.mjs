@@ -16,6 +16,7 @@ const dist = path.join(dir, "dist");
 function packageTarball() {
   if (process.env.EDGEPREDICT_TGZ) return path.resolve(process.env.EDGEPREDICT_TGZ);
   const out = fs.mkdtempSync(path.join(os.tmpdir(), "edgepredict-pack-"));
+  process.on("exit", () => fs.rmSync(out, { recursive: true, force: true }));
   const [info] = JSON.parse(execFileSync("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", out],
     { cwd: root, encoding: "utf8" }));
   // npm pack skips a symlinked dist/ (worktrees): say so rather than test a wasm-less package.
