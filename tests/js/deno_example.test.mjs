@@ -1,0 +1,142 @@
+// The Deno example (examples/deno): Deno.serve with `npm:edgepredict` resolved from the
+// example's node_modules, where the packed tarball is installed.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { root } from "./support.mjs";
+
+const dir = path.join(root, "examples/deno");
+const deno = path.join(root, "node_modules/.bin/deno");
+const MAX_BODY = 10 * 1024 * 1024;
+
+/// The package as a user gets it: EDGEPREDICT_TGZ (e.g. tools/build_pkg.sh's tarball), or
+/// `npm pack` of the repo root now.
+function packageTarball() {
+  if (process.env.EDGEPREDICT_TGZ) return path.resolve(process.env.EDGEPREDICT_TGZ);
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), "edgepredict-pack-"));
+  process.on("exit", () => fs.rmSync(out, { recursive: true, force: true }));
+  const [info] = JSON.parse(execFileSync("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", out],
+    { cwd: root, encoding: "utf8" }));
+  // npm pack skips a symlinked dist/ (worktrees): say so rather than test a wasm-less package.
+  assert.ok(info.files.some((f) => f.path.endsWith(".wasm")), "the packed package has no wasm: build dist/ first");
+  return path.join(out, info.filename);
+}
+
+/// A float32 .npy (C order) as { shape, data }.
+function readNpy(file) {
+  const b = fs.readFileSync(file);
+  const hlen = b.readUInt16LE(8);
+  const header = b.subarray(10, 10 + hlen).toString("latin1");
+  assert.match(header, /'descr': '<f4'/);
+  const shape = /'shape': \(([^)]*)\)/.exec(header)[1].split(",").filter((s) => s.trim()).map(Number);
+  const body = b.subarray(10 + hlen);
+  return { shape, data: new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength)) };
+}
+
+function memKB(pid) {
+  const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
+  const kb = (k) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, "m").exec(status)[1]);
+  return { peakKB: kb("VmHWM"), rssKB: kb("VmRSS") };
+}
+
+let proc, base, log = "";
+
+before(async () => {
+  // No dependencies of its own: the example's package.json is only where the tarball goes.
+  const lock = fs.readFileSync(path.join(dir, "package-lock.json"), "utf8");
+  execFileSync("npm", ["install", "--no-save", "--no-audit", "--no-fund", packageTarball()], { cwd: dir, stdio: "inherit" });
+  assert.equal(fs.readFileSync(path.join(dir, "package-lock.json"), "utf8"), lock, "the lockfile changed");
+  proc = spawn(deno, ["run", "--allow-net=127.0.0.1", "--allow-read", "--allow-env", "main.js"], {
+    cwd: dir, detached: true, stdio: ["ignore", "pipe", "pipe"],
+    // The registry is pointed at a dead port: the server must start from node_modules alone.
+    env: { ...process.env, PORT: "0", DENO_NO_UPDATE_CHECK: "1", DENO_NO_PROMPT: "1",
+      NPM_CONFIG_REGISTRY: "http://127.0.0.1:9/" },
+  });
+  proc.stdout.on("data", (d) => (log += d));
+  proc.stderr.on("data", (d) => (log += d));
+  const deadline = Date.now() + 60_000;
+  let m;
+  while (!(m = /listening on (http:\/\/127\.0\.0\.1:\d+)\//.exec(log))) {
+    if (proc.exitCode !== null || Date.now() > deadline) throw new Error(`the Deno server did not start:\n${log}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  base = m[1];
+});
+
+after(() => {
+  if (proc && proc.exitCode === null) process.kill(-proc.pid, "SIGKILL");
+});
+
+async function post(body, headers = {}) {
+  const t0 = performance.now();
+  const res = await fetch(`${base}/predict`, { method: "POST", body, headers });
+  const json = await res.json();
+  return { res, json, ms: performance.now() - t0 };
+}
+
+test("magika on Deno names a Python file and a PNG, with the reference scores", async () => {
+  const meta = JSON.parse(fs.readFileSync(path.join(root, ".cache/reference/magika/meta.json"), "utf8"));
+  const ref = readNpy(path.join(root, ".cache/reference/magika/output_0.npy"));
+  const classes = ref.shape[1];
+  const cfg = JSON.parse(fs.readFileSync(path.join(root, ".cache/models/magika_config.json"), "utf8"));
+  assert.deepEqual(meta.files.map(([, l]) => l), ["python", "png"]);
+  for (const [i, [file, expected]] of meta.files.entries()) {
+    const bytes = fs.readFileSync(path.join(root, file));
+    const first = await post(bytes);
+    const { res, json, ms } = await post(bytes);
+    assert.equal(res.status, 200, JSON.stringify(json));
+    assert.equal(json.label, expected);
+    assert.equal(json.dlLabel, expected);
+    const k = cfg.target_labels_space.indexOf(expected);
+    assert.ok(Math.abs(json.score - ref.data[i * classes + k]) < 1e-4, `${json.score} vs ${ref.data[i * classes + k]}`);
+    assert.equal(json.top[0].label, expected);
+    assert.equal(json.top.length, 5);
+    assert.equal(res.headers.get("x-backend"), "cpu");
+    assert.match(res.headers.get("x-wasm-build"), /^(relaxed-simd|simd)$/);
+    const mem = Number(res.headers.get("x-wasm-memory-bytes"));
+    assert.ok(mem > 0 && mem < 128 * 2 ** 20, `wasm memory ${res.headers.get("x-wasm-memory-bytes")}`);
+    console.log(`${file}: ${json.label} ${json.score.toFixed(5)}, first request ${first.ms.toFixed(0)} ms, then` +
+      ` ${ms.toFixed(0)} ms (${res.headers.get("server-timing")}); wasm memory ${(mem / 2 ** 20).toFixed(1)} MiB, build ${res.headers.get("x-wasm-build")}`);
+  }
+  const form = new FormData();
+  form.append("file", new Blob([fs.readFileSync(path.join(root, "tools/make_reference.py"))]), "x.py");
+  const { res, json } = await post(form);
+  assert.equal(res.status, 200, JSON.stringify(json));
+  assert.equal(json.label, "python");
+  const { peakKB } = memKB(proc.pid);
+  console.log(`deno process peak RSS ${(peakKB / 1024).toFixed(1)} MiB`);
+});
+
+test("bad input gets a typed 4xx", async () => {
+  const expectError = async (res, status, code) => {
+    assert.equal(res.status, status);
+    assert.match(res.headers.get("content-type"), /application\/json/);
+    const body = await res.json();
+    assert.equal(body.error.code, code);
+    assert.equal(typeof body.error.message, "string");
+  };
+  await expectError(await fetch(`${base}/predict`, { method: "POST", body: new Uint8Array(0) }), 400, "empty_body");
+  await expectError(await fetch(`${base}/predict`), 405, "method_not_allowed");
+  await expectError(await fetch(`${base}/predict`, { method: "PUT", body: "x" }), 405, "method_not_allowed");
+  await expectError(await fetch(`${base}/nope`, { method: "POST", body: "x" }), 404, "not_found");
+  await expectError(await fetch(`${base}/`), 404, "not_found");
+  await expectError(await fetch(`${base}/predict`, { method: "POST", body: new Uint8Array(MAX_BODY + 1) }),
+    413, "payload_too_large");
+  const chunks = new ReadableStream({
+    start(c) {
+      for (let i = 0; i < 11; i++) c.enqueue(new Uint8Array(1 << 20));
+      c.close();
+    },
+  });
+  await expectError(await fetch(`${base}/predict`, { method: "POST", body: chunks, duplex: "half" }),
+    413, "payload_too_large");
+  const form = new FormData();
+  form.append("note", "no file here");
+  await expectError(await fetch(`${base}/predict`, { method: "POST", body: form }), 400, "no_file");
+  const { res, json } = await post(fs.readFileSync(path.join(root, "tools/make_reference.py")));
+  assert.equal(res.status, 200);
+  assert.equal(json.label, "python");
+});

@@ -1,0 +1,210 @@
+// The Cloudflare Worker example (examples/cloudflare-worker) in local workerd through
+// wrangler dev, with the edgepredict package installed from its packed tarball.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { root } from "./support.mjs";
+
+const dir = path.join(root, "examples/cloudflare-worker");
+const MAX_BODY = 10 * 1024 * 1024;
+
+/// The package as a user gets it: EDGEPREDICT_TGZ (e.g. tools/build_pkg.sh's tarball), or
+/// `npm pack` of the repo root now.
+function packageTarball() {
+  if (process.env.EDGEPREDICT_TGZ) return path.resolve(process.env.EDGEPREDICT_TGZ);
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), "edgepredict-pack-"));
+  process.on("exit", () => fs.rmSync(out, { recursive: true, force: true }));
+  const [info] = JSON.parse(execFileSync("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", out],
+    { cwd: root, encoding: "utf8" }));
+  // npm pack skips a symlinked dist/ (worktrees): say so rather than test a wasm-less package.
+  assert.ok(info.files.some((f) => f.path.endsWith(".wasm")), "the packed package has no wasm: build dist/ first");
+  return path.join(out, info.filename);
+}
+
+/// The example's pinned tools (its lockfile), then the tarball without touching the lock.
+function installExample(exampleDir) {
+  if (!fs.existsSync(path.join(exampleDir, "node_modules/.package-lock.json"))) {
+    execFileSync("npm", ["ci", "--no-audit", "--no-fund"], { cwd: exampleDir, stdio: "inherit" });
+  }
+  const lock = fs.readFileSync(path.join(exampleDir, "package-lock.json"), "utf8");
+  execFileSync("npm", ["install", "--no-save", "--no-audit", "--no-fund", packageTarball()],
+    { cwd: exampleDir, stdio: "inherit" });
+  assert.equal(fs.readFileSync(path.join(exampleDir, "package-lock.json"), "utf8"), lock, "the lockfile changed");
+}
+
+/// A float32 .npy (C order) as { shape, data }.
+function readNpy(file) {
+  const b = fs.readFileSync(file);
+  const hlen = b.readUInt16LE(8);
+  const header = b.subarray(10, 10 + hlen).toString("latin1");
+  assert.match(header, /'descr': '<f4'/);
+  const shape = /'shape': \(([^)]*)\)/.exec(header)[1].split(",").filter((s) => s.trim()).map(Number);
+  const body = b.subarray(10 + hlen);
+  return { shape, data: new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength)) };
+}
+
+const freePort = () => new Promise((ok, fail) => {
+  const s = net.createServer().listen(0, "127.0.0.1", () => {
+    const { port } = s.address();
+    s.close(() => ok(port));
+  }).on("error", fail);
+});
+
+/// Descendant pids of `pid` (from /proc), to find the workerd children of wrangler.
+function descendants(pid) {
+  const children = new Map();
+  for (const p of fs.readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+    try {
+      const ppid = Number(/^PPid:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${p}/status`, "utf8"))[1]);
+      if (!children.has(ppid)) children.set(ppid, []);
+      children.get(ppid).push(Number(p));
+    } catch { /* gone */ }
+  }
+  const out = [];
+  const walk = (p) => (children.get(p) ?? []).forEach((c) => (out.push(c), walk(c)));
+  walk(pid);
+  return out;
+}
+
+/// Peak and current RSS (kB) of every workerd process under `pid`.
+function workerdMemory(pid) {
+  return descendants(pid).flatMap((p) => {
+    try {
+      const status = fs.readFileSync(`/proc/${p}/status`, "utf8");
+      if (!/^Name:\s+workerd$/m.test(status)) return [];
+      const kb = (k) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, "m").exec(status)[1]);
+      // wrangler runs two: its proxy and the user worker (the one with an inspector port).
+      const user = fs.readFileSync(`/proc/${p}/cmdline`, "utf8").includes("--inspector-addr");
+      return [{ pid: p, role: user ? "worker" : "proxy", peakKB: kb("VmHWM"), rssKB: kb("VmRSS") }];
+    } catch {
+      return [];
+    }
+  });
+}
+
+let proc, base, log = "", idle, wasmPeak = 0;
+
+before(async () => {
+  installExample(dir);
+  const port = await freePort();
+  // detached: its own process group, so the whole tree (node, esbuild, workerd) is killed.
+  proc = spawn(path.join(dir, "node_modules/.bin/wrangler"),
+    ["dev", "--local", "--ip", "127.0.0.1", "--port", String(port), "--inspector-port", String(await freePort())],
+    { cwd: dir, detached: true, env: { ...process.env, WRANGLER_SEND_METRICS: "false", CI: "true" },
+      stdio: ["ignore", "pipe", "pipe"] });
+  proc.stdout.on("data", (d) => (log += d));
+  proc.stderr.on("data", (d) => (log += d));
+  base = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 90_000;
+  while (!/Ready on/.test(log)) {
+    // A failed build leaves wrangler dev waiting for an edit: stop at its error.
+    if (proc.exitCode !== null || Date.now() > deadline || /Build failed|\[ERROR\]/.test(log)) {
+      throw new Error(`wrangler dev did not start:\n${log}`);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  // workerd's own footprint (runtime, V8, wrangler's internal workers) before the model loads.
+  idle = workerdMemory(proc.pid);
+});
+
+after(() => {
+  if (proc && proc.exitCode === null) process.kill(-proc.pid, "SIGKILL");
+});
+
+async function post(body, headers = {}) {
+  const t0 = performance.now();
+  const res = await fetch(`${base}/predict`, { method: "POST", body, headers });
+  const json = await res.json();
+  return { res, json, ms: performance.now() - t0 };
+}
+
+test("magika in workerd names a Python file and a PNG, with the reference scores", async () => {
+  const meta = JSON.parse(fs.readFileSync(path.join(root, ".cache/reference/magika/meta.json"), "utf8"));
+  const ref = readNpy(path.join(root, ".cache/reference/magika/output_0.npy"));
+  const classes = ref.shape[1];
+  const cfg = JSON.parse(fs.readFileSync(path.join(root, ".cache/models/magika_config.json"), "utf8"));
+  assert.deepEqual(meta.files.map(([, l]) => l), ["python", "png"]);
+  for (const [i, [file, expected]] of meta.files.entries()) {
+    const bytes = fs.readFileSync(path.join(root, file));
+    const first = await post(bytes, { "content-type": "application/octet-stream" });
+    const { res, json, ms } = await post(bytes, { "content-type": "application/octet-stream" });
+    assert.equal(res.status, 200, JSON.stringify(json));
+    assert.equal(json.label, expected);
+    assert.equal(json.dlLabel, expected);
+    // onnxruntime's score for the same file (tools/make_reference.py).
+    const k = cfg.target_labels_space.indexOf(expected);
+    assert.ok(Math.abs(json.score - ref.data[i * classes + k]) < 1e-4, `${json.score} vs ${ref.data[i * classes + k]}`);
+    assert.equal(json.top[0].label, expected);
+    assert.equal(json.top.length, 5);
+    for (let j = 1; j < json.top.length; j++) assert.ok(json.top[j].score <= json.top[j - 1].score);
+    // workerd's V8 validates relaxed SIMD, so the package's feature-detect picks it.
+    assert.equal(res.headers.get("x-wasm-build"), "relaxed-simd");
+    const mem = Number(res.headers.get("x-wasm-memory-bytes"));
+    wasmPeak = Math.max(wasmPeak, mem);
+    assert.ok(mem > 0 && mem < 128 * 2 ** 20, `wasm memory ${res.headers.get("x-wasm-memory-bytes")}`);
+    console.log(`${file}: ${json.label} ${json.score.toFixed(5)}, first request ${first.ms.toFixed(0)} ms,` +
+      ` then ${ms.toFixed(0)} ms; wasm memory ${(mem / 2 ** 20).toFixed(1)} MiB`);
+  }
+  // The same file as multipart form data.
+  const form = new FormData();
+  form.append("file", new Blob([fs.readFileSync(path.join(root, "tools/make_reference.py"))]), "x.py");
+  const { res, json } = await post(form);
+  assert.equal(res.status, 200, JSON.stringify(json));
+  assert.equal(json.label, "python");
+});
+
+test("workerd stays well inside the 128 MB Workers limit (after the model ran)", () => {
+  const mem = workerdMemory(proc.pid);
+  assert.ok(mem.some((m) => m.role === "worker"), `no workerd found under wrangler: ${JSON.stringify(mem)}`);
+  for (const m of mem) {
+    const before = idle.find((i) => i.pid === m.pid);
+    console.log(`workerd ${m.role} (pid ${m.pid}): idle ${(before.rssKB / 1024).toFixed(1)} MiB,` +
+      ` peak RSS ${(m.peakKB / 1024).toFixed(1)} MiB (+${((m.peakKB - before.rssKB) / 1024).toFixed(1)}), now ${(m.rssKB / 1024).toFixed(1)} MiB`);
+  }
+  // The 128 MB is per isolate (JS heap + wasm memory); the process also holds the runtime
+  // and wrangler's helper workers, so the isolate's share is the growth over idle.
+  const worker = mem.find((m) => m.role === "worker");
+  const growth = (worker.peakKB - idle.find((i) => i.pid === worker.pid).rssKB) * 1024;
+  console.log(`wasm linear memory peak ${(wasmPeak / 2 ** 20).toFixed(1)} MiB; isolate growth ${(growth / 2 ** 20).toFixed(1)} MiB`);
+  assert.ok(wasmPeak > 0 && wasmPeak < 64 * 2 ** 20, `wasm memory ${wasmPeak}`);
+  assert.ok(growth < 64 * 2 ** 20, `workerd grew by ${growth} bytes`);
+});
+
+test("bad input gets a typed 4xx", async () => {
+  const expectError = async (res, status, code) => {
+    assert.equal(res.status, status);
+    assert.match(res.headers.get("content-type"), /application\/json/);
+    const body = await res.json();
+    assert.equal(body.error.code, code);
+    assert.equal(typeof body.error.message, "string");
+  };
+  await expectError(await fetch(`${base}/predict`, { method: "POST", body: new Uint8Array(0) }), 400, "empty_body");
+  await expectError(await fetch(`${base}/predict`), 405, "method_not_allowed");
+  await expectError(await fetch(`${base}/predict`, { method: "PUT", body: "x" }), 405, "method_not_allowed");
+  await expectError(await fetch(`${base}/nope`, { method: "POST", body: "x" }), 404, "not_found");
+  await expectError(await fetch(`${base}/`), 404, "not_found");
+  await expectError(await fetch(`${base}/predict`, { method: "POST", body: new Uint8Array(MAX_BODY + 1) }),
+    413, "payload_too_large");
+  // Chunked, without a Content-Length: the worker counts the stream.
+  const chunks = new ReadableStream({
+    start(c) {
+      for (let i = 0; i < 11; i++) c.enqueue(new Uint8Array(1 << 20));
+      c.close();
+    },
+  });
+  await expectError(await fetch(`${base}/predict`, { method: "POST", body: chunks, duplex: "half" }),
+    413, "payload_too_large");
+  const form = new FormData();
+  form.append("note", "no file here");
+  await expectError(await fetch(`${base}/predict`, { method: "POST", body: form }), 400, "no_file");
+  // The worker still serves after the errors.
+  const { res, json } = await post(fs.readFileSync(path.join(root, "tools/make_reference.py")));
+  assert.equal(res.status, 200);
+  assert.equal(json.label, "python");
+  const worker = workerdMemory(proc.pid).find((m) => m.role === "worker");
+  console.log(`after the 10 MB bodies: workerd worker peak RSS ${(worker.peakKB / 1024).toFixed(1)} MiB`);
+});
