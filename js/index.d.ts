@@ -73,31 +73,14 @@ export class Tensor {
 
 export type Feed = Tensor | { data: TensorData; dims: ArrayLike<number>; dtype?: DType };
 
-export interface ProgressEvent {
-  /** Bytes received so far (compressed bytes for gzip). */
-  loaded: number;
-  /** From Content-Length / Content-Range; null when unknown. */
-  total: number | null;
-  /** True when the bytes came from Cache Storage, not the network. */
-  fromCache: boolean;
-  /** True when this download continued an interrupted one (HTTP Range). */
-  resumed: boolean;
-}
+import type { FetchModelOptions } from "./fetch.d.ts";
+export type { FetchProgress, FetchModelOptions, CacheStorageLike } from "./fetch.d.ts";
+export { fetchModel, sha256Hex, dropPartial, DEFAULT_CACHE_NAME } from "./fetch.d.ts";
+// WorkerModel: browsers and Deno (not in the workerd build; in Node, load rejects).
+export { WorkerModel, WorkerLoadOptions } from "./worker-client.d.ts";
 
-export interface FetchOptions {
-  /** Hex SHA-256 of the model; checked before use (EdgeError "Integrity"). */
-  sha256?: string;
-  onProgress?: (e: ProgressEvent) => void;
-  signal?: AbortSignal;
-  /** Cache Storage: true (default where it exists), false, or a cache name. */
-  cache?: boolean | string;
-  /** The body is gzip; default: the URL ends in .gz. */
-  gzip?: boolean;
-  /** A CacheStorage-like object where globalThis.caches is missing (Node). */
-  cacheStorage?: CacheStorage;
-}
-
-export interface LoadOptions extends FetchOptions {
+/** Model.load: the model options, plus fetchModel's when the source is a URL. */
+export interface LoadOptions extends FetchModelOptions {
   /** Default "auto": WebGPU only where it should win, the reason in fallbackReason. */
   backend?: Backend;
   /** Graph optimisations (default true). */
@@ -119,22 +102,6 @@ export function memoryBytes(): number;
 
 export class Model {
   static load(source: Uint8Array | ArrayBuffer | string | URL | Response, options?: LoadOptions): Promise<Model>;
-  readonly inputs: IoInfo[];
-  readonly outputs: IoInfo[];
-  readonly metadata: ModelMetadata;
-  readonly backend: "webgpu" | "cpu";
-  readonly fallbackReason: string | null;
-  readonly adapter: string | null;
-  readonly plan: Plan;
-  run(feeds: Record<string, Feed>): Promise<Record<string, Tensor>>;
-  dispose(): void;
-}
-
-export function fetchModel(url: string | URL, options?: FetchOptions): Promise<Uint8Array>;
-
-/** The same API, with the model in a module Web Worker. */
-export class WorkerModel {
-  static load(source: Uint8Array | ArrayBuffer | string | URL, options?: LoadOptions): Promise<WorkerModel>;
   readonly inputs: IoInfo[];
   readonly outputs: IoInfo[];
   readonly metadata: ModelMetadata;

@@ -38,3 +38,5 @@ tools/fetch_onnx_suite.sh
 tools/fetch_models.sh
 [ -f .cache/reference/.ok ] || .cache/venv/bin/python tools/make_reference.py
 [ -f .cache/reference/int8/.ok ] || .cache/venv/bin/python tools/make_int8.py
+# The demo page's fixtures (rendered text lines, an espeak-ng speech clip with its true intervals).
+[ -f www/fixtures/generated/speech.json ] || .cache/venv/bin/python tools/make_demo_fixtures.py

@@ -19,3 +19,5 @@ setWasmSource(async (build) => {
 });
 
 export * from "../edgepredict.js";
+export { fetchModel, sha256Hex, dropPartial, DEFAULT_CACHE_NAME } from "../fetch.js";
+export { WorkerModel } from "../worker-client.js";

@@ -10,7 +10,7 @@ import path from "node:path";
 import zlib from "node:zlib";
 import os from "node:os";
 import http from "node:http";
-import { root, serve, launchChromium } from "./support.mjs";
+import { root, serve, launchChromium, readNpy } from "./support.mjs";
 import { magikaFeatures } from "../../www/lib/magika.js";
 
 const BACKEND = process.env.DEMO_BACKEND ?? "cpu";
@@ -89,18 +89,6 @@ function makePng() {
   }
   return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
     chunk("IHDR", ihdr), chunk("IDAT", zlib.deflateSync(raw)), chunk("IEND", Buffer.alloc(0))]);
-}
-
-// Minimal .npy reader (little-endian, C order), for onnxruntime's reference outputs.
-function readNpy(file) {
-  const buf = fs.readFileSync(file);
-  const hlen = buf.readUInt16LE(8);
-  const header = buf.toString("latin1", 10, 10 + hlen);
-  const shape = /'shape': \(([^)]*)\)/.exec(header)[1].split(",").filter((s) => s.trim()).map(Number);
-  const body = buf.subarray(10 + hlen);
-  const ab = body.buffer.slice(body.byteOffset, body.byteOffset + body.length);
-  const data = header.includes("'<f4'") ? new Float32Array(ab) : new Int32Array(ab);
-  return { shape, data };
 }
 
 test("the page shell: backend switch and the WebGPU note", { skip }, async () => {

@@ -2,39 +2,14 @@
 // example's node_modules, where the packed tarball is installed.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { root } from "./support.mjs";
+import { root, readNpy, installExample } from "./support.mjs";
 
 const dir = path.join(root, "examples/deno");
 const deno = path.join(root, "node_modules/.bin/deno");
 const MAX_BODY = 10 * 1024 * 1024;
-
-/// The package as a user gets it: EDGEPREDICT_TGZ (e.g. tools/build_pkg.sh's tarball), or
-/// `npm pack` of the repo root now.
-function packageTarball() {
-  if (process.env.EDGEPREDICT_TGZ) return path.resolve(process.env.EDGEPREDICT_TGZ);
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), "edgepredict-pack-"));
-  process.on("exit", () => fs.rmSync(out, { recursive: true, force: true }));
-  const [info] = JSON.parse(execFileSync("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", out],
-    { cwd: root, encoding: "utf8" }));
-  // npm pack skips a symlinked dist/ (worktrees): say so rather than test a wasm-less package.
-  assert.ok(info.files.some((f) => f.path.endsWith(".wasm")), "the packed package has no wasm: build dist/ first");
-  return path.join(out, info.filename);
-}
-
-/// A float32 .npy (C order) as { shape, data }.
-function readNpy(file) {
-  const b = fs.readFileSync(file);
-  const hlen = b.readUInt16LE(8);
-  const header = b.subarray(10, 10 + hlen).toString("latin1");
-  assert.match(header, /'descr': '<f4'/);
-  const shape = /'shape': \(([^)]*)\)/.exec(header)[1].split(",").filter((s) => s.trim()).map(Number);
-  const body = b.subarray(10 + hlen);
-  return { shape, data: new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength)) };
-}
 
 function memKB(pid) {
   const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
@@ -46,9 +21,7 @@ let proc, base, log = "";
 
 before(async () => {
   // No dependencies of its own: the example's package.json is only where the tarball goes.
-  const lock = fs.readFileSync(path.join(dir, "package-lock.json"), "utf8");
-  execFileSync("npm", ["install", "--no-save", "--no-audit", "--no-fund", packageTarball()], { cwd: dir, stdio: "inherit" });
-  assert.equal(fs.readFileSync(path.join(dir, "package-lock.json"), "utf8"), lock, "the lockfile changed");
+  installExample(dir);
   proc = spawn(deno, ["run", "--allow-net=127.0.0.1", "--allow-read", "--allow-env", "main.js"], {
     cwd: dir, detached: true, stdio: ["ignore", "pipe", "pipe"],
     // The registry is pointed at a dead port: the server must start from node_modules alone.

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import crypto from "node:crypto";
-import { root, serve, launchChromium } from "./support.mjs";
+import { root, serve, launchChromium, readNpy } from "./support.mjs";
 
 const PAGE = "/tests/js/pages/fetch_page.html";
 let server;
@@ -30,19 +30,6 @@ async function openPage(context) {
   await page.goto(base + PAGE);
   await page.waitForSelector("body[data-ready]", { state: "attached" });
   return page;
-}
-
-/// Minimal .npy reader for the little-endian float32/int64 test files.
-function readNpy(file) {
-  const buf = fs.readFileSync(file);
-  const headerLen = buf.readUInt16LE(8);
-  const header = buf.subarray(10, 10 + headerLen).toString("latin1");
-  const shape = /'shape': \(([^)]*)\)/.exec(header)[1].split(",").filter((s) => s.trim()).map(Number);
-  const body = buf.subarray(10 + headerLen);
-  const copy = new Uint8Array(body).buffer;
-  const data = header.includes("<f4") ? new Float32Array(copy) : header.includes("<i8") ? new BigInt64Array(copy) : null;
-  assert.ok(data, `unsupported dtype in ${header}`);
-  return { shape, data };
 }
 
 test("a second load of a model comes from Cache Storage, with no network request", { timeout: 120_000 }, async () => {

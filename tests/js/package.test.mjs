@@ -7,22 +7,11 @@ import fs from "node:fs";
 import path from "node:path";
 import { execFileSync } from "node:child_process";
 import { init, Model, Tensor, EdgeError, memoryBytes } from "edgepredict";
-import { root } from "./support.mjs";
+import { root, readNpy } from "./support.mjs";
 
 const model = (p) => fs.readFileSync(path.join(root, p));
 
 /** A .npy file (little-endian, C order) as { dims, data }. */
-function readNpy(p) {
-  const b = fs.readFileSync(path.join(root, p));
-  const hl = b.readUInt16LE(8);
-  const header = b.subarray(10, 10 + hl).toString("latin1");
-  const dims = JSON.parse(header.match(/'shape': \(([^)]*)\)/)[1].replace(/,\s*$/, "").replace(/^/, "[") + "]");
-  const descr = header.match(/'descr': '([^']+)'/)[1];
-  const body = b.buffer.slice(b.byteOffset + 10 + hl, b.byteOffset + b.length);
-  const A = { "<f4": Float32Array, "<f8": Float64Array, "<i8": BigInt64Array, "<i4": Int32Array }[descr];
-  return { dims, data: new A(body) };
-}
-
 test("init picks the plain SIMD build where relaxed SIMD does not validate (Node 20)", async () => {
   const info = await init();
   assert.equal(info.build, "simd");
@@ -43,12 +32,12 @@ test("the digits MLP: metadata, float32 feeds, int64 and float32 outputs, accura
 
   const x = readNpy("models/digits_test.npy");
   const y = readNpy("models/digits_test_labels.npy");
-  const out = await m.run({ X: new Tensor("float32", Float32Array.from(x.data), x.dims) });
+  const out = await m.run({ X: new Tensor("float32", Float32Array.from(x.data), x.shape) });
   const [label, probs] = m.outputs.map((o) => out[o.name]);
   assert.ok(label.data instanceof BigInt64Array);
-  assert.deepEqual(label.dims, [x.dims[0]]);
+  assert.deepEqual(label.dims, [x.shape[0]]);
   assert.ok(probs.data instanceof Float32Array);
-  assert.deepEqual(probs.dims, [x.dims[0], 10]);
+  assert.deepEqual(probs.dims, [x.shape[0], 10]);
   let right = 0;
   for (let i = 0; i < label.data.length; i++) if (label.data[i] === BigInt(y.data[i])) right++;
   const acc = right / label.data.length;

@@ -4,45 +4,11 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { root, serve, launchChromium } from "./support.mjs";
+import { root, serve, launchChromium, installExample, readNpy } from "./support.mjs";
 
 const dir = path.join(root, "examples/vite");
 const dist = path.join(dir, "dist");
-
-/// The package as a user gets it: EDGEPREDICT_TGZ (e.g. tools/build_pkg.sh's tarball), or
-/// `npm pack` of the repo root now.
-function packageTarball() {
-  if (process.env.EDGEPREDICT_TGZ) return path.resolve(process.env.EDGEPREDICT_TGZ);
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), "edgepredict-pack-"));
-  process.on("exit", () => fs.rmSync(out, { recursive: true, force: true }));
-  const [info] = JSON.parse(execFileSync("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", out],
-    { cwd: root, encoding: "utf8" }));
-  // npm pack skips a symlinked dist/ (worktrees): say so rather than test a wasm-less package.
-  assert.ok(info.files.some((f) => f.path.endsWith(".wasm")), "the packed package has no wasm: build dist/ first");
-  return path.join(out, info.filename);
-}
-
-/// The example's pinned tools (its lockfile), then the tarball without touching the lock.
-function installExample(exampleDir) {
-  if (!fs.existsSync(path.join(exampleDir, "node_modules/.package-lock.json"))) {
-    execFileSync("npm", ["ci", "--no-audit", "--no-fund"], { cwd: exampleDir, stdio: "inherit" });
-  }
-  const lock = fs.readFileSync(path.join(exampleDir, "package-lock.json"), "utf8");
-  execFileSync("npm", ["install", "--no-save", "--no-audit", "--no-fund", packageTarball()],
-    { cwd: exampleDir, stdio: "inherit" });
-  assert.equal(fs.readFileSync(path.join(exampleDir, "package-lock.json"), "utf8"), lock, "the lockfile changed");
-}
-
-/// An int64 .npy as Numbers.
-function readNpyI64(file) {
-  const b = fs.readFileSync(file);
-  const hlen = b.readUInt16LE(8);
-  assert.match(b.subarray(10, 10 + hlen).toString("latin1"), /'descr': '<i8'/);
-  const body = b.subarray(10 + hlen);
-  return Array.from(new BigInt64Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength)), Number);
-}
 
 const sizes = (d) => fs.readdirSync(d, { recursive: true })
   .filter((f) => fs.statSync(path.join(d, f)).isFile())
@@ -77,7 +43,7 @@ test("vite build emits both wasm builds as assets", () => {
 });
 
 test("the built app labels digits in Chromium with the relaxed or plain SIMD build", async () => {
-  const expected = readNpyI64(path.join(root, ".cache/reference/digits_mlp/output_0.npy"));
+  const expected = Array.from(readNpy(path.join(root, ".cache/reference/digits_mlp/output_0.npy")).data, Number);
   // Rows with different labels: a page that ignored its input could not pass.
   const rows = [0, 1, 5];
   assert.equal(new Set(rows.map((r) => expected[r])).size, rows.length);

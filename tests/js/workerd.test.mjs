@@ -2,50 +2,14 @@
 // wrangler dev, with the edgepredict package installed from its packed tarball.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
-import os from "node:os";
 import path from "node:path";
-import { root } from "./support.mjs";
+import { root, readNpy, installExample } from "./support.mjs";
 
 const dir = path.join(root, "examples/cloudflare-worker");
 const MAX_BODY = 10 * 1024 * 1024;
-
-/// The package as a user gets it: EDGEPREDICT_TGZ (e.g. tools/build_pkg.sh's tarball), or
-/// `npm pack` of the repo root now.
-function packageTarball() {
-  if (process.env.EDGEPREDICT_TGZ) return path.resolve(process.env.EDGEPREDICT_TGZ);
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), "edgepredict-pack-"));
-  process.on("exit", () => fs.rmSync(out, { recursive: true, force: true }));
-  const [info] = JSON.parse(execFileSync("npm", ["pack", "--json", "--ignore-scripts", "--pack-destination", out],
-    { cwd: root, encoding: "utf8" }));
-  // npm pack skips a symlinked dist/ (worktrees): say so rather than test a wasm-less package.
-  assert.ok(info.files.some((f) => f.path.endsWith(".wasm")), "the packed package has no wasm: build dist/ first");
-  return path.join(out, info.filename);
-}
-
-/// The example's pinned tools (its lockfile), then the tarball without touching the lock.
-function installExample(exampleDir) {
-  if (!fs.existsSync(path.join(exampleDir, "node_modules/.package-lock.json"))) {
-    execFileSync("npm", ["ci", "--no-audit", "--no-fund"], { cwd: exampleDir, stdio: "inherit" });
-  }
-  const lock = fs.readFileSync(path.join(exampleDir, "package-lock.json"), "utf8");
-  execFileSync("npm", ["install", "--no-save", "--no-audit", "--no-fund", packageTarball()],
-    { cwd: exampleDir, stdio: "inherit" });
-  assert.equal(fs.readFileSync(path.join(exampleDir, "package-lock.json"), "utf8"), lock, "the lockfile changed");
-}
-
-/// A float32 .npy (C order) as { shape, data }.
-function readNpy(file) {
-  const b = fs.readFileSync(file);
-  const hlen = b.readUInt16LE(8);
-  const header = b.subarray(10, 10 + hlen).toString("latin1");
-  assert.match(header, /'descr': '<f4'/);
-  const shape = /'shape': \(([^)]*)\)/.exec(header)[1].split(",").filter((s) => s.trim()).map(Number);
-  const body = b.subarray(10 + hlen);
-  return { shape, data: new Float32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.byteLength)) };
-}
 
 const freePort = () => new Promise((ok, fail) => {
   const s = net.createServer().listen(0, "127.0.0.1", () => {
