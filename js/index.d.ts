@@ -100,8 +100,8 @@ export function relaxedSimdSupported(): boolean;
 /** Bytes of wasm linear memory now. */
 export function memoryBytes(): number;
 
-export class Model {
-  static load(source: Uint8Array | ArrayBuffer | string | URL | Response, options?: LoadOptions): Promise<Model>;
+/** What a loaded model tells about itself: the same on `Model` and `WorkerModel`. */
+export interface ModelInfo {
   readonly inputs: IoInfo[];
   readonly outputs: IoInfo[];
   readonly metadata: ModelMetadata;
@@ -109,6 +109,12 @@ export class Model {
   readonly fallbackReason: string | null;
   readonly adapter: string | null;
   readonly plan: Plan;
-  run(feeds: Record<string, Feed>): Promise<Record<string, Tensor>>;
+  /** Frees the model (wasm and GPU memory, or the worker); later calls throw "Disposed". */
   dispose(): void;
+}
+
+export interface Model extends ModelInfo {}
+export class Model {
+  static load(source: Uint8Array | ArrayBuffer | string | URL | Response, options?: LoadOptions): Promise<Model>;
+  run(feeds: Record<string, Feed>): Promise<Record<string, Tensor>>;
 }

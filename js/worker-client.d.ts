@@ -1,5 +1,5 @@
 // Types of js/worker-client.js (Web Worker mode).
-import type { Feed, IoInfo, LoadOptions, ModelMetadata, Plan, Tensor } from "./index.d.ts";
+import type { Feed, LoadOptions, ModelInfo, Tensor } from "./index.d.ts";
 
 export interface WorkerLoadOptions extends LoadOptions {
   /** The worker script, instead of the bundled `new URL("./worker.js", import.meta.url)`. */
@@ -7,6 +7,7 @@ export interface WorkerLoadOptions extends LoadOptions {
 }
 
 /** The Model API with the model in a module Web Worker: load and runs off the main thread. */
+export interface WorkerModel extends ModelInfo {}
 export class WorkerModel {
   /**
    * Starts a worker and loads the model there. Bytes are copied to the worker; a URL is
@@ -15,18 +16,9 @@ export class WorkerModel {
    * and `fetch` cannot cross threads and are ignored; the worker uses its own `caches`.
    */
   static load(source: Uint8Array | ArrayBuffer | string | URL, options?: WorkerLoadOptions): Promise<WorkerModel>;
-  readonly inputs: IoInfo[];
-  readonly outputs: IoInfo[];
-  readonly metadata: ModelMetadata;
-  readonly backend: "webgpu" | "cpu";
-  readonly fallbackReason: string | null;
-  readonly adapter: string | null;
-  readonly plan: Plan;
   /**
    * Runs in the worker. The feeds' buffers are transferred (the caller's typed arrays are
    * detached afterwards) unless `transfer: false`; the outputs' buffers are transferred back.
    */
   run(feeds: Record<string, Feed>, options?: { transfer?: boolean }): Promise<Record<string, Tensor>>;
-  /** Terminates the worker; later calls reject with EdgeError "Disposed". */
-  dispose(): void;
 }

@@ -42,6 +42,7 @@ tools/build_pkg.sh
 
 step "JS: package API (Node), delivery layer, demo page, WebGPU (Chromium), Workers, Deno, Vite"
 node --test --test-concurrency=1 tests/js/
+node_modules/.bin/deno check tests/js/types_check.ts
 node_modules/.bin/deno test --allow-read --allow-env tests/js/webgpu_deno.test.ts
 
 step "fuzz smoke"

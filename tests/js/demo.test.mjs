@@ -10,7 +10,7 @@ import path from "node:path";
 import zlib from "node:zlib";
 import os from "node:os";
 import http from "node:http";
-import { root, serve, launchChromium, readNpy } from "./support.mjs";
+import { root, serve, launchChromium, readNpy, waitPanel as waitPanelOn } from "./support.mjs";
 import { magikaFeatures } from "../../www/lib/magika.js";
 
 const BACKEND = process.env.DEMO_BACKEND ?? "cpu";
@@ -39,21 +39,7 @@ after(async () => {
   server?.close();
 });
 
-/// Waits until the panel is in `state` (or failed), and returns its dataset.
-async function waitPanel(id, state, timeout = 120_000, extra = "true") {
-  const handle = await page.waitForFunction(
-    ([id, state, extra]) => {
-      const s = document.getElementById(id);
-      if (s.dataset.state === "error") return { error: s.textContent };
-      return s.dataset.state === state && new Function("s", `return ${extra}`)(s) ? { ...s.dataset } : null;
-    },
-    [id, state, extra],
-    { timeout, polling: 200 },
-  );
-  const v = await handle.jsonValue();
-  assert.equal(v.error, undefined, `${id} failed: ${v.error}`);
-  return v;
-}
+const waitPanel = (...args) => waitPanelOn(page, ...args);
 
 const shot = (name) => page.screenshot({ path: path.join(ARTIFACTS, `demo-${name}.png`), fullPage: true });
 

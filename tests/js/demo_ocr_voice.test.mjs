@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
-import { root, serve, launchChromium } from "./support.mjs";
+import { root, serve, launchChromium, waitPanel as waitPanelOn } from "./support.mjs";
 
 const BACKEND = process.env.DEMO_BACKEND ?? "cpu";
 // The module "edgepredict" resolves to in the harness (only there; the shell has its import map).
@@ -66,22 +66,7 @@ after(async () => {
   server?.close();
 });
 
-/// Waits until the panel is in `state` and `extra(section)` holds (or it failed); returns its dataset.
-async function waitPanel(id, state, timeout = 120_000, extra = "true") {
-  const handle = await page.waitForFunction(
-    ([id, state, extra]) => {
-      const s = document.getElementById(id);
-      if (!s) return null;
-      if (s.dataset.state === "error") return { error: s.dataset.error ?? s.textContent };
-      return s.dataset.state === state && new Function("s", `return ${extra}`)(s) ? { ...s.dataset } : null;
-    },
-    [id, state, extra],
-    { timeout, polling: 100 },
-  );
-  const v = await handle.jsonValue();
-  assert.equal(v.error, undefined, `${id} failed: ${v.error}`);
-  return v;
-}
+const waitPanel = (...args) => waitPanelOn(page, ...args);
 
 const shot = (id, name) => page.locator(`#${id}`).screenshot({ path: path.join(ARTIFACTS, `demo-${name}.png`) });
 

@@ -59,3 +59,22 @@ export function installExample(exampleDir) {
     { cwd: exampleDir, stdio: "inherit" });
   if (hasLock && fs.readFileSync(lockPath, "utf8") !== lock) throw new Error(`${exampleDir}: the lockfile changed`);
 }
+
+/// Waits until the demo panel `id` on `page` is in `state` (its data-state) and the JS
+/// expression `extra` (over the section `s`) holds, or fails with the panel's error.
+/// Returns the section's dataset.
+export async function waitPanel(page, id, state, timeout = 120_000, extra = "true") {
+  const handle = await page.waitForFunction(
+    ([id, state, extra]) => {
+      const s = document.getElementById(id);
+      if (!s) return null;
+      if (s.dataset.state === "error") return { error: s.dataset.error ?? s.textContent };
+      return s.dataset.state === state && new Function("s", `return ${extra}`)(s) ? { ...s.dataset } : null;
+    },
+    [id, state, extra],
+    { timeout, polling: 100 },
+  );
+  const v = await handle.jsonValue();
+  if (v.error !== undefined) throw new Error(`${id} failed: ${v.error}`);
+  return v;
+}

@@ -6,6 +6,7 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
+import { expectTypedErrors } from "./predict_endpoint.mjs";
 import { root, readNpy, installExample } from "./support.mjs";
 
 const dir = path.join(root, "examples/cloudflare-worker");
@@ -139,32 +140,7 @@ test("workerd stays well inside the 128 MB Workers limit (after the model ran)",
 });
 
 test("bad input gets a typed 4xx", async () => {
-  const expectError = async (res, status, code) => {
-    assert.equal(res.status, status);
-    assert.match(res.headers.get("content-type"), /application\/json/);
-    const body = await res.json();
-    assert.equal(body.error.code, code);
-    assert.equal(typeof body.error.message, "string");
-  };
-  await expectError(await fetch(`${base}/predict`, { method: "POST", body: new Uint8Array(0) }), 400, "empty_body");
-  await expectError(await fetch(`${base}/predict`), 405, "method_not_allowed");
-  await expectError(await fetch(`${base}/predict`, { method: "PUT", body: "x" }), 405, "method_not_allowed");
-  await expectError(await fetch(`${base}/nope`, { method: "POST", body: "x" }), 404, "not_found");
-  await expectError(await fetch(`${base}/`), 404, "not_found");
-  await expectError(await fetch(`${base}/predict`, { method: "POST", body: new Uint8Array(MAX_BODY + 1) }),
-    413, "payload_too_large");
-  // Chunked, without a Content-Length: the worker counts the stream.
-  const chunks = new ReadableStream({
-    start(c) {
-      for (let i = 0; i < 11; i++) c.enqueue(new Uint8Array(1 << 20));
-      c.close();
-    },
-  });
-  await expectError(await fetch(`${base}/predict`, { method: "POST", body: chunks, duplex: "half" }),
-    413, "payload_too_large");
-  const form = new FormData();
-  form.append("note", "no file here");
-  await expectError(await fetch(`${base}/predict`, { method: "POST", body: form }), 400, "no_file");
+  await expectTypedErrors(base, MAX_BODY);
   // The worker still serves after the errors.
   const { res, json } = await post(fs.readFileSync(path.join(root, "tools/make_reference.py")));
   assert.equal(res.status, 200);

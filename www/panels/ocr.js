@@ -3,6 +3,7 @@
 // data-result is JSON { text, lines: [{ text, score, boxScore, rotated, box }], ms }.
 import { Tensor } from "edgepredict";
 import { readText, recCharset } from "../lib/ocr.js";
+import { h } from "../ui.js";
 
 const MODELS = {
   det: { url: "/models/ppocr_det.onnx", label: "PP-OCRv4 det", sha256: "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9" },
@@ -10,26 +11,19 @@ const MODELS = {
   rec: { url: "/models/ppocr_rec.onnx", label: "PP-OCRv4 rec", sha256: "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b" },
 };
 
-function el(tag, props = {}, ...children) {
-  const e = document.createElement(tag);
-  Object.assign(e, props);
-  e.append(...children);
-  return e;
-}
-
 export function mount(section, ctx) {
   // One status element: ctx puts a row per model and a latency per label in it.
-  const status = el("div", { className: "status" });
-  const input = el("input", { type: "file", accept: "image/*", disabled: true });
-  const view = el("canvas", { className: "ocr-view", width: 0, height: 0 });
+  const status = h("div", { class: "status" });
+  const input = h("input", { type: "file", accept: "image/*", disabled: true });
+  const view = h("canvas", { class: "ocr-view", width: 0, height: 0 });
   // Fits the panel whatever its width (the drawing itself is up to 1280 px wide).
   Object.assign(view.style, { display: "block", maxWidth: "100%", height: "auto" });
-  const list = el("ol", { className: "ocr-lines" });
-  const error = el("p", { className: "error", hidden: true });
+  const list = h("ol", { class: "ocr-lines" });
+  const error = h("p", { class: "error", hidden: true });
   section.append(
-    el("h2", {}, "OCR"),
-    el("p", { className: "hint" }, "PP-OCR: det finds the lines, cls turns upside-down ones, rec reads them."),
-    el("label", {}, "Image ", input),
+    h("h2", {}, "OCR"),
+    h("p", { class: "hint" }, "PP-OCR: det finds the lines, cls turns upside-down ones, rec reads them."),
+    h("label", {}, "Image ", input),
     status,
     view,
     list,
@@ -81,11 +75,11 @@ export function mount(section, ctx) {
     const ms = Math.round(performance.now() - t0);
     draw(image, result.lines);
     for (const line of result.lines) {
-      const li = el("li", {}, el("span", { className: "ocr-text" }, line.text || "(nothing read)"));
-      li.append(el("small", {}, ` ${line.score.toFixed(2)}${line.rotated ? " · turned 180°" : ""}`));
+      const li = h("li", {}, h("span", { class: "ocr-text" }, line.text || "(nothing read)"));
+      li.append(h("small", {}, ` ${line.score.toFixed(2)}${line.rotated ? " · turned 180°" : ""}`));
       list.append(li);
     }
-    if (result.lines.length === 0) list.append(el("li", {}, "no text found"));
+    if (result.lines.length === 0) list.append(h("li", {}, "no text found"));
     section.dataset.result = JSON.stringify({ text: result.text, lines: result.lines, ms, size: [image.width, image.height] });
     section.dataset.state = "done";
     image.close();

@@ -7,36 +7,30 @@
 import { Tensor } from "edgepredict";
 import { SileroVad, SpeechTracker, padSegments, detectSpeech, VAD_DEFAULTS, FRAME, SAMPLE_RATE } from "../lib/vad.js";
 import { decodeTo16k, startMic } from "../lib/audio.js";
+import { h } from "../ui.js";
 
 const MODEL = { url: "/models/silero_vad.onnx", label: "silero VAD v6", sha256: "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3" };
 const FRAME_S = FRAME / SAMPLE_RATE;
 const LIVE_WINDOW_S = 10;
 
-function el(tag, props = {}, ...children) {
-  const e = document.createElement(tag);
-  Object.assign(e, props);
-  e.append(...children);
-  return e;
-}
-
 export function mount(section, ctx) {
   // ctx puts the model's row and the file run's latency in here.
-  const status = el("div", { className: "status" });
-  const file = el("input", { type: "file", accept: "audio/*", disabled: true });
-  const startBtn = el("button", { type: "button", className: "mic-start", disabled: true }, "Start microphone");
-  const stopBtn = el("button", { type: "button", className: "mic-stop", disabled: true }, "Stop");
-  const speaking = el("span", { className: "speaking" }, "silent");
-  const info = el("p", { className: "vad-info" });
-  const timeline = el("canvas", { className: "vad-timeline", width: 640, height: 120 });
+  const status = h("div", { class: "status" });
+  const file = h("input", { type: "file", accept: "audio/*", disabled: true });
+  const startBtn = h("button", { type: "button", class: "mic-start", disabled: true }, "Start microphone");
+  const stopBtn = h("button", { type: "button", class: "mic-stop", disabled: true }, "Stop");
+  const speaking = h("span", { class: "speaking" }, "silent");
+  const info = h("p", { class: "vad-info" });
+  const timeline = h("canvas", { class: "vad-timeline", width: 640, height: 120 });
   // As wide as the panel; the bitmap is sized to it at each draw (sharp on HiDPI).
   Object.assign(timeline.style, { display: "block", width: "100%", height: "120px" });
-  const list = el("ol", { className: "vad-segments" });
-  const error = el("p", { className: "error", hidden: true });
+  const list = h("ol", { class: "vad-segments" });
+  const error = h("p", { class: "error", hidden: true });
   section.append(
-    el("h2", {}, "Voice activity"),
-    el("p", { className: "hint" }, "silero VAD v6 on 32 ms frames at 16 kHz; speech from 0.5, back to silence under 0.35."),
-    el("label", {}, "Audio file ", file),
-    el("div", { className: "mic" }, startBtn, " ", stopBtn, " ", speaking),
+    h("h2", {}, "Voice activity"),
+    h("p", { class: "hint" }, "silero VAD v6 on 32 ms frames at 16 kHz; speech from 0.5, back to silence under 0.35."),
+    h("label", {}, "Audio file ", file),
+    h("div", { class: "mic" }, startBtn, " ", stopBtn, " ", speaking),
     status,
     info,
     timeline,
@@ -82,9 +76,9 @@ export function mount(section, ctx) {
 
   function showSegments(segments) {
     list.replaceChildren(
-      ...segments.map((s) => el("li", {}, `${s.start.toFixed(2)} – ${s.end.toFixed(2)} s`)),
+      ...segments.map((s) => h("li", {}, `${s.start.toFixed(2)} – ${s.end.toFixed(2)} s`)),
     );
-    if (segments.length === 0) list.append(el("li", {}, "no speech"));
+    if (segments.length === 0) list.append(h("li", {}, "no speech"));
   }
 
   async function runFile(f) {
