@@ -40,13 +40,7 @@ async function readBody(request) {
     }
     chunks.push(value);
   }
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const c of chunks) {
-    out.set(c, o);
-    o += c.byteLength;
-  }
-  return out;
+  return new Uint8Array(await new Blob(chunks).arrayBuffer());
 }
 
 /// The uploaded file: the raw body, or the "file" part (else the first file) of a form.

@@ -6,8 +6,8 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
-import { expectTypedErrors } from "./predict_endpoint.mjs";
-import { root, readNpy, installExample } from "./support.mjs";
+import { expectTypedErrors, expectReferenceLabels, post as postTo } from "./predict_endpoint.mjs";
+import { root, installExample } from "./support.mjs";
 
 const dir = path.join(root, "examples/cloudflare-worker");
 const MAX_BODY = 10 * 1024 * 1024;
@@ -80,37 +80,13 @@ after(() => {
   if (proc && proc.exitCode === null) process.kill(-proc.pid, "SIGKILL");
 });
 
-async function post(body, headers = {}) {
-  const t0 = performance.now();
-  const res = await fetch(`${base}/predict`, { method: "POST", body, headers });
-  const json = await res.json();
-  return { res, json, ms: performance.now() - t0 };
-}
+const post = (body, headers) => postTo(base, body, headers);
 
 test("magika in workerd names a Python file and a PNG, with the reference scores", async () => {
-  const meta = JSON.parse(fs.readFileSync(path.join(root, ".cache/reference/magika/meta.json"), "utf8"));
-  const ref = readNpy(path.join(root, ".cache/reference/magika/output_0.npy"));
-  const classes = ref.shape[1];
-  const cfg = JSON.parse(fs.readFileSync(path.join(root, ".cache/models/magika_config.json"), "utf8"));
-  assert.deepEqual(meta.files.map(([, l]) => l), ["python", "png"]);
-  for (const [i, [file, expected]] of meta.files.entries()) {
-    const bytes = fs.readFileSync(path.join(root, file));
-    const first = await post(bytes, { "content-type": "application/octet-stream" });
-    const { res, json, ms } = await post(bytes, { "content-type": "application/octet-stream" });
-    assert.equal(res.status, 200, JSON.stringify(json));
-    assert.equal(json.label, expected);
-    assert.equal(json.dlLabel, expected);
-    // onnxruntime's score for the same file (tools/make_reference.py).
-    const k = cfg.target_labels_space.indexOf(expected);
-    assert.ok(Math.abs(json.score - ref.data[i * classes + k]) < 1e-4, `${json.score} vs ${ref.data[i * classes + k]}`);
-    assert.equal(json.top[0].label, expected);
-    assert.equal(json.top.length, 5);
-    for (let j = 1; j < json.top.length; j++) assert.ok(json.top[j].score <= json.top[j - 1].score);
+  for (const { file, first, res, json, ms, mem } of await expectReferenceLabels(base, { "content-type": "application/octet-stream" })) {
     // workerd's V8 validates relaxed SIMD, so the package's feature-detect picks it.
     assert.equal(res.headers.get("x-wasm-build"), "relaxed-simd");
-    const mem = Number(res.headers.get("x-wasm-memory-bytes"));
     wasmPeak = Math.max(wasmPeak, mem);
-    assert.ok(mem > 0 && mem < 128 * 2 ** 20, `wasm memory ${res.headers.get("x-wasm-memory-bytes")}`);
     console.log(`${file}: ${json.label} ${json.score.toFixed(5)}, first request ${first.ms.toFixed(0)} ms,` +
       ` then ${ms.toFixed(0)} ms; wasm memory ${(mem / 2 ** 20).toFixed(1)} MiB`);
   }
