@@ -18,19 +18,28 @@ for variant in simd relaxed; do
   [ $variant = relaxed ] && flags="$flags,+relaxed-simd"
   RUSTFLAGS="$flags" cargo build --release --lib --target wasm32-unknown-unknown \
     --no-default-features --features webgpu --target-dir "target/wasm-pkg-$variant"
-  out=target/pkg-bindgen/$variant
-  wasm-bindgen --target web --out-dir "$out" --out-name edgepredict \
+  wasm-bindgen --target web --out-dir "target/pkg-bindgen/$variant" --out-name edgepredict \
     "target/wasm-pkg-$variant/wasm32-unknown-unknown/release/edgepredict.wasm"
+done
+# wasm-opt -O2, but functions with one caller are inlined only when small (-ocimfs 100):
+# binaryen's default inlines every such function, which here built one 540 KB function,
+# and compiling it cost V8 150-220 MB more peak memory (workerd, Deno) than the input did.
+# -O3/-Os take longer for no measurable size gain (docs/js-api.md). One run per core.
+feats="--enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext
+  --enable-mutable-globals --enable-reference-types --enable-multivalue"
+pids=()
+for variant in simd relaxed; do
+  in=target/pkg-bindgen/$variant/edgepredict_bg.wasm out=dist/edgepredict_$variant.wasm
   if [ "${WASM_OPT:-1}" = 1 ]; then
-    feats="--enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext
-      --enable-mutable-globals --enable-reference-types --enable-multivalue"
-    [ $variant = relaxed ] && feats="$feats --enable-relaxed-simd"
+    extra=""; [ $variant = relaxed ] && extra="--enable-relaxed-simd"
     # shellcheck disable=SC2086
-    "$opt" -O3 $feats "$out/edgepredict_bg.wasm" -o "dist/edgepredict_$variant.wasm"
+    "$opt" -O2 -ocimfs 100 $feats $extra "$in" -o "$out" &
+    pids+=($!)
   else
-    cp "$out/edgepredict_bg.wasm" "dist/edgepredict_$variant.wasm"
+    cp "$in" "$out"
   fi
 done
+for p in "${pids[@]}"; do wait "$p"; done
 # Both builds export and import the same functions, so one glue serves both; check it.
 if ! cmp -s target/pkg-bindgen/simd/edgepredict.js target/pkg-bindgen/relaxed/edgepredict.js; then
   echo "the two builds' wasm-bindgen glue differs: cannot share it" >&2
