@@ -3,11 +3,13 @@
 //! A small strict decoder of only the fields we use (no generated code, no protoc): it is
 //! a few hundred lines, keeps the wasm small, and is fuzzed (`fuzz/`).
 
+pub mod encode;
 pub mod proto;
 pub mod wire;
 
 use crate::error::{Error, Result};
 use crate::tensor::{numel, DType, Data, Tensor};
+pub use encode::{encode_model, tensor_to_proto};
 use half::{bf16, f16};
 pub use proto::{decode_model, ModelProto};
 use proto::{SparseTensorProto, TensorProto};

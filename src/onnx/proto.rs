@@ -5,7 +5,7 @@
 use super::wire::{self, Reader, MAX_DEPTH};
 use crate::error::{Error, Result};
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct ModelProto {
     pub ir_version: i64,
     pub opset_import: Vec<OperatorSetId>,
@@ -19,13 +19,13 @@ pub struct ModelProto {
     pub functions: Vec<FunctionProto>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct OperatorSetId {
     pub domain: String,
     pub version: i64,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct GraphProto {
     pub name: String,
     pub node: Vec<NodeProto>,
@@ -36,7 +36,7 @@ pub struct GraphProto {
     pub value_info: Vec<ValueInfoProto>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct NodeProto {
     pub input: Vec<String>,
     pub output: Vec<String>,
@@ -89,7 +89,7 @@ impl AttrType {
     }
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct AttributeProto {
     pub name: String,
     pub ref_attr_name: String,
@@ -108,7 +108,7 @@ pub struct AttributeProto {
     pub graphs: Vec<GraphProto>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct TensorProto {
     pub dims: Vec<i64>,
     pub data_type: i32,
@@ -126,20 +126,20 @@ pub struct TensorProto {
     pub has_segment: bool,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct SparseTensorProto {
     pub values: Option<TensorProto>,
     pub indices: Option<TensorProto>,
     pub dims: Vec<i64>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct ValueInfoProto {
     pub name: String,
     pub r#type: Option<TypeProto>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub enum TypeProto {
     Tensor {
         elem_type: i32,
@@ -162,7 +162,7 @@ pub enum DimProto {
     Unknown,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct FunctionProto {
     pub name: String,
     pub domain: String,
