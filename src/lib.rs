@@ -14,6 +14,7 @@ pub mod error;
 pub mod tensor;
 
 pub mod api;
+pub mod compress;
 pub mod cpu;
 #[cfg(feature = "webgpu")]
 pub mod gpu;
