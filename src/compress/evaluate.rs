@@ -899,13 +899,18 @@ impl fmt::Display for Report {
         if let Some(l) = &self.latency {
             writeln!(
                 f,
-                "latency (CPU path, {} run(s) per set, summed over sets): reference median {:.3} ms (min {:.3}), candidate median {:.3} ms (min {:.3}): x{:.2}",
-                l.repeat,
-                l.reference.median_ms,
-                l.reference.min_ms,
-                l.candidate.median_ms,
-                l.candidate.min_ms,
-                l.ratio
+                "latency: median (min) of {} run(s) per set, summed over {} set(s):",
+                l.repeat, self.sets
+            )?;
+            writeln!(
+                f,
+                "  reference  {:>10.3} ms ({:.3})",
+                l.reference.median_ms, l.reference.min_ms
+            )?;
+            writeln!(
+                f,
+                "  candidate  {:>10.3} ms ({:.3})  x{:.2} of the reference",
+                l.candidate.median_ms, l.candidate.min_ms, l.ratio
             )?;
         }
         if self.sizes.len() == 2 {
@@ -923,11 +928,11 @@ impl fmt::Display for Report {
             if r.bytes > 0 {
                 write!(
                     f,
-                    "  candidate/reference: x{:.3}",
+                    "  candidate/reference: x{:.3} on disk",
                     c.bytes as f64 / r.bytes as f64
                 )?;
                 if let (Some(rg), Some(cg)) = (r.gzip_bytes, c.gzip_bytes) {
-                    write!(f, ", gzipped x{:.3}", cg as f64 / rg.max(1) as f64)?;
+                    write!(f, ", x{:.3} gzipped", cg as f64 / rg.max(1) as f64)?;
                 }
                 writeln!(f)?;
             }
