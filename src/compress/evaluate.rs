@@ -605,6 +605,7 @@ fn time_both(
     Ok(None)
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn median_min(mut v: Vec<f64>) -> Timing {
     v.sort_by(f64::total_cmp);
     let n = v.len();
