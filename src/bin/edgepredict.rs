@@ -1,5 +1,6 @@
 //! The native CLI: `info` describes a model, `run` predicts on .npy/.pb inputs, `bench`
-//! times a model single-threaded on given or synthesized inputs.
+//! times a model single-threaded on given or synthesized inputs, `evaluate` compares a
+//! compressed or distilled model with its reference.
 
 use clap::{Args, Parser, Subcommand};
 use edgepredict::api::io::{read_npy, read_pb, write_npy};
@@ -56,6 +57,25 @@ enum Cmd {
     /// and peak RSS. Inputs come from NAME=FILE or are synthesized (seeded) from the
     /// model's declared input types, with --dim/--shape for symbolic dims.
     Bench(BenchArgs),
+    /// Compares a candidate model (quantized, pruned, a distilled student…) with its
+    /// reference on the same inputs: per output top-1 agreement, cosine, max/mean abs and
+    /// relative error (exact match for integer outputs); latency on both; size on disk and
+    /// gzipped.
+    Evaluate {
+        reference: PathBuf,
+        candidate: PathBuf,
+        /// test_data_set_*/input_K.pb folders (the ONNX test layout), or .npy files named
+        /// after the inputs (NAME.npy or input_NAME.npy), one set per subfolder or one set
+        /// at the top. Without it: one set of random inputs, symbolic dims set to 1.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Timed runs of each input set per model (0: no timing).
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Lists every supported operator.
     Ops,
     /// Predicts handwritten digits with the embedded default model (a scikit-learn MLP
@@ -91,6 +111,13 @@ fn main() -> ExitCode {
             repeat,
         } => run(&model, &inputs, output.as_deref(), repeat),
         Cmd::Bench(a) => bench(&a),
+        Cmd::Evaluate {
+            reference,
+            candidate,
+            data,
+            repeat,
+            json,
+        } => evaluate(&reference, &candidate, data.as_deref(), repeat, json),
         Cmd::Demo { show } => demo(show),
         Cmd::Ops => {
             for d in ops::all() {
@@ -671,6 +698,223 @@ fn print_profile(runs: &[Vec<edgepredict::plan::NodeTime>]) {
             t.index, t.op_type, node_ms[k], t.name, t.outputs
         );
     }
+}
+
+/// Input sets for `evaluate`, with a line saying where they came from.
+type InputSets = Vec<Vec<(String, Tensor)>>;
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn file_name(p: &Path) -> &str {
+    p.file_name().and_then(|n| n.to_str()).unwrap_or("")
+}
+
+/// The number after `prefix` in a file name, e.g. 10 in `test_data_set_10`.
+fn index_after(p: &Path, prefix: &str, suffix: &str) -> Option<usize> {
+    file_name(p)
+        .strip_prefix(prefix)?
+        .strip_suffix(suffix)?
+        .parse()
+        .ok()
+}
+
+/// One ONNX test-layout set: input_K.pb is the model's K-th input unless the TensorProto
+/// names one.
+fn read_pb_set(dir: &Path, model: &Model) -> Result<Vec<(String, Tensor)>, String> {
+    let mut files: Vec<(usize, PathBuf)> = sorted_entries(dir)?
+        .into_iter()
+        .filter_map(|p| index_after(&p, "input_", ".pb").map(|k| (k, p)))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("{}: no input_K.pb files", dir.display()));
+    }
+    let inputs = model.inputs();
+    files
+        .iter()
+        .map(|(k, p)| {
+            let proto = edgepredict::onnx::proto::decode_tensor_file(&read(p)?)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            let t = edgepredict::onnx::tensor_from_proto(&proto)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            let name = if inputs.iter().any(|i| i.name == proto.name) {
+                proto.name.clone()
+            } else {
+                inputs
+                    .get(*k)
+                    .ok_or_else(|| {
+                        format!(
+                            "{}: the model has {} input(s), no input {k}",
+                            p.display(),
+                            inputs.len()
+                        )
+                    })?
+                    .name
+                    .clone()
+            };
+            Ok((name, t))
+        })
+        .collect()
+}
+
+/// Names a .npy file for an input may have: NAME.npy or input_NAME.npy, with characters
+/// unsafe in file names replaced by '_' as `run --output` writes them.
+fn npy_names(input: &str) -> Vec<String> {
+    let safe: String = input
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut v = vec![
+        format!("{input}.npy"),
+        format!("input_{input}.npy"),
+        format!("{safe}.npy"),
+        format!("input_{safe}.npy"),
+    ];
+    v.dedup();
+    v
+}
+
+fn find_npy(dir: &Path, input: &str) -> Option<PathBuf> {
+    npy_names(input)
+        .into_iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+}
+
+fn read_npy_set(dir: &Path, model: &Model) -> Result<Vec<(String, Tensor)>, String> {
+    let mut set = Vec::new();
+    for info in model.inputs() {
+        match find_npy(dir, &info.name) {
+            Some(p) => {
+                let t = read_npy(&read(&p)?).map_err(|e| format!("{}: {e}", p.display()))?;
+                set.push((info.name.clone(), t));
+            }
+            None if info.optional => {}
+            None => {
+                return Err(format!(
+                    "{}: no file for input '{}' (expected {})",
+                    dir.display(),
+                    info.name,
+                    npy_names(&info.name).join(" or ")
+                ))
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// Reads DIR in either layout (see `evaluate --help`), inputs named after the reference's.
+fn read_input_sets(dir: &Path, model: &Model) -> Result<(InputSets, String), String> {
+    let entries = sorted_entries(dir)?;
+    let mut onnx_sets: Vec<(usize, &PathBuf)> = entries
+        .iter()
+        .filter(|p| p.is_dir())
+        .filter_map(|p| index_after(p, "test_data_set_", "").map(|k| (k, p)))
+        .collect();
+    onnx_sets.sort();
+    if !onnx_sets.is_empty() {
+        let sets = onnx_sets
+            .iter()
+            .map(|(_, d)| read_pb_set(d, model))
+            .collect::<Result<_, _>>()?;
+        return Ok((sets, "test_data_set_*/input_K.pb".into()));
+    }
+    let top_level = model
+        .inputs()
+        .iter()
+        .any(|i| find_npy(dir, &i.name).is_some());
+    let subdirs: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
+    if top_level || subdirs.is_empty() {
+        return Ok((vec![read_npy_set(dir, model)?], ".npy".into()));
+    }
+    let sets = subdirs
+        .iter()
+        .map(|d| read_npy_set(d, model))
+        .collect::<Result<_, _>>()?;
+    Ok((sets, ".npy, one set per subfolder".into()))
+}
+
+fn describe_set(set: &[(String, Tensor)]) -> String {
+    set.iter()
+        .map(|(n, t)| format!("{n} {} {:?}", t.dtype(), t.shape()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn evaluate(
+    reference: &Path,
+    candidate: &Path,
+    data: Option<&Path>,
+    repeat: usize,
+    json: bool,
+) -> Result<(), String> {
+    use edgepredict::compress::evaluate::{compare, random_inputs, EvalOptions, ModelSize};
+    let (rb, cb) = (read(reference)?, read(candidate)?);
+    let r = load(&rb).map_err(|e| format!("{}: {e}", reference.display()))?;
+    let c = load(&cb).map_err(|e| format!("{}: {e}", candidate.display()))?;
+    let (sets, note) = match data {
+        Some(dir) => {
+            let (sets, layout) = read_input_sets(dir, &r)?;
+            let note = format!(
+                "inputs: {} set(s) from {} ({layout}); first: {}",
+                sets.len(),
+                dir.display(),
+                describe_set(&sets[0])
+            );
+            (sets, note)
+        }
+        None => {
+            let set = random_inputs(&r, 42).map_err(|e| e.to_string())?;
+            let note = format!(
+                "inputs: no --data, so one set of random inputs from the declared input types, \
+                 symbolic dims set to 1: {}; agreement on such inputs says little about the task",
+                describe_set(&set)
+            );
+            (vec![set], note)
+        }
+    };
+    let opts = EvalOptions { repeat };
+    let report = compare(&r, &c, &sets, &opts).map_err(|e| match data {
+        Some(_) => e.to_string(),
+        None => format!(
+            "{e}\n(on random inputs with symbolic dims set to 1: give real ones with --data DIR)"
+        ),
+    })?;
+    let mut report = report.sizes(
+        ModelSize::of(reference.display().to_string(), &rb).map_err(|e| e.to_string())?,
+        ModelSize::of(candidate.display().to_string(), &cb).map_err(|e| e.to_string())?,
+    );
+    report.notes.insert(0, note);
+    for (which, m) in [("reference", &r), ("candidate", &c)] {
+        let b = m.backend();
+        if b.active != "cpu" {
+            report.notes.push(format!(
+                "{which} ran on {} ({} of {} nodes on the GPU), not the CPU path",
+                b.active, b.gpu_nodes, b.nodes
+            ));
+        }
+    }
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        println!("reference: {}", reference.display());
+        println!("candidate: {}", candidate.display());
+        print!("{report}");
+    }
+    Ok(())
 }
 
 fn demo(show: usize) -> Result<(), String> {
