@@ -9,10 +9,10 @@
 //! the `Dimension` oneof (`dim_value: 0` is a known size, not an unknown one) and
 //! `raw_data` when the struct holds it, even empty.
 //!
-//! One departure from plain proto3: an attribute's value field for its declared type
-//! (`f` for FLOAT, `i` for INT, `s` for STRING) is written even at its default.
-//! onnxruntime is built on the proto2 `onnx-ml.proto` and asks `has_i()`: without the
-//! field, `axis: 0` reads as "no value".
+//! So an attribute `axis: 0` has its name and type but no `i` field, as protobuf's own proto3
+//! serializer would write it; onnxruntime 1.32 and `onnx.checker` (full check) both read it
+//! as 0 (checked by hand with Concat, Flatten, Softmax and LeakyRelu, and by the
+//! onnxruntime test in `tests/onnx_roundtrip.rs` on the real models).
 //!
 //! The encoding is deterministic: the same struct always gives the same bytes, so
 //! decode → encode is a fixed point after one round.
@@ -212,19 +212,12 @@ fn attr_type_code(t: AttrType) -> i64 {
 
 fn write_attr(w: &mut Writer, a: &AttributeProto) {
     scalar_bytes(w, 1, a.name.as_bytes());
-    // The value of a scalar attribute is written even at its default: see the module doc.
-    // A reference attribute (ref_attr_name set) has no value of its own.
-    let is_value = |t: AttrType| a.r#type == t && a.ref_attr_name.is_empty();
     // Bits, not ==, so that -0.0 is kept.
-    if a.f.to_bits() != 0 || is_value(AttrType::Float) {
+    if a.f.to_bits() != 0 {
         w.f32_field(2, a.f);
     }
-    if a.i != 0 || is_value(AttrType::Int) {
-        w.varint_field(3, a.i as u64);
-    }
-    if !a.s.is_empty() || is_value(AttrType::String) {
-        w.bytes_field(4, &a.s);
-    }
+    scalar_int(w, 3, a.i);
+    scalar_bytes(w, 4, &a.s);
     if let Some(t) = &a.t {
         w.message_field(5, |w| write_tensor(w, t));
     }
@@ -635,20 +628,25 @@ mod tests {
             },
             attr("undefined", AttrType::Undefined),
         ];
-        // A scalar attribute's value is written even at its default (onnxruntime asks
-        // has_i()): name, then i = 0, then type = INT.
+        // i = 0 is the proto3 default: name, then type = INT, nothing else.
         assert_eq!(
             encode_attribute(&attrs[3]),
-            [0x0a, 2, b'i', b'0', 0x18, 0, 0xa0, 0x01, 2]
+            [0x0a, 2, b'i', b'0', 0xa0, 0x01, 2]
         );
-        // A reference attribute carries no value of its own.
-        assert!(!encode_attribute(&attrs[16]).contains(&0x15));
         let mut n = node("If", &["c"], &["o"]);
         n.attribute = attrs;
-        round_trip(&model_with(GraphProto {
+        let m = model_with(GraphProto {
             node: vec![n],
             ..Default::default()
-        }));
+        });
+        round_trip(&m);
+        // -0.0 == 0.0 for PartialEq, so check that the sign survived.
+        let back = decode_model(&encode_model(&m)).unwrap();
+        let fneg0 = &back.graph.unwrap().node[0].attribute[2];
+        assert_eq!(
+            (fneg0.name.as_str(), fneg0.f.to_bits()),
+            ("fneg0", 0x8000_0000)
+        );
     }
 
     #[test]
