@@ -22,7 +22,8 @@ fn npy(p: &Path) -> Tensor {
 
 /// The reference inputs of `id` (tools/make_reference.py), by name.
 fn reference_inputs(dir: &Path) -> Vec<(String, Tensor)> {
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
     meta["inputs"]
         .as_array()
         .unwrap()
@@ -35,7 +36,10 @@ fn reference_inputs(dir: &Path) -> Vec<(String, Tensor)> {
 }
 
 fn run(m: &Model, inputs: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
-    let refs: Vec<(&str, Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let refs: Vec<(&str, Tensor)> = inputs
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.clone()))
+        .collect();
     m.run(&refs).unwrap()
 }
 
@@ -57,14 +61,21 @@ fn cosine(a: &Tensor, b: &Tensor) -> f64 {
 fn rel_max_diff(a: &Tensor, b: &Tensor) -> f64 {
     let (a, b) = (a.to_f64_vec().unwrap(), b.to_f64_vec().unwrap());
     let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+    a.iter()
+        .zip(&b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
 }
 
 /// Row-wise argmax agreement over the last axis.
 fn top1_agreement(a: &Tensor, b: &Tensor) -> f64 {
     let n = *a.shape().last().unwrap();
     let (a, b) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
-    let argmax = |r: &[f32]| r.iter().enumerate().fold(0, |best, (i, v)| if *v > r[best] { i } else { best });
+    let argmax = |r: &[f32]| {
+        r.iter()
+            .enumerate()
+            .fold(0, |best, (i, v)| if *v > r[best] { i } else { best })
+    };
     let rows = a.len() / n;
     let same = (0..rows)
         .filter(|&r| argmax(&a[r * n..(r + 1) * n]) == argmax(&b[r * n..(r + 1) * n]))
@@ -111,7 +122,11 @@ fn check_dynamic(c: &Case) {
     let model = root().join(format!(".cache/models/{}.onnx", c.id));
     let dir = root().join(format!(".cache/reference/{}", c.id));
     if !model.exists() || !dir.exists() {
-        assert!(!require(), "{} missing: run tools/setup.sh", model.display());
+        assert!(
+            !require(),
+            "{} missing: run tools/setup.sh",
+            model.display()
+        );
         eprintln!("skip {}: not fetched", c.id);
         return;
     }
@@ -141,7 +156,12 @@ fn check_dynamic(c: &Case) {
             bytes.len() as f64 / 1e6,
             qbytes.len() as f64 / 1e6
         );
-        assert!(cos >= c.min_cosine, "{} {name}: cosine {cos} < {}", c.id, c.min_cosine);
+        assert!(
+            cos >= c.min_cosine,
+            "{} {name}: cosine {cos} < {}",
+            c.id,
+            c.min_cosine
+        );
         if let (Some(t), Some(min)) = (top1, c.min_top1) {
             assert!(t >= min, "{} {name}: top-1 agreement {t} < {min}", c.id);
         }
@@ -153,27 +173,51 @@ fn check_dynamic(c: &Case) {
         assert_eq!(ort.len(), quant.len());
         for ((name, q), o) in quant.iter().zip(&ort) {
             if !q.dtype().is_float() {
-                assert_eq!(q.to_i64_vec().unwrap(), o.to_i64_vec().unwrap(), "{} {name}", c.id);
+                assert_eq!(
+                    q.to_i64_vec().unwrap(),
+                    o.to_i64_vec().unwrap(),
+                    "{} {name}",
+                    c.id
+                );
                 continue;
             }
             let (cos, rel) = (cosine(q, o), rel_max_diff(q, o));
             eprintln!("  {name}: ours vs onnxruntime on the int8 model: cosine {cos:.6}, max diff {rel:.2e} of scale");
-            assert!(cos > 0.9999 && rel < 0.02, "{} {name}: ours and onnxruntime differ: cosine {cos}, {rel}", c.id);
+            assert!(
+                cos > 0.9999 && rel < 0.02,
+                "{} {name}: ours and onnxruntime differ: cosine {cos}, {rel}",
+                c.id
+            );
         }
     }
 }
 
 #[test]
 fn dynamic_int8_magika() {
-    check_dynamic(&Case { id: "magika", min_cosine: 0.99, min_top1: Some(1.0), max_size_ratio: 0.45 });
+    check_dynamic(&Case {
+        id: "magika",
+        min_cosine: 0.99,
+        min_top1: Some(1.0),
+        max_size_ratio: 0.45,
+    });
 }
 
 #[test]
 fn dynamic_int8_ppocr_cls() {
-    check_dynamic(&Case { id: "ppocr_cls", min_cosine: 0.99, min_top1: Some(1.0), max_size_ratio: 0.5 });
+    check_dynamic(&Case {
+        id: "ppocr_cls",
+        min_cosine: 0.99,
+        min_top1: Some(1.0),
+        max_size_ratio: 0.5,
+    });
 }
 
 #[test]
 fn dynamic_int8_minilm() {
-    check_dynamic(&Case { id: "minilm_l3", min_cosine: 0.97, min_top1: None, max_size_ratio: 0.3 });
+    check_dynamic(&Case {
+        id: "minilm_l3",
+        min_cosine: 0.97,
+        min_top1: None,
+        max_size_ratio: 0.3,
+    });
 }

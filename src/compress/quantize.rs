@@ -11,7 +11,9 @@
 
 use crate::error::{Error, Result};
 use crate::onnx::encode::tensor_to_proto;
-use crate::onnx::proto::{AttrType, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
+use crate::onnx::proto::{
+    AttrType, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto,
+};
 use crate::onnx::tensor_from_proto;
 use crate::tensor::{DType, Tensor};
 use std::collections::{HashMap, HashSet};
@@ -111,8 +113,10 @@ impl Names {
                 }
             }
         }
-        self.used.extend(g.initializer.iter().map(|t| t.name.clone()));
-        self.used.extend(g.input.iter().chain(&g.output).map(|v| v.name.clone()));
+        self.used
+            .extend(g.initializer.iter().map(|t| t.name.clone()));
+        self.used
+            .extend(g.input.iter().chain(&g.output).map(|v| v.name.clone()));
     }
     fn fresh(&mut self, base: &str) -> String {
         let mut name = base.to_string();
@@ -245,7 +249,9 @@ fn quantize_channels(
 fn to_8bit(v: &[i64], shape: Vec<usize>, wt: WeightType) -> Result<Tensor> {
     match wt {
         WeightType::Int8 => Tensor::from_vec(shape, v.iter().map(|&x| x as i8).collect::<Vec<_>>()),
-        WeightType::UInt8 => Tensor::from_vec(shape, v.iter().map(|&x| x as u8).collect::<Vec<_>>()),
+        WeightType::UInt8 => {
+            Tensor::from_vec(shape, v.iter().map(|&x| x as u8).collect::<Vec<_>>())
+        }
     }
 }
 
@@ -262,7 +268,15 @@ fn quantize_matmul_weight(w: &Tensor, opts: &QuantizeOptions) -> Result<QuantWei
     Ok(QuantWeight {
         values: to_8bit(&q, vec![k, n], opts.weight_type)?,
         scale,
-        zero_point: to_8bit(&zp, if opts.per_channel { vec![zp_len] } else { vec![] }, opts.weight_type)?,
+        zero_point: to_8bit(
+            &zp,
+            if opts.per_channel {
+                vec![zp_len]
+            } else {
+                vec![]
+            },
+            opts.weight_type,
+        )?,
     })
 }
 
@@ -306,8 +320,8 @@ fn quantize_graph(
         g.node
             .iter()
             .map(|n| {
-                let candidate =
-                    n.domain.is_empty() && matches!(n.op_type.as_str(), "MatMul" | "Gemm" | "Conv" | "Gather");
+                let candidate = n.domain.is_empty()
+                    && matches!(n.op_type.as_str(), "MatMul" | "Gemm" | "Conv" | "Gather");
                 let excluded = opts.exclude.iter().any(|e| *e == n.name || *e == n.op_type);
                 if candidate {
                     plan_node(&consts, n, opts, excluded)
@@ -331,7 +345,9 @@ fn quantize_graph(
             }
             Ok(None) => out_nodes.push(n),
             Err(why) => {
-                report.kept_float.push((n.name.clone(), n.op_type.clone(), why));
+                report
+                    .kept_float
+                    .push((n.name.clone(), n.op_type.clone(), why));
                 out_nodes.push(n);
             }
         }
@@ -366,10 +382,17 @@ fn plan_node(
         return Err(format!("weight is {}, not float32", w.dtype().name()));
     }
     if w.len() < opts.min_elements {
-        return Err(format!("weight of {} values is under the {}-value minimum", w.len(), opts.min_elements));
+        return Err(format!(
+            "weight of {} values is under the {}-value minimum",
+            w.len(),
+            opts.min_elements
+        ));
     }
     match n.op_type.as_str() {
-        "MatMul" if w.rank() != 2 => Err(format!("weight of rank {} (only 2-D is quantized)", w.rank())),
+        "MatMul" if w.rank() != 2 => Err(format!(
+            "weight of rank {} (only 2-D is quantized)",
+            w.rank()
+        )),
         "Gemm" => {
             if attr_i(n, "transA", 0) != 0 {
                 return Err("Gemm with transA".into());
@@ -410,7 +433,11 @@ fn emit(
     out: &mut Vec<NodeProto>,
     inits: &mut Vec<TensorProto>,
 ) -> Result<()> {
-    let base = if n.name.is_empty() { n.output[0].clone() } else { n.name.clone() };
+    let base = if n.name.is_empty() {
+        n.output[0].clone()
+    } else {
+        n.name.clone()
+    };
     let is_conv = n.op_type == "Conv";
     let rank = w.rank();
     let (qw, scale_shape) = if is_conv {
@@ -434,7 +461,10 @@ fn emit(
     let wscale = names.fresh(&format!("{base}_W_scale"));
     inits.push(tensor_to_proto(&wq, &qw.values)?);
     inits.push(tensor_to_proto(&wzp, &qw.zero_point)?);
-    inits.push(tensor_to_proto(&wscale, &Tensor::from_vec(scale_shape, qw.scale)?)?);
+    inits.push(tensor_to_proto(
+        &wscale,
+        &Tensor::from_vec(scale_shape, qw.scale)?,
+    )?);
 
     let x = &n.input[0];
     let (xq, xs, xzp) = (
@@ -450,7 +480,11 @@ fn emit(
     ));
     let acc = names.fresh(&format!("{base}_int32"));
     let mut int_op = node(
-        if is_conv { "ConvInteger" } else { "MatMulInteger" },
+        if is_conv {
+            "ConvInteger"
+        } else {
+            "MatMulInteger"
+        },
         names.fresh(&format!("{base}_integer")),
         &[&xq, &wq, &xzp, &wzp],
         &[&acc],
@@ -460,24 +494,50 @@ fn emit(
         int_op.attribute = n
             .attribute
             .iter()
-            .filter(|a| matches!(a.name.as_str(), "auto_pad" | "dilations" | "group" | "kernel_shape" | "pads" | "strides"))
+            .filter(|a| {
+                matches!(
+                    a.name.as_str(),
+                    "auto_pad" | "dilations" | "group" | "kernel_shape" | "pads" | "strides"
+                )
+            })
             .cloned()
             .collect();
     }
     out.push(int_op);
     let accf = names.fresh(&format!("{base}_int32_as_float"));
-    let mut cast = node("Cast", names.fresh(&format!("{base}_cast")), &[&acc], &[&accf]);
-    cast.attribute.push(int_attr("to", DType::F32.to_onnx() as i64));
+    let mut cast = node(
+        "Cast",
+        names.fresh(&format!("{base}_cast")),
+        &[&acc],
+        &[&accf],
+    );
+    cast.attribute
+        .push(int_attr("to", DType::F32.to_onnx() as i64));
     out.push(cast);
     let scale = names.fresh(&format!("{base}_scale"));
-    out.push(node("Mul", names.fresh(&format!("{base}_scales")), &[&xs, &wscale], &[&scale]));
+    out.push(node(
+        "Mul",
+        names.fresh(&format!("{base}_scales")),
+        &[&xs, &wscale],
+        &[&scale],
+    ));
     let bias = n.input.get(2).filter(|b| !b.is_empty());
     let y = &n.output[0];
     match bias {
-        None => out.push(node("Mul", names.fresh(&format!("{base}_rescale")), &[&accf, &scale], &[y])),
+        None => out.push(node(
+            "Mul",
+            names.fresh(&format!("{base}_rescale")),
+            &[&accf, &scale],
+            &[y],
+        )),
         Some(b) => {
             let scaled = names.fresh(&format!("{base}_rescaled"));
-            out.push(node("Mul", names.fresh(&format!("{base}_rescale")), &[&accf, &scale], &[&scaled]));
+            out.push(node(
+                "Mul",
+                names.fresh(&format!("{base}_rescale")),
+                &[&accf, &scale],
+                &[&scaled],
+            ));
             let b = if is_conv {
                 // Conv's bias is [M]: reshape to [M, 1, 1…] for the NCHW output.
                 let shape = names.fresh(&format!("{base}_bias_shape"));
@@ -485,12 +545,22 @@ fn emit(
                 dims.extend(std::iter::repeat_n(1, rank - 2));
                 inits.push(tensor_to_proto(&shape, &Tensor::vector(dims))?);
                 let r = names.fresh(&format!("{base}_bias_reshaped"));
-                out.push(node("Reshape", names.fresh(&format!("{base}_bias_reshape")), &[b, &shape], &[&r]));
+                out.push(node(
+                    "Reshape",
+                    names.fresh(&format!("{base}_bias_reshape")),
+                    &[b, &shape],
+                    &[&r],
+                ));
                 r
             } else {
                 b.clone()
             };
-            out.push(node("Add", names.fresh(&format!("{base}_bias_add")), &[&scaled, &b], &[y]));
+            out.push(node(
+                "Add",
+                names.fresh(&format!("{base}_bias_add")),
+                &[&scaled, &b],
+                &[y],
+            ));
         }
     }
     Ok(())
@@ -509,27 +579,59 @@ fn emit_gather(
     if attr_i(n, "axis", 0) != 0 {
         return Err(Error::attr("only Gather on axis 0 is quantized"));
     }
-    let base = if n.name.is_empty() { n.output[0].clone() } else { n.name.clone() };
+    let base = if n.name.is_empty() {
+        n.output[0].clone()
+    } else {
+        n.name.clone()
+    };
     let (rows, cols) = (w.shape()[0], w.shape()[1]);
     let data = w.to_f32_vec()?;
-    let (scale, _, q) = quantize_channels(&data, rows, cols, |r, j| r * cols + j, WeightType::Int8)?;
+    let (scale, _, q) =
+        quantize_channels(&data, rows, cols, |r, j| r * cols + j, WeightType::Int8)?;
     let wq = names.fresh(&format!("{base}_table_quantized"));
     let ws = names.fresh(&format!("{base}_row_scale"));
-    inits.push(tensor_to_proto(&wq, &to_8bit(&q, vec![rows, cols], WeightType::Int8)?)?);
+    inits.push(tensor_to_proto(
+        &wq,
+        &to_8bit(&q, vec![rows, cols], WeightType::Int8)?,
+    )?);
     // [rows, 1]: gathered with the rows, it broadcasts over the columns.
-    inits.push(tensor_to_proto(&ws, &Tensor::from_vec(vec![rows, 1], scale)?)?);
+    inits.push(tensor_to_proto(
+        &ws,
+        &Tensor::from_vec(vec![rows, 1], scale)?,
+    )?);
     let idx = &n.input[1];
     let (gq, gs, gf) = (
         names.fresh(&format!("{base}_rows_quantized")),
         names.fresh(&format!("{base}_rows_scale")),
         names.fresh(&format!("{base}_rows_as_float")),
     );
-    out.push(node("Gather", names.fresh(&format!("{base}_gather_rows")), &[&wq, idx], &[&gq]));
-    out.push(node("Gather", names.fresh(&format!("{base}_gather_scales")), &[&ws, idx], &[&gs]));
-    let mut cast = node("Cast", names.fresh(&format!("{base}_rows_cast")), &[&gq], &[&gf]);
-    cast.attribute.push(int_attr("to", DType::F32.to_onnx() as i64));
+    out.push(node(
+        "Gather",
+        names.fresh(&format!("{base}_gather_rows")),
+        &[&wq, idx],
+        &[&gq],
+    ));
+    out.push(node(
+        "Gather",
+        names.fresh(&format!("{base}_gather_scales")),
+        &[&ws, idx],
+        &[&gs],
+    ));
+    let mut cast = node(
+        "Cast",
+        names.fresh(&format!("{base}_rows_cast")),
+        &[&gq],
+        &[&gf],
+    );
+    cast.attribute
+        .push(int_attr("to", DType::F32.to_onnx() as i64));
     out.push(cast);
-    out.push(node("Mul", names.fresh(&format!("{base}_rows_rescale")), &[&gf, &gs], &[&n.output[0]]));
+    out.push(node(
+        "Mul",
+        names.fresh(&format!("{base}_rows_rescale")),
+        &[&gf, &gs],
+        &[&n.output[0]],
+    ));
     Ok(())
 }
 
@@ -558,7 +660,11 @@ fn drop_unused_constants(g: &mut GraphProto) {
         .collect();
     let mut it = keep_init.into_iter();
     g.initializer.retain(|_| it.next().unwrap_or(true));
-    g.node.retain(|n| !(n.op_type == "Constant" && n.domain.is_empty() && n.output.iter().all(|o| !used.contains(o))));
+    g.node.retain(|n| {
+        !(n.op_type == "Constant"
+            && n.domain.is_empty()
+            && n.output.iter().all(|o| !used.contains(o)))
+    });
 }
 
 #[cfg(test)]
