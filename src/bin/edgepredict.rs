@@ -4,6 +4,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use edgepredict::api::io::{read_npy, read_pb, write_npy};
+use edgepredict::compress::evaluate::SplitMix64;
 use edgepredict::graph::{ops, Dim};
 use edgepredict::{DType, Model, Tensor};
 use std::path::{Path, PathBuf};
@@ -383,20 +384,24 @@ fn run(path: &Path, specs: &[String], out_dir: Option<&Path>, repeat: usize) -> 
     Ok(())
 }
 
+/// A tensor name as a file name: characters other than alphanumerics, '_' and '-' become '_'.
+fn safe_file_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Writes each output to DIR/<name>.npy, with characters unsafe in file names replaced.
 fn write_outputs(dir: &Path, outs: &[(String, Tensor)]) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     for (name, t) in outs {
-        let safe: String = name
-            .chars()
-            .map(|c| {
-                if c.is_alphanumeric() || c == '_' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let safe = safe_file_name(name);
         let p = dir.join(format!("{safe}.npy"));
         std::fs::write(&p, write_npy(t).map_err(|e| e.to_string())?)
             .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
@@ -454,23 +459,6 @@ fn parse_num<T: std::str::FromStr>(flag: &str, s: &str) -> Result<T, String> {
     s.trim()
         .parse()
         .map_err(|_| format!("--{flag}: '{s}' is not a number"))
-}
-
-/// SplitMix64: a tiny seeded generator, so synthesized inputs are the same on every run
-/// and machine without a dependency.
-struct SplitMix64(u64);
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// Makes a tensor for a declared input: its shape from --shape, or from the declared dims
@@ -813,16 +801,7 @@ fn read_pb_set(dir: &Path, model: &Model) -> Result<Vec<(String, Tensor)>, Strin
 /// Names a .npy file for an input may have: NAME.npy or input_NAME.npy, with characters
 /// unsafe in file names replaced by '_' as `run --output` writes them.
 fn npy_names(input: &str) -> Vec<String> {
-    let safe: String = input
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let safe = safe_file_name(input);
     let mut v = vec![
         format!("{input}.npy"),
         format!("input_{input}.npy"),
