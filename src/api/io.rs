@@ -188,6 +188,22 @@ pub fn write_npy(t: &Tensor) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A JSON string literal (quotes, backslashes and control characters escaped): the CLI's
+/// and `evaluate`'s hand-written JSON.
+pub fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +216,10 @@ mod tests {
         let s = Tensor::scalar(7i64);
         assert_eq!(read_npy(&write_npy(&s).unwrap()).unwrap(), s);
         assert!(read_npy(&b[..b.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
     }
 }

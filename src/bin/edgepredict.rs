@@ -3,7 +3,7 @@
 //! compressed or distilled model with its reference.
 
 use clap::{Args, Parser, Subcommand};
-use edgepredict::api::io::{read_npy, read_pb, write_npy};
+use edgepredict::api::io::{json_str, read_npy, read_pb, write_npy};
 use edgepredict::compress::evaluate::SplitMix64;
 use edgepredict::graph::{ops, Dim};
 use edgepredict::{DType, Model, Tensor};
@@ -555,21 +555,6 @@ fn synthesize(
     }
 }
 
-/// A JSON string literal.
-fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// Peak resident set size of this process in bytes (Linux `VmHWM`), if the OS tells.
 fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -1084,10 +1069,5 @@ mod tests {
         let inverted = args(&[], &["x=1,2"], &["x=5,1"], &[]);
         let e = synthesize(&unknown, &inverted, &mut SplitMix64(1)).unwrap_err();
         assert!(e.contains("HI < LO"), "{e}");
-    }
-
-    #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
     }
 }

@@ -8,6 +8,7 @@
 //! shape or kind of dtype, is an error (kinds `InvalidInput`, `Shape`, `DType`) naming
 //! every such output, not a panic and not a report of nonsense numbers.
 
+use crate::api::io::json_str;
 use crate::api::Model;
 use crate::error::{Error, ErrorKind, Result};
 use crate::graph::Dim;
@@ -809,22 +810,6 @@ fn json_num(x: f64) -> String {
     } else {
         "null".into()
     }
-}
-
-fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// A number in the table: fixed for everyday magnitudes, scientific for tiny or huge ones.

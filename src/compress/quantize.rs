@@ -11,9 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::onnx::encode::tensor_to_proto;
-use crate::onnx::proto::{
-    AttrType, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto,
-};
+use crate::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use crate::onnx::tensor_from_proto;
 use crate::tensor::{DType, Tensor};
 use std::collections::{HashMap, HashSet};
@@ -134,7 +132,7 @@ impl Names {
 /// silero keep their weights there).
 struct Constants<'a> {
     initializers: &'a [TensorProto],
-    nodes: HashMap<String, TensorProto>,
+    nodes: HashMap<&'a str, &'a TensorProto>,
 }
 
 impl<'a> Constants<'a> {
@@ -144,8 +142,8 @@ impl<'a> Constants<'a> {
             .iter()
             .filter(|n| n.op_type == "Constant" && n.domain.is_empty())
             .filter_map(|n| {
-                let t = n.attribute.iter().find(|a| a.name == "value")?.t.clone()?;
-                Some((n.output.first()?.clone(), t))
+                let t = n.attribute.iter().find(|a| a.name == "value")?.t.as_ref()?;
+                Some((n.output.first()?.as_str(), t))
             })
             .collect();
         Constants {
@@ -158,7 +156,7 @@ impl<'a> Constants<'a> {
             .initializers
             .iter()
             .find(|t| t.name == name)
-            .or_else(|| self.nodes.get(name))?;
+            .or_else(|| self.nodes.get(name).copied())?;
         Some(tensor_from_proto(t))
     }
 }
@@ -183,15 +181,6 @@ fn node(op: &str, name: String, inputs: &[&str], outputs: &[&str]) -> NodeProto 
         output: outputs.iter().map(|s| s.to_string()).collect(),
         name,
         op_type: op.to_string(),
-        ..Default::default()
-    }
-}
-
-fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.to_string(),
-        r#type: AttrType::Int,
-        i: v,
         ..Default::default()
     }
 }
@@ -512,7 +501,7 @@ fn emit(
         &[&accf],
     );
     cast.attribute
-        .push(int_attr("to", DType::F32.to_onnx() as i64));
+        .push(AttributeProto::int("to", DType::F32.to_onnx() as i64));
     out.push(cast);
     let scale = names.fresh(&format!("{base}_scale"));
     out.push(node(
@@ -624,7 +613,7 @@ fn emit_gather(
         &[&gf],
     );
     cast.attribute
-        .push(int_attr("to", DType::F32.to_onnx() as i64));
+        .push(AttributeProto::int("to", DType::F32.to_onnx() as i64));
     out.push(cast);
     out.push(node(
         "Mul",
@@ -652,14 +641,9 @@ fn drop_unused_constants(g: &mut GraphProto) {
     let mut used = HashSet::new();
     reads(g, &mut used);
     used.extend(g.output.iter().map(|o| o.name.clone()));
-    let inputs: HashMap<&str, ()> = g.input.iter().map(|i| (i.name.as_str(), ())).collect();
-    let keep_init: Vec<bool> = g
-        .initializer
-        .iter()
-        .map(|t| used.contains(&t.name) || inputs.contains_key(t.name.as_str()))
-        .collect();
-    let mut it = keep_init.into_iter();
-    g.initializer.retain(|_| it.next().unwrap_or(true));
+    // An initializer that is also a graph input is an overridable default: keep it.
+    used.extend(g.input.iter().map(|i| i.name.clone()));
+    g.initializer.retain(|t| used.contains(&t.name));
     g.node.retain(|n| {
         !(n.op_type == "Constant"
             && n.domain.is_empty()

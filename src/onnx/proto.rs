@@ -108,6 +108,27 @@ pub struct AttributeProto {
     pub graphs: Vec<GraphProto>,
 }
 
+impl AttributeProto {
+    /// An INT attribute (for passes and tools that write nodes).
+    pub fn int(name: &str, v: i64) -> Self {
+        AttributeProto {
+            name: name.into(),
+            r#type: AttrType::Int,
+            i: v,
+            ..Default::default()
+        }
+    }
+    /// A FLOAT attribute.
+    pub fn float(name: &str, v: f32) -> Self {
+        AttributeProto {
+            name: name.into(),
+            r#type: AttrType::Float,
+            f: v,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct TensorProto {
     pub dims: Vec<i64>,

@@ -25,7 +25,7 @@ use super::fuse::{new_const, Uses};
 use crate::error::{Error, Result};
 use crate::graph::ops;
 use crate::graph::{Graph, Node, NodeCx, Op, ValueId};
-use crate::onnx::proto::{AttrType, AttributeProto, GraphProto, NodeProto};
+use crate::onnx::proto::{AttributeProto, GraphProto, NodeProto};
 use crate::tensor::{DType, Tensor};
 
 /// Runs the rewrites; returns the number of islands fused.
@@ -286,24 +286,6 @@ fn q_after(cx: &Cx, v: ValueId) -> Option<(usize, QParams)> {
     p.per_tensor().then_some((j, p))
 }
 
-fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttrType::Int,
-        i: v,
-        ..Default::default()
-    }
-}
-
-fn float_attr(name: &str, v: f32) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttrType::Float,
-        f: v,
-        ..Default::default()
-    }
-}
-
 /// Parses `op_type` through the op table as if a model had written it.
 fn make_op(
     domain: &str,
@@ -488,15 +470,18 @@ fn rewrite(cx: &Cx, i: usize) -> Option<Rewrite> {
                 "Sigmoid" => ("QLinearSigmoid", Vec::new()),
                 "LeakyRelu" => (
                     "QLinearLeakyRelu",
-                    vec![float_attr("alpha", attr_f(n, "alpha").unwrap_or(0.01))],
+                    vec![AttributeProto::float(
+                        "alpha",
+                        attr_f(n, "alpha").unwrap_or(0.01),
+                    )],
                 ),
                 "GlobalAveragePool" => (
                     "QLinearGlobalAveragePool",
-                    vec![int_attr("channels_last", 0)],
+                    vec![AttributeProto::int("channels_last", 0)],
                 ),
                 "AveragePool" => {
                     let mut a = n.attrs.clone();
-                    a.push(int_attr("channels_last", 0));
+                    a.push(AttributeProto::int("channels_last", 0));
                     ("QLinearAveragePool", a)
                 }
                 _ => {
@@ -504,7 +489,10 @@ fn rewrite(cx: &Cx, i: usize) -> Option<Rewrite> {
                     let axis = attr_i(n, "axis").unwrap_or(default_axis);
                     (
                         "QLinearSoftmax",
-                        vec![int_attr("axis", axis), int_attr("opset", n.opset)],
+                        vec![
+                            AttributeProto::int("axis", axis),
+                            AttributeProto::int("opset", n.opset),
+                        ],
                     )
                 }
             };
@@ -521,7 +509,7 @@ fn rewrite(cx: &Cx, i: usize) -> Option<Rewrite> {
                 }
                 push_q(&x, &mut inputs, &mut consts);
             }
-            let attrs = vec![int_attr("axis", attr_i(n, "axis")?)];
+            let attrs = vec![AttributeProto::int("axis", attr_i(n, "axis")?)];
             finish("QLinearConcat", attrs, 1, inputs, consts, out, j)
         }
         "MaxPool" | "Reshape" | "Transpose" | "Flatten" | "Squeeze" | "Unsqueeze" | "Slice"
