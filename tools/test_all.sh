@@ -12,7 +12,13 @@ export EDGEPREDICT_REQUIRE_GPU=1
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/xdg-$(id -u)}"
 mkdir -p -m 0700 "$XDG_RUNTIME_DIR"
 export DENO_NO_UPDATE_CHECK=1 DENO_NO_PROMPT=1
-step() { printf '\n=== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
+# Each build here is made once; incremental caches would only double the disk used.
+export CARGO_INCREMENTAL=0
+# The free disk is printed with each step: a CI run once died of a full disk mid-build.
+step() { printf '\n=== %s (%s, %s free)\n' "$1" "$(date +%H:%M:%S)" "$(df -h --output=avail . | tail -1 | tr -d ' ')"; }
+# On CI (.ci/run sets EDGEPREDICT_CI=1) build outputs no later step reads are removed as
+# soon as their step is done; locally they are kept for the next run.
+drop_after_step() { if [ "${EDGEPREDICT_CI:-0}" = 1 ]; then rm -rf "$@"; fi; }
 
 step "set-up"
 tools/setup.sh
@@ -32,13 +38,16 @@ step "real models on the GPU backend (lavapipe)"
 # Every real model, float and int8, on the GPU backend against onnxruntime's outputs.
 EDGEPREDICT_BACKEND=webgpu cargo test --test real_models --test quantized_models 2>&1 | tee target/gpu-models.log
 grep -E "nodes on the GPU" target/gpu-models.log || true
+drop_after_step target/debug
 
 step "wasm test (Node)"
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test --release --target wasm32-unknown-unknown --no-default-features --test wasm
+drop_after_step target/wasm32-unknown-unknown
 
 step "npm package: two wasm builds (SIMD, relaxed SIMD), wasm-bindgen, wasm-opt, npm pack"
 tools/build_pkg.sh
+drop_after_step target/wasm-pkg-simd target/wasm-pkg-relaxed
 
 step "JS: package API (Node), delivery layer, demo page, WebGPU (Chromium), Workers, Deno, Vite"
 node --test --test-concurrency=1 tests/js/
