@@ -9,12 +9,12 @@
 //! channel of a Conv): per-tensor int8 wrecks models such as PP-OCR rec, where channel
 //! ranges differ by orders of magnitude.
 
+use super::edit::{attr_f, attr_i, drop_unused_constants, node, Constants, Names};
+use super::StepReport;
 use crate::error::{Error, Result};
 use crate::onnx::encode::tensor_to_proto;
 use crate::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
-use crate::onnx::tensor_from_proto;
 use crate::tensor::{DType, Tensor};
-use std::collections::{HashMap, HashSet};
 
 /// The 8-bit type of the quantized weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,27 +49,8 @@ impl Default for QuantizeOptions {
     }
 }
 
-/// What was quantized and what was kept float, and why.
-#[derive(Debug, Clone, Default)]
-pub struct QuantizeReport {
-    /// (node name, op type) of each quantized node.
-    pub quantized: Vec<(String, String)>,
-    /// (node name, op type, reason) of each candidate kept float.
-    pub kept_float: Vec<(String, String, String)>,
-}
-
-impl std::fmt::Display for QuantizeReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "quantized {} node(s) to int8", self.quantized.len())?;
-        for (name, op, why) in &self.kept_float {
-            writeln!(f, "  kept float: {op} '{name}': {why}")?;
-        }
-        Ok(())
-    }
-}
-
 /// Quantizes the weights of `m`'s MatMul, Gemm and Conv nodes in place (subgraphs too).
-pub fn quantize_dynamic(m: &mut ModelProto, opts: &QuantizeOptions) -> Result<QuantizeReport> {
+pub fn quantize_dynamic(m: &mut ModelProto, opts: &QuantizeOptions) -> Result<StepReport> {
     let opset = m
         .opset_import
         .iter()
@@ -79,110 +60,19 @@ pub fn quantize_dynamic(m: &mut ModelProto, opts: &QuantizeOptions) -> Result<Qu
         .graph
         .as_mut()
         .ok_or_else(|| Error::invalid_model("the model has no graph"))?;
-    let mut report = QuantizeReport::default();
+    let mut report = StepReport::new("int8 dynamic");
     if opset < 11 {
         // DynamicQuantizeLinear arrived in opset 11.
-        report.kept_float.push((
+        report.kept.push((
             String::new(),
             String::new(),
             format!("opset {opset} < 11 has no DynamicQuantizeLinear: upgrade the model first"),
         ));
         return Ok(report);
     }
-    let mut names = Names::default();
-    names.collect(graph);
+    let mut names = Names::of(graph);
     quantize_graph(graph, opts, &mut names, &mut report)?;
     Ok(report)
-}
-
-/// Fresh value names that collide with nothing in the model.
-#[derive(Default)]
-struct Names {
-    used: HashSet<String>,
-}
-
-impl Names {
-    fn collect(&mut self, g: &GraphProto) {
-        for n in &g.node {
-            self.used.extend(n.input.iter().chain(&n.output).cloned());
-            for a in &n.attribute {
-                for sg in a.g.iter().chain(&a.graphs) {
-                    self.collect(sg);
-                }
-            }
-        }
-        self.used
-            .extend(g.initializer.iter().map(|t| t.name.clone()));
-        self.used
-            .extend(g.input.iter().chain(&g.output).map(|v| v.name.clone()));
-    }
-    fn fresh(&mut self, base: &str) -> String {
-        let mut name = base.to_string();
-        let mut k = 1;
-        while self.used.contains(&name) {
-            name = format!("{base}_{k}");
-            k += 1;
-        }
-        self.used.insert(name.clone());
-        name
-    }
-}
-
-/// The graph's constants: initializers, and the `value` of Constant nodes (PP-OCR and
-/// silero keep their weights there).
-struct Constants<'a> {
-    initializers: &'a [TensorProto],
-    nodes: HashMap<&'a str, &'a TensorProto>,
-}
-
-impl<'a> Constants<'a> {
-    fn new(g: &'a GraphProto) -> Self {
-        let nodes = g
-            .node
-            .iter()
-            .filter(|n| n.op_type == "Constant" && n.domain.is_empty())
-            .filter_map(|n| {
-                let t = n.attribute.iter().find(|a| a.name == "value")?.t.as_ref()?;
-                Some((n.output.first()?.as_str(), t))
-            })
-            .collect();
-        Constants {
-            initializers: &g.initializer,
-            nodes,
-        }
-    }
-    fn get(&self, name: &str) -> Option<Result<Tensor>> {
-        let t = self
-            .initializers
-            .iter()
-            .find(|t| t.name == name)
-            .or_else(|| self.nodes.get(name).copied())?;
-        Some(tensor_from_proto(t))
-    }
-}
-
-fn attr_i(n: &NodeProto, name: &str, default: i64) -> i64 {
-    n.attribute
-        .iter()
-        .find(|a| a.name == name)
-        .map_or(default, |a| a.i)
-}
-
-fn attr_f(n: &NodeProto, name: &str, default: f32) -> f32 {
-    n.attribute
-        .iter()
-        .find(|a| a.name == name)
-        .map_or(default, |a| a.f)
-}
-
-fn node(op: &str, name: String, inputs: &[&str], outputs: &[&str]) -> NodeProto {
-    NodeProto {
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: outputs.iter().map(|s| s.to_string()).collect(),
-        name,
-        op_type: op.to_string(),
-        ..Default::default()
-    }
 }
 
 /// A [rows, cols] f32 weight quantized per column (or as a whole): values, scales, zero
@@ -294,7 +184,7 @@ fn quantize_graph(
     g: &mut GraphProto,
     opts: &QuantizeOptions,
     names: &mut Names,
-    report: &mut QuantizeReport,
+    report: &mut StepReport,
 ) -> Result<()> {
     // Subgraphs first: their own constants, their own new nodes.
     for n in &mut g.node {
@@ -330,13 +220,11 @@ fn quantize_graph(
                 } else {
                     emit(&n, w, opts, names, &mut out_nodes, &mut new_inits)?;
                 }
-                report.quantized.push((n.name.clone(), n.op_type.clone()));
+                report.changed.push((n.name.clone(), n.op_type.clone()));
             }
             Ok(None) => out_nodes.push(n),
             Err(why) => {
-                report
-                    .kept_float
-                    .push((n.name.clone(), n.op_type.clone(), why));
+                report.kept.push((n.name.clone(), n.op_type.clone(), why));
                 out_nodes.push(n);
             }
         }
@@ -622,33 +510,6 @@ fn emit_gather(
         &[&n.output[0]],
     ));
     Ok(())
-}
-
-/// Drops initializers and Constant nodes that nothing reads any more (the float weights
-/// just replaced), keeping graph inputs and outputs and anything a subgraph names.
-fn drop_unused_constants(g: &mut GraphProto) {
-    fn reads(g: &GraphProto, used: &mut HashSet<String>) {
-        for n in &g.node {
-            used.extend(n.input.iter().cloned());
-            for a in &n.attribute {
-                for sg in a.g.iter().chain(&a.graphs) {
-                    reads(sg, used);
-                    used.extend(sg.output.iter().map(|o| o.name.clone()));
-                }
-            }
-        }
-    }
-    let mut used = HashSet::new();
-    reads(g, &mut used);
-    used.extend(g.output.iter().map(|o| o.name.clone()));
-    // An initializer that is also a graph input is an overridable default: keep it.
-    used.extend(g.input.iter().map(|i| i.name.clone()));
-    g.initializer.retain(|t| used.contains(&t.name));
-    g.node.retain(|n| {
-        !(n.op_type == "Constant"
-            && n.domain.is_empty()
-            && n.output.iter().all(|o| !used.contains(o)))
-    });
 }
 
 #[cfg(test)]
