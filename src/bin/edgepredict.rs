@@ -77,30 +77,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Writes a smaller model. Steps so far: --quantize dynamic (int8 weights of MatMul,
-    /// Gemm, Conv and Gather tables, per output channel; activations quantized at run
-    /// time), as standard ONNX that onnxruntime runs too. Prints what it kept float and why.
-    Compress {
-        model: PathBuf,
-        #[arg(long, short = 'o')]
-        output: PathBuf,
-        /// The quantization step: "dynamic".
-        #[arg(long)]
-        quantize: String,
-        /// One scale per weight tensor instead of per output channel (wrecks models whose
-        /// channels differ in range, such as PP-OCR rec).
-        #[arg(long)]
-        per_tensor: bool,
-        /// MatMul/Gemm weights as uint8 with a zero point instead of symmetric int8.
-        #[arg(long)]
-        uint8: bool,
-        /// Node names or op types to keep float (repeatable).
-        #[arg(long)]
-        exclude: Vec<String>,
-        /// Weights with fewer values stay float.
-        #[arg(long, default_value_t = 256)]
-        min_elements: usize,
-    },
+    /// Writes a smaller model: the steps given, in the order prune → low-rank → quantize,
+    /// as standard ONNX that onnxruntime runs too. With --eval, the accuracy guard measures
+    /// the result against the float model and backs off the nodes that break the
+    /// tolerance; it never writes a failing model unless --force is given. Prints what it
+    /// kept and why.
+    Compress(CompressArgs),
     /// Lists every supported operator.
     Ops,
     /// Predicts handwritten digits with the embedded default model (a scikit-learn MLP
@@ -143,28 +125,7 @@ fn main() -> ExitCode {
             repeat,
             json,
         } => evaluate(&reference, &candidate, data.as_deref(), repeat, json),
-        Cmd::Compress {
-            model,
-            output,
-            quantize,
-            per_tensor,
-            uint8,
-            exclude,
-            min_elements,
-        } => {
-            use edgepredict::compress::quantize::{QuantizeOptions, WeightType};
-            let opts = QuantizeOptions {
-                per_channel: !per_tensor,
-                weight_type: if uint8 {
-                    WeightType::UInt8
-                } else {
-                    WeightType::Int8
-                },
-                exclude,
-                min_elements,
-            };
-            compress(&model, &output, &quantize, &opts)
-        }
+        Cmd::Compress(a) => compress(&a),
         Cmd::Demo { show } => demo(show),
         Cmd::Ops => {
             for d in ops::all() {
@@ -864,34 +825,171 @@ fn describe_set(set: &[(String, Tensor)]) -> String {
         .join(", ")
 }
 
-fn compress(
-    model: &Path,
-    output: &Path,
-    quantize: &str,
-    opts: &edgepredict::compress::quantize::QuantizeOptions,
-) -> Result<(), String> {
-    use edgepredict::compress::quantize::quantize_dynamic;
-    if quantize != "dynamic" {
-        return Err(format!("--quantize {quantize}: only \"dynamic\" so far"));
+#[derive(Args)]
+struct CompressArgs {
+    model: PathBuf,
+    #[arg(long, short = 'o')]
+    output: PathBuf,
+    /// Quantization: "dynamic" (int8 weights, activations quantized at run time).
+    #[arg(long)]
+    quantize: Option<String>,
+    /// One scale per weight tensor instead of per output channel (wrecks models whose
+    /// channels differ in range, such as PP-OCR rec).
+    #[arg(long)]
+    per_tensor: bool,
+    /// MatMul/Gemm weights as uint8 with a zero point instead of symmetric int8.
+    #[arg(long)]
+    uint8: bool,
+    /// Node names or op types every step leaves alone (repeatable).
+    #[arg(long)]
+    exclude: Vec<String>,
+    /// Weights with fewer values are left alone.
+    #[arg(long, default_value_t = 256)]
+    min_elements: usize,
+    /// Also write OUTPUT.gz (gzip, what the JS loader's fetchModel reads).
+    #[arg(long, value_name = "gzip")]
+    pack: Option<String>,
+    /// The accuracy guard's data: input sets as for `evaluate --data`.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// The guard's metric: top1, cosine, mae, maxabs, agree@T (fraction of elements on
+    /// the same side of T).
+    #[arg(long, default_value = "cosine")]
+    metric: String,
+    /// The largest deviation allowed: 1 − agreement for top1/agree, 1 − mean cosine for
+    /// cosine, the error itself for mae/maxabs.
+    #[arg(long, default_value_t = 0.01)]
+    tolerance: f64,
+    /// The output the guard measures (default: the first).
+    #[arg(long)]
+    metric_output: Option<String>,
+    /// Write the model even when the guard cannot meet the tolerance (it still says so and
+    /// exits with an error).
+    #[arg(long)]
+    force: bool,
+}
+
+/// The steps asked for, in pipeline order, each honouring `--exclude` and the guard's
+/// back-off list.
+fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::Step>, String> {
+    use edgepredict::compress::guard::Step;
+    use edgepredict::compress::quantize::{quantize_dynamic, QuantizeOptions, WeightType};
+    let mut steps = Vec::new();
+    let user_exclude = a.exclude.clone();
+    let with = move |extra: &[String]| -> Vec<String> {
+        user_exclude.iter().chain(extra).cloned().collect()
+    };
+    if let Some(q) = &a.quantize {
+        match q.as_str() {
+            "dynamic" => {
+                let opts = QuantizeOptions {
+                    per_channel: !a.per_tensor,
+                    weight_type: if a.uint8 {
+                        WeightType::UInt8
+                    } else {
+                        WeightType::Int8
+                    },
+                    exclude: Vec::new(),
+                    min_elements: a.min_elements,
+                };
+                let with = with.clone();
+                steps.push(Step::new("int8 dynamic", move |m, extra| {
+                    let opts = QuantizeOptions {
+                        exclude: with(extra),
+                        ..opts.clone()
+                    };
+                    quantize_dynamic(m, &opts)
+                }));
+            }
+            other => return Err(format!("--quantize {other}: expected dynamic")),
+        }
     }
-    let bytes = read(model)?;
-    let mut proto =
-        edgepredict::onnx::decode_model(&bytes).map_err(|e| format!("{}: {e}", model.display()))?;
-    let report = quantize_dynamic(&mut proto, opts).map_err(|e| e.to_string())?;
-    let out = edgepredict::onnx::encode_model(&proto);
+    if steps.is_empty() {
+        return Err("no step given: --quantize".into());
+    }
+    Ok(steps)
+}
+
+fn compress(a: &CompressArgs) -> Result<(), String> {
+    use edgepredict::compress::guard::{self, Evaluator, GuardOptions, Metric};
+    let bytes = read(&a.model)?;
+    let float = edgepredict::onnx::decode_model(&bytes)
+        .map_err(|e| format!("{}: {e}", a.model.display()))?;
+    let steps = compress_steps(a)?;
+    let metric: Metric = a.metric.parse()?;
+    let evaluator = match &a.eval {
+        Some(dir) => {
+            let reference = load(&bytes).map_err(|e| format!("{}: {e}", a.model.display()))?;
+            let (sets, _) = read_input_sets(dir, &reference)?;
+            let opts = GuardOptions {
+                metric,
+                tolerance: a.tolerance,
+                output: a.metric_output.clone(),
+                load: edgepredict::LoadOptions {
+                    backend: BACKEND.get().copied().unwrap_or_default(),
+                    ..Default::default()
+                },
+            };
+            Some(Evaluator::new(&float, sets, opts).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    let outcome = guard::compress(&float, &steps, evaluator.as_ref()).map_err(|e| e.to_string())?;
+    for r in &outcome.reports {
+        print!("{r}");
+    }
+    if let Some(e) = &evaluator {
+        print!("{}", outcome.guard_summary(metric, a.tolerance, e.output()));
+    }
+    let out = edgepredict::onnx::encode_model(&outcome.model);
     // The written model must load here before it is kept.
-    load(&out).map_err(|e| format!("the quantized model does not load: {e}"))?;
-    std::fs::write(output, &out).map_err(|e| format!("{}: {e}", output.display()))?;
-    print!("{report}");
+    load(&out).map_err(|e| format!("the compressed model does not load: {e}"))?;
+    if !outcome.passed && !a.force {
+        return Err(format!(
+            "the guard could not meet {} ≤ {}: nothing written (--force writes it anyway)",
+            metric, a.tolerance
+        ));
+    }
+    std::fs::write(&a.output, &out).map_err(|e| format!("{}: {e}", a.output.display()))?;
     println!(
         "{}: {:.2} MB -> {}: {:.2} MB (x{:.3})",
-        model.display(),
+        a.model.display(),
         bytes.len() as f64 / 1e6,
-        output.display(),
+        a.output.display(),
         out.len() as f64 / 1e6,
         out.len() as f64 / bytes.len() as f64
     );
+    match a.pack.as_deref() {
+        None => {}
+        Some("gzip") => {
+            let gz = gzip(&out)?;
+            let mut path = a.output.clone().into_os_string();
+            path.push(".gz");
+            std::fs::write(&path, &gz).map_err(|e| format!("{}: {e}", path.to_string_lossy()))?;
+            println!(
+                "packed: {}: {:.2} MB (x{:.3} of the float model)",
+                path.to_string_lossy(),
+                gz.len() as f64 / 1e6,
+                gz.len() as f64 / bytes.len() as f64
+            );
+        }
+        Some(other) => return Err(format!("--pack {other}: expected gzip")),
+    }
+    if !outcome.passed {
+        return Err(format!(
+            "the guard could not meet {} ≤ {}: written anyway (--force)",
+            metric, a.tolerance
+        ));
+    }
     Ok(())
+}
+
+/// Best compression: the model is downloaded many times and packed once.
+fn gzip(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(bytes).map_err(|e| e.to_string())?;
+    e.finish().map_err(|e| e.to_string())
 }
 
 fn evaluate(

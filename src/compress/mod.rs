@@ -5,6 +5,7 @@
 
 pub mod edit;
 pub mod evaluate;
+pub mod guard;
 pub mod quantize;
 
 /// What one step changed and what it left alone, and why: every step returns one, and
