@@ -447,10 +447,7 @@ mod tests {
         // Only 0.5 → 0.1 crosses 0.4.
         let a = Metric::Agree(0.4).deviation(&p).unwrap();
         assert!((a - 1.0 / 6.0).abs() < 1e-12);
-        assert_eq!(
-            Metric::Cosine.deviation(&[(&r, &r)]).unwrap().abs() < 1e-12,
-            true
-        );
+        assert!(Metric::Cosine.deviation(&[(&r, &r)]).unwrap().abs() < 1e-12);
         let one = t(vec![4, 1], vec![0.1, 0.9, 0.2, 0.7]);
         assert!(Metric::Top1.deviation(&[(&one, &one)]).is_err());
     }
