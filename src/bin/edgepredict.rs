@@ -76,6 +76,13 @@ enum Cmd {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// Also the accuracy guard's metric (as `compress --metric`): top1, cosine, mae,
+        /// maxabs, agree@T.
+        #[arg(long)]
+        metric: Option<String>,
+        /// The output that metric reads (default: the first).
+        #[arg(long)]
+        metric_output: Option<String>,
     },
     /// Writes a smaller model: the steps given, in the order prune → low-rank → quantize,
     /// as standard ONNX that onnxruntime runs too. With --eval, the accuracy guard measures
@@ -124,7 +131,16 @@ fn main() -> ExitCode {
             data,
             repeat,
             json,
-        } => evaluate(&reference, &candidate, data.as_deref(), repeat, json),
+            metric,
+            metric_output,
+        } => evaluate(
+            &reference,
+            &candidate,
+            data.as_deref(),
+            repeat,
+            json,
+            metric.as_deref().map(|m| (m, metric_output.as_deref())),
+        ),
         Cmd::Compress(a) => compress(&a),
         Cmd::Demo { show } => demo(show),
         Cmd::Ops => {
@@ -998,6 +1014,7 @@ fn evaluate(
     data: Option<&Path>,
     repeat: usize,
     json: bool,
+    metric: Option<(&str, Option<&str>)>,
 ) -> Result<(), String> {
     use edgepredict::compress::evaluate::{compare, random_inputs, EvalOptions, ModelSize};
     let (rb, cb) = (read(reference)?, read(candidate)?);
@@ -1036,6 +1053,32 @@ fn evaluate(
         ModelSize::of(candidate.display().to_string(), &cb).map_err(|e| e.to_string())?,
     );
     report.notes.insert(0, note);
+    if let Some((metric, output)) = metric {
+        use edgepredict::compress::guard::{Evaluator, GuardOptions, Metric};
+        use edgepredict::onnx::decode_model;
+        let m: Metric = metric.parse()?;
+        let decode =
+            |b: &[u8], p: &Path| decode_model(b).map_err(|e| format!("{}: {e}", p.display()));
+        let opts = GuardOptions {
+            metric: m,
+            tolerance: 0.0,
+            output: output.map(str::to_string),
+            load: edgepredict::LoadOptions {
+                backend: BACKEND.get().copied().unwrap_or_default(),
+                ..Default::default()
+            },
+        };
+        let ev = Evaluator::new(&decode(&rb, reference)?, sets.clone(), opts)
+            .map_err(|e| e.to_string())?;
+        let deviation = ev
+            .deviation(&decode(&cb, candidate)?)
+            .map_err(|e| e.to_string())?;
+        report.task = Some(edgepredict::compress::evaluate::TaskMetric {
+            metric: m.to_string(),
+            output: ev.output().to_string(),
+            deviation,
+        });
+    }
     for (which, m) in [("reference", &r), ("candidate", &c)] {
         let b = m.backend();
         if b.active != "cpu" {

@@ -103,6 +103,17 @@ pub struct Report {
     pub sizes: Vec<ModelSize>,
     /// Anything the reader should know: generated inputs, candidate outputs left out…
     pub notes: Vec<String>,
+    /// The accuracy guard's metric, when asked for: the same number `compress --eval`
+    /// checks against its tolerance.
+    pub task: Option<TaskMetric>,
+}
+
+/// A guard metric on one output: (metric name, output, deviation from the reference).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskMetric {
+    pub metric: String,
+    pub output: String,
+    pub deviation: f64,
 }
 
 /// One way the candidate's outputs fail to match the reference's.
@@ -795,7 +806,20 @@ impl Report {
                 m.gzip_bytes.map_or("null".into(), |g| g.to_string())
             );
         }
-        s.push_str("],\"notes\":[");
+        s.push_str("],\"task\":");
+        match &self.task {
+            Some(t) => {
+                let _ = write!(
+                    s,
+                    "{{\"metric\":{},\"output\":{},\"deviation\":{}}}",
+                    json_str(&t.metric),
+                    json_str(&t.output),
+                    json_num(t.deviation)
+                );
+            }
+            None => s.push_str("null"),
+        }
+        s.push_str(",\"notes\":[");
         let notes: Vec<String> = self.notes.iter().map(|n| json_str(n)).collect();
         s.push_str(&notes.join(","));
         s.push_str("]}");
@@ -927,6 +951,13 @@ impl fmt::Display for Report {
                 }
                 writeln!(f)?;
             }
+        }
+        if let Some(t) = &self.task {
+            writeln!(
+                f,
+                "task metric: {} on '{}': deviation {:.5}",
+                t.metric, t.output, t.deviation
+            )?;
         }
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
