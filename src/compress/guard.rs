@@ -384,6 +384,18 @@ pub fn compress(float: &ModelProto, steps: &[Step], eval: Option<&Evaluator>) ->
         }
     };
     changed.truncate(k);
+    // The steps saw the backed-off nodes as a skip list; say who put them there.
+    let mut reports = reports;
+    for r in &mut reports {
+        for (name, _, why) in &mut r.kept {
+            if let Some(b) = changed.iter().find(|c| &c.node == name) {
+                *why = format!(
+                    "backed off by the accuracy guard (compressed alone it deviates {:.5})",
+                    b.alone
+                );
+            }
+        }
+    }
     Ok(Outcome {
         model,
         reports,
