@@ -352,7 +352,6 @@ fn emit(
             AttributeProto::int("bits", 4),
             AttributeProto::int("block_size", dim(q.block_size)?),
         ],
-        ..Default::default()
     })
 }
 
