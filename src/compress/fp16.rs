@@ -140,7 +140,7 @@ fn convert_graph(
     let readers = readers(g);
     let graph_inputs: HashSet<&str> = g.input.iter().map(|i| i.name.as_str()).collect();
     let mut changed: HashSet<(String, String)> = report.changed.iter().cloned().collect();
-    // Why a weight stays float32, or None to convert it; the check every weight passes.
+    // Whether to convert the weight `name`; records its readers as changed, or why kept.
     let mut decide = |name: &str, t: &Tensor, report: &mut StepReport| -> bool {
         let rs = readers.get(name).map_or(&[][..], Vec::as_slice);
         if t.dtype() != DType::F32 || t.len() < opts.min_elements || rs.is_empty() {
