@@ -40,3 +40,5 @@ tools/fetch_models.sh
 [ -f .cache/reference/int8/.ok ] || .cache/venv/bin/python tools/make_int8.py
 # The demo page's fixtures (rendered text lines, an espeak-ng speech clip with its true intervals).
 [ -f www/fixtures/generated/speech.json ] || .cache/venv/bin/python tools/make_demo_fixtures.py
+# Calibration and evaluation sets of the compression CLI (issue #6).
+[ -f .cache/compress-data/.ok ] || .cache/venv/bin/python tools/make_compress_data.py

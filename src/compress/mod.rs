@@ -5,7 +5,9 @@
 
 pub mod edit;
 pub mod evaluate;
+pub mod fp16;
 pub mod guard;
+pub mod int4;
 pub mod quantize;
 
 /// What one step changed and what it left alone, and why: every step returns one, and
