@@ -846,9 +846,18 @@ struct CompressArgs {
     model: PathBuf,
     #[arg(long, short = 'o')]
     output: PathBuf,
-    /// Quantization: "dynamic" (int8 weights, activations quantized at run time).
+    /// Quantization, one or more of (comma-separated): "dynamic" (int8 weights,
+    /// activations quantized at run time), "int4" (4-bit blockwise MatMul weights,
+    /// com.microsoft MatMulNBits), "fp16" (float16 weight storage; always applied last,
+    /// to what the others left float).
     #[arg(long)]
     quantize: Option<String>,
+    /// int4: values per block along K (a power of two ≥ 16).
+    #[arg(long, default_value_t = 32)]
+    block_size: usize,
+    /// int4: symmetric blocks (no zero points).
+    #[arg(long)]
+    symmetric: bool,
     /// One scale per weight tensor instead of per output channel (wrecks models whose
     /// channels differ in range, such as PP-OCR rec).
     #[arg(long)]
@@ -895,8 +904,16 @@ fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::
     let with = move |extra: &[String]| -> Vec<String> {
         user_exclude.iter().chain(extra).cloned().collect()
     };
-    if let Some(q) = &a.quantize {
-        match q.as_str() {
+    let mut kinds: Vec<&str> = a
+        .quantize
+        .as_deref()
+        .map(|q| q.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    // fp16 stores what the other kinds left float, so it runs last.
+    kinds.sort_by_key(|k| *k == "fp16");
+    for kind in kinds {
+        let with = with.clone();
+        match kind {
             "dynamic" => {
                 let opts = QuantizeOptions {
                     per_channel: !a.per_tensor,
@@ -908,7 +925,6 @@ fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::
                     exclude: Vec::new(),
                     min_elements: a.min_elements,
                 };
-                let with = with.clone();
                 steps.push(Step::new("int8 dynamic", move |m, extra| {
                     let opts = QuantizeOptions {
                         exclude: with(extra),
@@ -917,7 +933,38 @@ fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::
                     quantize_dynamic(m, &opts)
                 }));
             }
-            other => return Err(format!("--quantize {other}: expected dynamic")),
+            "int4" => {
+                use edgepredict::compress::int4::{quantize_int4, Int4Options};
+                let opts = Int4Options {
+                    block_size: a.block_size,
+                    symmetric: a.symmetric,
+                    exclude: Vec::new(),
+                    min_elements: a.min_elements,
+                };
+                steps.push(Step::new("int4 MatMulNBits", move |m, extra| {
+                    let opts = Int4Options {
+                        exclude: with(extra),
+                        ..opts.clone()
+                    };
+                    quantize_int4(m, &opts)
+                }));
+            }
+            "fp16" => {
+                use edgepredict::compress::fp16::{weights_to_fp16, Fp16Options};
+                let min_elements = a.min_elements;
+                steps.push(Step::new("fp16 weights", move |m, extra| {
+                    let opts = Fp16Options {
+                        exclude: with(extra),
+                        min_elements,
+                    };
+                    weights_to_fp16(m, &opts)
+                }));
+            }
+            other => {
+                return Err(format!(
+                    "--quantize {other}: expected dynamic, int4 or fp16"
+                ))
+            }
         }
     }
     if steps.is_empty() {
