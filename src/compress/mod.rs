@@ -5,6 +5,8 @@
 
 pub mod edit;
 pub mod evaluate;
+pub mod lowrank;
+pub mod prune;
 pub mod quantize;
 
 /// What one step changed and what it left alone, and why: every step returns one, and
