@@ -203,7 +203,7 @@ enum Layout {
 
 impl Layout {
     /// The channel axis counted from the end (1 = last), as broadcasting aligns shapes.
-    fn from_end(self) -> usize {
+    fn axis_from_end(self) -> usize {
         match self {
             Layout::Channels(rank) => rank - 1,
             Layout::Last => 1,
@@ -405,7 +405,7 @@ fn reshape_dims(input: &[usize], target: &[i64], allowzero: bool) -> Option<Vec<
     }
     let known: usize = dims.iter().product();
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return None;
         }
         dims[i] = total / known;
@@ -426,7 +426,7 @@ fn channel_axis(
     if shape.iter().all(|&d| d == 1) {
         return Ok(None);
     }
-    let fe = layout.from_end();
+    let fe = layout.axis_from_end();
     if shape.len() >= fe {
         let axis = shape.len() - fe;
         let others_one = shape.iter().enumerate().all(|(i, &d)| i == axis || d == 1);
