@@ -8,6 +8,8 @@ pub mod evaluate;
 pub mod fp16;
 pub mod guard;
 pub mod int4;
+pub mod lowrank;
+pub mod prune;
 pub mod quantize;
 
 /// What one step changed and what it left alone, and why: every step returns one, and

@@ -1,0 +1,341 @@
+//! Pruning and low-rank factorization on real models, end to end: decode → compress →
+//! encode, then the written model runs in our runtime and in onnxruntime
+//! (tools/ort_outputs.py) with the same outputs (all float: tight tolerance), and its
+//! distance to the float model (onnxruntime's reference outputs) is measured and bounded.
+
+use edgepredict::compress::evaluate::gzip_len;
+use edgepredict::compress::lowrank::{low_rank, LowRankOptions, Rank};
+use edgepredict::compress::prune::{prune, PruneOptions};
+use edgepredict::compress::StepReport;
+use edgepredict::onnx::proto::ModelProto;
+use edgepredict::onnx::{decode_model, encode_model, tensor_from_proto};
+use edgepredict::{Model, Tensor};
+use std::path::Path;
+use std::process::Command;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn require() -> bool {
+    std::env::var("EDGEPREDICT_REQUIRE_MODELS").is_ok_and(|v| v == "1")
+}
+
+fn npy(p: &Path) -> Tensor {
+    edgepredict::api::io::read_npy(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn reference_inputs(dir: &Path) -> Vec<(String, Tensor)> {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    meta["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|io| {
+            let name = io[0].as_str().unwrap().to_string();
+            (name, npy(&dir.join(io[1].as_str().unwrap())))
+        })
+        .collect()
+}
+
+/// onnxruntime's outputs of the float model (tools/make_reference.py).
+fn reference_outputs(dir: &Path) -> Vec<Tensor> {
+    (0..)
+        .map(|k| dir.join(format!("output_{k}.npy")))
+        .take_while(|p| p.exists())
+        .map(|p| npy(&p))
+        .collect()
+}
+
+fn cosine(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_f64_vec().unwrap(), b.to_f64_vec().unwrap());
+    assert_eq!(a.len(), b.len());
+    let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if na == 0.0 && nb == 0.0 {
+        1.0
+    } else {
+        dot / (na * nb)
+    }
+}
+
+/// Largest |a - b| over the largest |b|.
+fn rel_max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_f64_vec().unwrap(), b.to_f64_vec().unwrap());
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
+    a.iter()
+        .zip(&b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+fn top1_agreement(a: &Tensor, b: &Tensor) -> f64 {
+    let n = *a.shape().last().unwrap();
+    let (a, b) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
+    let argmax = |r: &[f32]| {
+        r.iter()
+            .enumerate()
+            .fold(0, |best, (i, v)| if *v > r[best] { i } else { best })
+    };
+    let rows = a.len() / n;
+    let same = (0..rows)
+        .filter(|&r| argmax(&a[r * n..(r + 1) * n]) == argmax(&b[r * n..(r + 1) * n]))
+        .count();
+    same as f64 / rows as f64
+}
+
+fn ort_outputs(model: &Path, dir: &Path, out: &Path) -> Option<Vec<Tensor>> {
+    let py = root().join(".cache/venv/bin/python");
+    if !py.exists() {
+        assert!(!require(), "no .cache/venv: run tools/setup.sh");
+        return None;
+    }
+    let st = Command::new(py)
+        .arg(root().join("tools/ort_outputs.py"))
+        .args([model, dir, out])
+        .status()
+        .unwrap();
+    assert!(st.success(), "onnxruntime failed on {}", model.display());
+    Some(reference_outputs(out))
+}
+
+struct Case {
+    id: &'static str,
+    tag: &'static str,
+    /// Smallest cosine to the float model, per float output.
+    min_cosine: f64,
+    /// Smallest row-wise top-1 agreement with the float model (classifiers).
+    min_top1: Option<f64>,
+}
+
+struct Written {
+    float_bytes: Vec<u8>,
+    bytes: Vec<u8>,
+    proto: ModelProto,
+}
+
+/// Applies `step` to the model `c.id`, writes it, checks it in our runtime and in
+/// onnxruntime, and bounds its distance to the float model. None when the model is not
+/// fetched.
+fn check(c: &Case, step: impl FnOnce(&mut ModelProto) -> StepReport) -> Option<Written> {
+    let model = root().join(format!(".cache/models/{}.onnx", c.id));
+    let dir = root().join(format!(".cache/reference/{}", c.id));
+    if !model.exists() || !dir.exists() {
+        assert!(
+            !require(),
+            "{} missing: run tools/setup.sh",
+            model.display()
+        );
+        eprintln!("skip {}: not fetched", c.id);
+        return None;
+    }
+    let float_bytes = std::fs::read(&model).unwrap();
+    let mut proto = decode_model(&float_bytes).unwrap();
+    edgepredict::compress::edit::name_nodes(&mut proto);
+    let report = step(&mut proto);
+    eprint!("{} {}: {report}", c.id, c.tag);
+    let bytes = encode_model(&proto);
+    let work = root().join("target/tmp/compress_prune");
+    std::fs::create_dir_all(&work).unwrap();
+    let path = work.join(format!("{}_{}.onnx", c.id, c.tag));
+    std::fs::write(&path, &bytes).unwrap();
+
+    let inputs = reference_inputs(&dir);
+    let refs: Vec<(&str, Tensor)> = inputs
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.clone()))
+        .collect();
+    let ours = Model::load(&bytes).unwrap().run(&refs).unwrap();
+    let float = reference_outputs(&dir);
+    assert_eq!(ours.len(), float.len());
+    for ((name, o), f) in ours.iter().zip(&float) {
+        if !f.dtype().is_float() {
+            continue;
+        }
+        let cos = cosine(o, f);
+        let top1 = c.min_top1.map(|_| top1_agreement(o, f));
+        eprintln!("  {name}: cosine to float {cos:.5}, top-1 {top1:?}");
+        assert!(
+            cos >= c.min_cosine,
+            "{} {} {name}: cosine {cos}",
+            c.id,
+            c.tag
+        );
+        if let (Some(t), Some(min)) = (top1, c.min_top1) {
+            assert!(t >= min, "{} {} {name}: top-1 {t} < {min}", c.id, c.tag);
+        }
+    }
+    let out = work.join(format!("{}_{}_ort", c.id, c.tag));
+    if let Some(ort) = ort_outputs(&path, &dir, &out) {
+        assert_eq!(ort.len(), ours.len());
+        for ((name, o), r) in ours.iter().zip(&ort) {
+            if !o.dtype().is_float() {
+                assert_eq!(o.to_i64_vec().unwrap(), r.to_i64_vec().unwrap());
+                continue;
+            }
+            let (cos, rel) = (cosine(o, r), rel_max_diff(o, r));
+            eprintln!(
+                "  {name}: ours vs onnxruntime: cosine {cos:.7}, max diff {rel:.1e} of scale"
+            );
+            assert!(
+                cos > 0.99999 && rel < 1e-3,
+                "{} {} {name}: ours and onnxruntime differ: cosine {cos}, {rel}",
+                c.id,
+                c.tag
+            );
+        }
+    }
+    Some(Written {
+        float_bytes,
+        bytes,
+        proto,
+    })
+}
+
+fn sizes(w: &Written, gzip: bool) -> (usize, usize, Option<(usize, usize)>) {
+    let gz = gzip.then(|| {
+        (
+            gzip_len(&w.float_bytes).unwrap().unwrap(),
+            gzip_len(&w.bytes).unwrap().unwrap(),
+        )
+    });
+    eprintln!(
+        "  size {} → {} bytes, gzipped {:?}",
+        w.float_bytes.len(),
+        w.bytes.len(),
+        gz
+    );
+    (w.float_bytes.len(), w.bytes.len(), gz)
+}
+
+/// Zero fraction over the weights of the nodes the step changed.
+fn sparsity_of(p: &ModelProto, changed: &[(String, String)]) -> f64 {
+    let g = p.graph.as_ref().unwrap();
+    let (mut zeros, mut total) = (0usize, 0usize);
+    for n in g
+        .node
+        .iter()
+        .filter(|n| changed.iter().any(|c| c.0 == n.name))
+    {
+        let t = g.initializer.iter().find(|t| t.name == n.input[1]).unwrap();
+        let v = tensor_from_proto(t).unwrap().to_f32_vec().unwrap();
+        zeros += v.iter().filter(|x| **x == 0.0).count();
+        total += v.len();
+    }
+    zeros as f64 / total as f64
+}
+
+/// `max_gzip_ratio`: gzipped pruned / gzipped float (MiniLM's embedding table, 2/3 of
+/// its weights, is no MatMul weight and stays dense).
+fn unstructured(id: &'static str, min_cosine: f64, min_top1: Option<f64>, max_gzip_ratio: f64) {
+    let mut changed = Vec::new();
+    let opts = PruneOptions {
+        sparsity: 0.5,
+        ..Default::default()
+    };
+    let case = Case {
+        id,
+        tag: "prune50",
+        min_cosine,
+        min_top1,
+    };
+    let Some(w) = check(&case, |m| {
+        let r = prune(m, &opts).unwrap();
+        changed = r.changed.clone();
+        r
+    }) else {
+        return;
+    };
+    assert!(!changed.is_empty(), "{id}: nothing pruned");
+    let s = sparsity_of(&w.proto, &changed);
+    eprintln!("  sparsity of the {} pruned weights: {s:.4}", changed.len());
+    assert!((s - 0.5).abs() < 0.01, "{id}: sparsity {s}");
+    let (f, c, gz) = sizes(&w, true);
+    // Dense storage: the same size; the zeros show once gzipped.
+    assert!(c as f64 <= f as f64 * 1.01, "{id}: {f} → {c}");
+    let (gf, gc) = gz.unwrap();
+    assert!(
+        (gc as f64) < max_gzip_ratio * gf as f64,
+        "{id}: gzipped {gf} → {gc}"
+    );
+}
+
+#[test]
+fn unstructured_50_magika() {
+    // Measured: cosine 1.00000, top-1 1.0, gzipped 2.92 → 1.68 MB.
+    unstructured("magika", 0.99, Some(1.0), 0.7);
+}
+
+#[test]
+fn unstructured_50_minilm() {
+    // Measured: cosine 0.925 (token states) and 0.907 (pooled), gzipped 63.2 → 54.7 MB.
+    unstructured("minilm_l3", 0.85, None, 0.9);
+}
+
+#[test]
+fn structured_50_ppocr_cls() {
+    let opts = PruneOptions {
+        sparsity: 0.5,
+        structured: true,
+        exclude: Vec::new(),
+        min_elements: 0,
+    };
+    let mut changed = 0;
+    let case = Case {
+        id: "ppocr_cls",
+        tag: "prune50s",
+        // Measured: one of the two reference lines flips (top-1 0.5, cosine 0.50):
+        // 50 % of the channels without fine-tuning is too much for this model, which is
+        // what the accuracy guard is for. The bound only catches a worse break.
+        min_cosine: 0.4,
+        min_top1: Some(0.5),
+    };
+    let Some(w) = check(&case, |m| {
+        let r = prune(m, &opts).unwrap();
+        changed = r.changed.len();
+        r
+    }) else {
+        return;
+    };
+    assert!(changed >= 5, "only {changed} node(s) pruned");
+    let (f, c, _) = sizes(&w, true);
+    assert!((c as f64) < 0.9 * f as f64, "no real size drop: {f} → {c}");
+}
+
+#[test]
+fn low_rank_95_minilm() {
+    let opts = LowRankOptions {
+        rank: Rank::Energy(0.95),
+        ..Default::default()
+    };
+    let mut report = StepReport::default();
+    let case = Case {
+        id: "minilm_l3",
+        tag: "lowrank95",
+        // Measured: cosine 0.932 (token states), 0.900 (pooled).
+        min_cosine: 0.85,
+        min_top1: None,
+    };
+    let Some(w) = check(&case, |m| {
+        report = low_rank(m, &opts).unwrap();
+        report.clone()
+    }) else {
+        return;
+    };
+    let (f, c, _) = sizes(&w, false);
+    // Measured: 14 of 18 MatMuls factorized (ranks 156-299), 9.4 % fewer weight
+    // values, 69.1 → 67.3 MB. Every 2-D MatMul weight is either factorized (and the file shrinks) or kept
+    // because its rank at 95 % energy saves nothing.
+    let considered = report.changed.len() + report.kept.len();
+    assert!(considered >= 18, "{report}");
+    for (n, _, why) in &report.kept {
+        assert!(why.contains("saves nothing"), "{n}: {why}");
+    }
+    if report.changed.is_empty() {
+        assert_eq!(c, f);
+    } else {
+        assert!(c < f, "{f} → {c}");
+    }
+}
