@@ -868,9 +868,25 @@ struct CompressArgs {
     /// Node names or op types every step leaves alone (repeatable).
     #[arg(long)]
     exclude: Vec<String>,
-    /// Weights with fewer values are left alone.
-    #[arg(long, default_value_t = 256)]
-    min_elements: usize,
+    /// Weights with fewer values are left alone (default: each step's own, 256 for the
+    /// quantizers and pruning, 64 for fp16, 4096 for low-rank).
+    #[arg(long)]
+    min_elements: Option<usize>,
+    /// Magnitude pruning to this sparsity in [0, 1): the smallest weights are zeroed (the
+    /// file stays dense; the gain shows gzipped), or with --structured whole output
+    /// channels are removed and their consumers shrunk.
+    #[arg(long, value_name = "SPARSITY")]
+    prune: Option<f32>,
+    /// Prune whole output channels of Conv/Gemm/MatMul.
+    #[arg(long)]
+    structured: bool,
+    /// Low-rank factorization of MatMul/Gemm/1×1 Conv weights by truncated SVD, keeping
+    /// this fraction of the energy (sum of squared singular values), where it saves size.
+    #[arg(long, value_name = "ENERGY")]
+    low_rank: Option<f64>,
+    /// Low-rank with a fixed rank instead of an energy.
+    #[arg(long, value_name = "RANK")]
+    rank: Option<usize>,
     /// Also write OUTPUT.gz (gzip, what the JS loader's fetchModel reads).
     #[arg(long, value_name = "gzip")]
     pack: Option<String>,
@@ -904,6 +920,54 @@ fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::
     let with = move |extra: &[String]| -> Vec<String> {
         user_exclude.iter().chain(extra).cloned().collect()
     };
+    if let Some(sparsity) = a.prune {
+        use edgepredict::compress::prune::{prune, PruneOptions};
+        let opts = PruneOptions {
+            sparsity,
+            structured: a.structured,
+            exclude: Vec::new(),
+            min_elements: a
+                .min_elements
+                .unwrap_or(PruneOptions::default().min_elements),
+        };
+        let with = with.clone();
+        let label = format!(
+            "prune {:.0} %{}",
+            sparsity * 100.0,
+            if a.structured { " (channels)" } else { "" }
+        );
+        steps.push(Step::new(label, move |m, extra| {
+            let opts = PruneOptions {
+                exclude: with(extra),
+                ..opts.clone()
+            };
+            prune(m, &opts)
+        }));
+    }
+    let rank = match (a.low_rank, a.rank) {
+        (Some(_), Some(_)) => return Err("give --low-rank ENERGY or --rank N, not both".into()),
+        (Some(e), None) => Some(edgepredict::compress::lowrank::Rank::Energy(e)),
+        (None, Some(r)) => Some(edgepredict::compress::lowrank::Rank::Fixed(r)),
+        (None, None) => None,
+    };
+    if let Some(rank) = rank {
+        use edgepredict::compress::lowrank::{low_rank, LowRankOptions};
+        let opts = LowRankOptions {
+            rank,
+            exclude: Vec::new(),
+            min_elements: a
+                .min_elements
+                .unwrap_or(LowRankOptions::default().min_elements),
+        };
+        let with = with.clone();
+        steps.push(Step::new("low-rank", move |m, extra| {
+            let opts = LowRankOptions {
+                exclude: with(extra),
+                ..opts.clone()
+            };
+            low_rank(m, &opts)
+        }));
+    }
     let mut kinds: Vec<&str> = a
         .quantize
         .as_deref()
@@ -923,7 +987,9 @@ fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::
                         WeightType::Int8
                     },
                     exclude: Vec::new(),
-                    min_elements: a.min_elements,
+                    min_elements: a
+                        .min_elements
+                        .unwrap_or(QuantizeOptions::default().min_elements),
                 };
                 steps.push(Step::new("int8 dynamic", move |m, extra| {
                     let opts = QuantizeOptions {
@@ -939,7 +1005,9 @@ fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::
                     block_size: a.block_size,
                     symmetric: a.symmetric,
                     exclude: Vec::new(),
-                    min_elements: a.min_elements,
+                    min_elements: a
+                        .min_elements
+                        .unwrap_or(Int4Options::default().min_elements),
                 };
                 steps.push(Step::new("int4 MatMulNBits", move |m, extra| {
                     let opts = Int4Options {
@@ -951,7 +1019,9 @@ fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::
             }
             "fp16" => {
                 use edgepredict::compress::fp16::{weights_to_fp16, Fp16Options};
-                let min_elements = a.min_elements;
+                let min_elements = a
+                    .min_elements
+                    .unwrap_or(Fp16Options::default().min_elements);
                 steps.push(Step::new("fp16 weights", move |m, extra| {
                     let opts = Fp16Options {
                         exclude: with(extra),
@@ -968,7 +1038,7 @@ fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::
         }
     }
     if steps.is_empty() {
-        return Err("no step given: --quantize".into());
+        return Err("no step given: --prune, --low-rank/--rank or --quantize".into());
     }
     Ok(steps)
 }
