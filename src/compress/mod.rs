@@ -3,6 +3,7 @@
 //! `crate::onnx::encode`, and the measure of a compressed or distilled model against its
 //! reference. Library code, usable from wasm; file handling stays in the CLI.
 
+pub mod calibrate;
 pub mod edit;
 pub mod evaluate;
 pub mod fp16;
@@ -10,6 +11,7 @@ pub mod guard;
 pub mod int4;
 pub mod lowrank;
 pub mod prune;
+pub mod qdq;
 pub mod quantize;
 
 /// What one step changed and what it left alone, and why: every step returns one, and
