@@ -847,11 +847,23 @@ struct CompressArgs {
     #[arg(long, short = 'o')]
     output: PathBuf,
     /// Quantization, one or more of (comma-separated): "dynamic" (int8 weights,
-    /// activations quantized at run time), "int4" (4-bit blockwise MatMul weights,
+    /// activations quantized at run time), "static" (QDQ int8: weights and activations,
+    /// activation ranges calibrated on --calib), "int4" (4-bit blockwise MatMul weights,
     /// com.microsoft MatMulNBits), "fp16" (float16 weight storage; always applied last,
     /// to what the others left float).
     #[arg(long)]
     quantize: Option<String>,
+    /// static: calibration input sets, laid out as for `evaluate --data`.
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// static: how activation ranges are chosen: minmax, percentile[@P] (default P 99.99)
+    /// or entropy (least KL divergence).
+    #[arg(long, default_value = "minmax")]
+    calibrate: String,
+    /// static: op types to quantize (comma-separated; "all" quantizes every op's float
+    /// activations, a recipe that breaks some models and is kept for the guard).
+    #[arg(long, default_value = "Conv,MatMul,Gemm")]
+    op_types: String,
     /// int4: values per block along K (a power of two ≥ 16).
     #[arg(long, default_value_t = 32)]
     block_size: usize,
@@ -999,6 +1011,50 @@ fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::
                     quantize_dynamic(m, &opts)
                 }));
             }
+            "static" => {
+                use edgepredict::compress::calibrate::Calibration;
+                use edgepredict::compress::qdq::{quantize_static, StaticOptions};
+                let dir = a
+                    .calib
+                    .as_ref()
+                    .ok_or("--quantize static needs --calib DIR (calibration input sets)")?;
+                let float =
+                    load(&read(&a.model)?).map_err(|e| format!("{}: {e}", a.model.display()))?;
+                let (sets, _) = read_input_sets(dir, &float)?;
+                let calibration = match a.calibrate.as_str() {
+                    "minmax" => Calibration::MinMax,
+                    "entropy" => Calibration::Entropy,
+                    "percentile" => Calibration::Percentile(99.99),
+                    c => match c.strip_prefix("percentile@").map(str::parse::<f64>) {
+                        Some(Ok(p)) if p > 0.0 && p <= 100.0 => Calibration::Percentile(p),
+                        _ => {
+                            return Err(format!(
+                                "--calibrate {c}: expected minmax, percentile[@P] or entropy"
+                            ))
+                        }
+                    },
+                };
+                let opts = StaticOptions {
+                    calibration,
+                    per_channel: !a.per_tensor,
+                    op_types: a
+                        .op_types
+                        .split(',')
+                        .map(|t| t.trim().to_string())
+                        .collect(),
+                    exclude: Vec::new(),
+                    min_elements: a
+                        .min_elements
+                        .unwrap_or(StaticOptions::default().min_elements),
+                };
+                steps.push(Step::new("int8 static QDQ", move |m, extra| {
+                    let opts = StaticOptions {
+                        exclude: with(extra),
+                        ..opts.clone()
+                    };
+                    quantize_static(m, &sets, &opts)
+                }));
+            }
             "int4" => {
                 use edgepredict::compress::int4::{quantize_int4, Int4Options};
                 let opts = Int4Options {
@@ -1032,7 +1088,7 @@ fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::
             }
             other => {
                 return Err(format!(
-                    "--quantize {other}: expected dynamic, int4 or fp16"
+                    "--quantize {other}: expected dynamic, static, int4 or fp16"
                 ))
             }
         }
