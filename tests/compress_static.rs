@@ -293,3 +293,209 @@ fn static_qdq_minilm() {
         fused: &[("QLinearMatMul", 12)],
     });
 }
+
+/// The silero_vad calibration or evaluation sets: each `set_*/{input,state,sr}.npy`.
+fn silero_sets(kind: &str) -> Vec<Vec<(String, Tensor)>> {
+    let dir = root().join(".cache/compress-data/silero_vad").join(kind);
+    let mut sets: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    sets.sort();
+    sets.iter()
+        .map(|d| {
+            ["input", "state", "sr"]
+                .iter()
+                .map(|n| (n.to_string(), npy(&d.join(format!("{n}.npy")))))
+                .collect()
+        })
+        .collect()
+}
+
+/// Speech probability (`output`, [1,1]) of each set.
+fn silero_probs(m: &Model, sets: &[Vec<(String, Tensor)>]) -> Vec<f32> {
+    sets.iter()
+        .map(|s| {
+            let out = run(m, s);
+            let (_, p) = out.iter().find(|(n, _)| n == "output").unwrap();
+            p.to_f32_vec().unwrap()[0]
+        })
+        .collect()
+}
+
+/// onnxruntime's speech probability on each evaluation set.
+fn silero_probs_ort(model: &Path) -> Option<Vec<f32>> {
+    let py = root().join(".cache/venv/bin/python");
+    if !py.exists() {
+        assert!(!require(), "no .cache/venv: run tools/setup.sh");
+        return None;
+    }
+    let script = "import sys, glob, os, numpy as np, onnxruntime as ort\n\
+        o = ort.SessionOptions(); o.intra_op_num_threads = 1\n\
+        s = ort.InferenceSession(sys.argv[1], o, providers=['CPUExecutionProvider'])\n\
+        ps = []\n\
+        for d in sorted(glob.glob(os.path.join(sys.argv[2], 'set_*'))):\n\
+        \x20   f = {n: np.load(os.path.join(d, n + '.npy')) for n in ('input', 'state', 'sr')}\n\
+        \x20   ps.append(float(s.run(['output'], f)[0].reshape(-1)[0]))\n\
+        print(' '.join(map(str, ps)))\n";
+    let out = Command::new(py)
+        .args(["-c", script])
+        .arg(model)
+        .arg(root().join(".cache/compress-data/silero_vad/eval"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "onnxruntime failed on {}: {}",
+        model.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect(),
+    )
+}
+
+fn frame_agreement(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let same = a
+        .iter()
+        .zip(b)
+        .filter(|(x, y)| (**x > 0.5) == (**y > 0.5))
+        .count();
+    same as f64 / a.len() as f64
+}
+
+/// Quantizes silero_vad (whose whole network sits in the branches of an If on `sr`)
+/// with `opts`; returns the frame agreement with the float model, ours and
+/// onnxruntime's, and the report.
+fn silero_static(
+    tag: &str,
+    opts: impl Fn(&edgepredict::onnx::proto::ModelProto) -> StaticOptions,
+) -> Option<(f64, Option<f64>, edgepredict::compress::StepReport)> {
+    let model = root().join(".cache/models/silero_vad.onnx");
+    let data = root().join(".cache/compress-data/silero_vad");
+    if !model.exists() || !data.exists() {
+        assert!(
+            !require(),
+            "silero_vad or its data missing: run tools/setup.sh"
+        );
+        eprintln!("skip silero_vad: not fetched");
+        return None;
+    }
+    let bytes = std::fs::read(&model).unwrap();
+    let mut proto = decode_model(&bytes).unwrap();
+    edgepredict::compress::edit::name_nodes(&mut proto);
+    let opts = opts(&proto);
+    let calib = silero_sets("calib");
+    let report = quantize_static(&mut proto, &calib, &opts).unwrap();
+    eprint!("silero_vad {tag}: {report}");
+    let qbytes = encode_model(&proto);
+    let work = root().join("target/tmp/compress");
+    std::fs::create_dir_all(&work).unwrap();
+    let qpath = work.join(format!("silero_vad_qdq_{tag}.onnx"));
+    std::fs::write(&qpath, &qbytes).unwrap();
+
+    let eval = silero_sets("eval");
+    let float = silero_probs(&Model::load(&bytes).unwrap(), &eval);
+    let ours = silero_probs(&Model::load(&qbytes).unwrap(), &eval);
+    let agree = frame_agreement(&float, &ours);
+    eprintln!("  frame agreement with float (ours): {agree:.3}");
+    let ort_agree = silero_probs_ort(&qpath).map(|ort| {
+        // The same QDQ graph: both runtimes compute the same probabilities, within the
+        // rounding of their integer kernels.
+        let worst = ours
+            .iter()
+            .zip(&ort)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!("  ours vs onnxruntime on the QDQ model: max |Δp| {worst:.4}");
+        assert!(
+            worst < 0.05,
+            "silero_vad {tag}: ours and onnxruntime differ by {worst}"
+        );
+        let a = frame_agreement(&float, &ort);
+        eprintln!("  frame agreement with float (onnxruntime): {a:.3}");
+        a
+    });
+    Some((agree, ort_agree, report))
+}
+
+#[test]
+fn static_qdq_silero_all_ops_inside_if_branches() {
+    let Some((agree, ort_agree, report)) = silero_static("all", |_| StaticOptions::all_ops())
+    else {
+        return;
+    };
+    // The network lives in the If's branches: its nodes are changed under their own
+    // (subgraph) names, and the branch no calibration set took stays float.
+    let in_branch = |n: &str| n.contains("_branch__");
+    let changed: Vec<_> = report
+        .changed
+        .iter()
+        .filter(|(n, _)| in_branch(n))
+        .collect();
+    assert!(
+        changed.len() > 20,
+        "{} subgraph nodes changed",
+        changed.len()
+    );
+    assert!(changed.iter().any(|(_, op)| op == "Conv"));
+    assert!(report
+        .kept
+        .iter()
+        .any(|(n, _, why)| in_branch(n) && why.contains("no calibration set took")));
+    // Quantizing everything is the known-bad recipe: the guard needs it broken
+    // (measured 0.891 here, ours and onnxruntime alike; Conv only keeps 1.0).
+    eprintln!("all ops: frame agreement {agree:.3}, onnxruntime {ort_agree:?}");
+    assert!(agree <= 0.95, "all ops kept frame agreement {agree}");
+    // Per-tensor weights on top of it, as onnxruntime's quantizer does by default.
+    let (pt, pt_ort, _) = silero_static("all_per_tensor", |_| StaticOptions {
+        per_channel: false,
+        ..StaticOptions::all_ops()
+    })
+    .unwrap();
+    eprintln!("all ops, per-tensor weights: frame agreement {pt:.3}, onnxruntime {pt_ort:?}");
+    assert!(
+        pt <= 0.95,
+        "all ops, per-tensor weights kept frame agreement {pt}"
+    );
+}
+
+#[test]
+fn static_qdq_silero_conv_only_stays_good() {
+    let Some((agree, ort_agree, report)) = silero_static("conv", |m| {
+        // The STFT as a Conv: its output spans a huge range, so it stays float.
+        let mut stft = Vec::new();
+        fn walk(g: &edgepredict::onnx::proto::GraphProto, out: &mut Vec<String>) {
+            for n in &g.node {
+                if n.name.ends_with("/stft/Conv") {
+                    out.push(n.name.clone());
+                }
+                for a in &n.attribute {
+                    a.g.iter().for_each(|sg| walk(sg, out));
+                }
+            }
+        }
+        walk(m.graph.as_ref().unwrap(), &mut stft);
+        assert_eq!(stft.len(), 2, "{stft:?}");
+        StaticOptions {
+            op_types: vec!["Conv".into()],
+            exclude: stft,
+            ..Default::default()
+        }
+    }) else {
+        return;
+    };
+    assert!(report
+        .changed
+        .iter()
+        .all(|(n, op)| op == "Conv" && !n.ends_with("/stft/Conv")));
+    assert!(report.changed.len() >= 5, "{:?}", report.changed);
+    eprintln!("conv only: frame agreement {agree:.3}, onnxruntime {ort_agree:?}");
+    assert!(agree >= 0.95, "frame agreement {agree}");
+}

@@ -3,12 +3,17 @@
 //!
 //! The tensors are watched by adding them as extra graph outputs of a copy of the
 //! model, which our runtime then loads and runs on the CPU. Only top-level tensors can be
-//! watched this way: values inside If/Loop/Scan bodies are reported as unobserved.
+//! watched this way, so an If whose condition is the same on every input set is first
+//! replaced, in that copy, by the branch taken (its nodes inlined under their own value
+//! names, repeatedly for the Ifs this brings to the top level): the branch's values are
+//! then watched like any other. Ifs whose branch varies between sets and Loop/Scan
+//! bodies stay unseen; their values are reported as unobserved.
 
+use super::edit::{node, Constants, Names};
 use crate::api::{LoadOptions, Model};
 use crate::error::{Error, Result};
 use crate::onnx::encode_model;
-use crate::onnx::proto::{ModelProto, ValueInfoProto};
+use crate::onnx::proto::{GraphProto, ModelProto, ValueInfoProto};
 use crate::tensor::Tensor;
 use std::collections::{HashMap, HashSet};
 
@@ -41,6 +46,11 @@ pub struct Ranges {
     /// Watched names that are no top-level value of the model (subgraph values, constants,
     /// unknown names).
     pub unobserved: Vec<String>,
+    /// If nodes whose branch every input set took, keyed by the If's first output name
+    /// (unique, unlike a possibly empty node name): true for then_branch.
+    pub taken: HashMap<String, bool>,
+    /// Control-flow nodes (name, op type, why) whose bodies calibration could not see.
+    pub unseen: Vec<(String, String, String)>,
 }
 
 /// Running statistics of one tensor.
@@ -195,7 +205,7 @@ pub fn calibrate(
             return Err(Error::input(format!("percentile {p} is not in 0..100")));
         }
     }
-    let mut probe = m.clone();
+    let (mut probe, taken, unseen) = inline_taken_branches(m, sets)?;
     let g = probe
         .graph
         .as_mut()
@@ -209,7 +219,11 @@ pub fn calibrate(
         .flat_map(|n| n.output.iter().map(|s| s.as_str()))
         .collect();
     values.extend(g.input.iter().map(|v| v.name.as_str()));
-    let mut ranges = Ranges::default();
+    let mut ranges = Ranges {
+        taken,
+        unseen,
+        ..Default::default()
+    };
     let mut watched = Vec::new();
     let mut seen = HashSet::new();
     for name in names {
@@ -261,6 +275,146 @@ pub fn calibrate(
         }
     }
     Ok(ranges)
+}
+
+/// The branch of If node `n`: then_branch when `then`.
+fn branch(n: &crate::onnx::proto::NodeProto, then: bool) -> Option<&GraphProto> {
+    let want = if then { "then_branch" } else { "else_branch" };
+    n.attribute
+        .iter()
+        .find(|a| a.name == want)
+        .and_then(|a| a.g.as_ref())
+}
+
+/// A copy of `m` in which every If whose condition is the same on all `sets` is
+/// replaced by its taken branch, repeatedly (nested Ifs surface once their parent is
+/// inlined). Returns the copy, the branches taken, and the control-flow nodes left.
+#[allow(clippy::type_complexity)]
+fn inline_taken_branches(
+    m: &ModelProto,
+    sets: &[Vec<(String, Tensor)>],
+) -> Result<(
+    ModelProto,
+    HashMap<String, bool>,
+    Vec<(String, String, String)>,
+)> {
+    let mut probe = m.clone();
+    let mut taken = HashMap::new();
+    let mut varying: HashMap<String, String> = HashMap::new();
+    loop {
+        let g = probe
+            .graph
+            .as_ref()
+            .ok_or_else(|| Error::invalid_model("the model has no graph"))?;
+        let ifs: Vec<usize> = (0..g.node.len())
+            .filter(|&i| {
+                let n = &g.node[i];
+                n.op_type == "If"
+                    && n.domain.is_empty()
+                    && n.input.first().is_some_and(|c| !c.is_empty())
+                    && n.output.first().is_some_and(|o| !varying.contains_key(o))
+                    && branch(n, true).is_some()
+                    && branch(n, false).is_some()
+            })
+            .collect();
+        if ifs.is_empty() {
+            break;
+        }
+        // Each condition's value on every set: a constant is read, the rest are run.
+        let consts = Constants::new(g);
+        let mut cond_of: HashMap<String, Vec<bool>> = HashMap::new();
+        let mut to_run = Vec::new();
+        for &i in &ifs {
+            let c = &g.node[i].input[0];
+            match consts.get(c) {
+                Some(t) => {
+                    let v = t?.to_f64_vec()?;
+                    cond_of.insert(c.clone(), vec![v.first().is_some_and(|x| *x != 0.0)]);
+                }
+                None => to_run.push(c.clone()),
+            }
+        }
+        if !to_run.is_empty() {
+            let mut run_copy = probe.clone();
+            let rg = run_copy.graph.as_mut().expect("checked above");
+            for c in &to_run {
+                if !rg.output.iter().any(|o| o.name == *c) {
+                    rg.output.push(ValueInfoProto {
+                        name: c.clone(),
+                        r#type: None,
+                    });
+                }
+            }
+            let model = Model::load_with(&encode_model(&run_copy), &LoadOptions::default())?;
+            let wanted: HashSet<&str> = to_run.iter().map(|s| s.as_str()).collect();
+            for set in sets {
+                let feed: Vec<(&str, Tensor)> =
+                    set.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+                for (name, t) in model.run(&feed)? {
+                    if wanted.contains(name.as_str()) {
+                        let v = t.to_f64_vec()?;
+                        let b = v.first().is_some_and(|x| *x != 0.0);
+                        cond_of.entry(name).or_default().push(b);
+                    }
+                }
+            }
+        }
+        let g = probe.graph.as_mut().expect("checked above");
+        let mut names = Names::of(g);
+        let mut inlined = false;
+        // From the back, so that splicing keeps the earlier indices valid.
+        for &i in ifs.iter().rev() {
+            let n = &g.node[i];
+            let key = n.output[0].clone();
+            let seen = cond_of.get(&n.input[0]).cloned().unwrap_or_default();
+            let then = match seen.first() {
+                Some(&b) if seen.iter().all(|&x| x == b) => b,
+                _ => {
+                    varying.insert(
+                        key,
+                        "its condition differs between the calibration sets".into(),
+                    );
+                    continue;
+                }
+            };
+            let b = branch(n, then).expect("checked above").clone();
+            if b.output.len() < n.output.iter().filter(|o| !o.is_empty()).count() {
+                varying.insert(key, "its branch has fewer outputs than the If".into());
+                continue;
+            }
+            let mut nodes = b.node;
+            for (bo, o) in b.output.iter().zip(&n.output) {
+                if !o.is_empty() {
+                    let id = names.fresh(&format!("{o}_inlined"));
+                    nodes.push(node("Identity", id, &[&bo.name], &[o]));
+                }
+            }
+            g.initializer.extend(b.initializer);
+            g.sparse_initializer.extend(b.sparse_initializer);
+            g.node.splice(i..=i, nodes);
+            taken.insert(key, then);
+            inlined = true;
+        }
+        if !inlined {
+            break;
+        }
+    }
+    let mut unseen = Vec::new();
+    let g = probe.graph.as_ref().expect("checked above");
+    for n in &g.node {
+        let why = match n.op_type.as_str() {
+            "If" => n
+                .output
+                .first()
+                .and_then(|o| varying.get(o))
+                .cloned()
+                .unwrap_or_else(|| "its condition could not be observed".into()),
+            "Loop" | "Scan" => "its body runs a varying number of times".into(),
+            _ => continue,
+        };
+        unseen.push((n.name.clone(), n.op_type.clone(), why));
+    }
+    Ok((probe, taken, unseen))
 }
 
 #[cfg(test)]

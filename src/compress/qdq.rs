@@ -13,8 +13,11 @@
 //! or Clip, the output pair goes after the clamp: the Q saturates the same way, so both
 //! fusions drop the clamp and the range spends no levels on negatives.
 //!
-//! Only top-level nodes are quantized: values inside If/Loop/Scan bodies cannot be
-//! observed by calibration (`calibrate`), and such nodes are reported as kept.
+//! Nodes inside the branch of an If that every calibration set took are quantized in
+//! the branch itself (its Q/DQ nodes in its node list, its new scales and int8 weights
+//! in its own initializers; outer-scope reads, weights included, keep working): the
+//! calibration copy inlines such branches (`calibrate`). Nodes in branches no set took,
+//! in Ifs whose branch varies, and in Loop/Scan bodies are reported as kept.
 
 use super::calibrate::{calibrate, Calibration};
 use super::edit::{attr_f, attr_i, drop_unused_constants, node, Constants, Names};
@@ -22,6 +25,7 @@ use super::StepReport;
 use crate::error::{Error, Result};
 use crate::onnx::encode::tensor_to_proto;
 use crate::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
+use crate::onnx::tensor_from_proto;
 use crate::tensor::{DType, Tensor};
 use std::collections::{HashMap, HashSet};
 
@@ -99,8 +103,8 @@ struct NodePlan {
     /// Input slots holding float activations to quantize.
     act_slots: Vec<usize>,
     weight: Option<WeightPlan>,
-    /// Name of a constant float bias (Conv/Gemm input 2) to store as int32.
-    bias: Option<String>,
+    /// Name and value of a constant float bias (Conv/Gemm input 2) to store as int32.
+    bias: Option<(String, Tensor)>,
     /// Tensors written by the node (or by the clamp after it) to quantize.
     outs: Vec<String>,
 }
@@ -129,22 +133,29 @@ pub fn quantize_static(
         ));
         return Ok(report);
     }
-    for n in &g.node {
-        for a in &n.attribute {
-            for sg in a.g.iter().chain(&a.graphs) {
-                report_subgraph(sg, opts, &mut report);
-            }
-        }
+    // Every graph: the top level first, then each subgraph (its path of node and
+    // attribute indices). Each is planned with the constants it can see.
+    let mut paths = Vec::new();
+    graph_paths(g, &mut Vec::new(), &mut paths);
+    let mut planned: Vec<(Path, Vec<NodePlan>, StepReport)> = Vec::new();
+    for p in paths {
+        let sg = graph_at(g, &p)?;
+        let scope = Scope::new(g, &p)?;
+        let mut r = StepReport::new("");
+        let plans = plan_nodes(sg, &scope, opts, &mut r);
+        planned.push((p, plans, r));
     }
-    let plans = plan_nodes(g, opts, &mut report);
 
     // Calibrate every tensor a plan names, and Softmax inputs, whose rank tells whether
     // an opset upgrade is safe.
     let mut watch: Vec<String> = Vec::new();
-    for p in &plans {
-        let n = &g.node[p.idx];
-        watch.extend(p.act_slots.iter().map(|&s| n.input[s].clone()));
-        watch.extend(p.outs.iter().cloned());
+    for (p, plans, _) in &planned {
+        let sg = graph_at(g, p)?;
+        for pl in plans {
+            let n = &sg.node[pl.idx];
+            watch.extend(pl.act_slots.iter().map(|&s| n.input[s].clone()));
+            watch.extend(pl.outs.iter().cloned());
+        }
     }
     watch.extend(
         g.node
@@ -153,6 +164,10 @@ pub fn quantize_static(
             .filter_map(|n| n.input.first().cloned()),
     );
     let ranges = calibrate(m, &watch, sets, opts.calibration)?;
+    let g = m
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::invalid_model("the model has no graph"))?;
 
     let per_channel = opts.per_channel
         && {
@@ -188,30 +203,169 @@ pub fn quantize_static(
         .graph
         .as_mut()
         .ok_or_else(|| Error::invalid_model("the model has no graph"))?;
-    rewrite(g, plans, &ranges.range, per_channel, opts, &mut report)?;
-    drop_unused_constants(g);
+    let mut names = Names::of(g);
+    let mut totals = Totals::default();
+    // Deepest graphs first: rewriting a graph moves its nodes, which the paths of its
+    // subgraphs index; rewriting a subgraph moves nothing outside it.
+    planned.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.len()));
+    for (p, plans, r) in planned {
+        if let Some(why) = unseen_reason(g, &p, &ranges.taken)? {
+            let sg = graph_at(g, &p)?;
+            for n in &sg.node {
+                if n.domain.is_empty()
+                    && opts.selects(&n.op_type)
+                    && !NEVER.contains(&n.op_type.as_str())
+                {
+                    report
+                        .kept
+                        .push((n.name.clone(), n.op_type.clone(), why.clone()));
+                }
+            }
+            continue;
+        }
+        report.kept.extend(r.kept);
+        let sg = graph_at_mut(g, &p)?;
+        rewrite(
+            sg,
+            plans,
+            &ranges.range,
+            per_channel,
+            opts,
+            &mut names,
+            &mut totals,
+            &mut report,
+        )?;
+        drop_unused_constants(sg);
+    }
+    if totals.w_bytes_f32 > 0 {
+        report.notes.push(format!(
+            "weights: {:.2} MB float → {:.2} MB int8 ({})",
+            totals.w_bytes_f32 as f64 / 1e6,
+            totals.w_bytes_i8 as f64 / 1e6,
+            if per_channel {
+                "per channel"
+            } else {
+                "per tensor"
+            }
+        ));
+    }
+    report.notes.push(format!(
+        "{} activation tensor(s) quantized to uint8",
+        totals.tensors
+    ));
+    for (name, op, why) in &ranges.unseen {
+        report
+            .notes
+            .push(format!("{op} '{name}': body not calibrated: {why}"));
+    }
     Ok(report)
+}
+
+/// A subgraph's place: (node index, attribute index) from the top-level graph down.
+type Path = Vec<(usize, usize)>;
+
+fn graph_paths(g: &GraphProto, path: &mut Path, out: &mut Vec<Path>) {
+    out.push(path.clone());
+    for (i, n) in g.node.iter().enumerate() {
+        for (j, a) in n.attribute.iter().enumerate() {
+            if let Some(sg) = &a.g {
+                path.push((i, j));
+                graph_paths(sg, path, out);
+                path.pop();
+            }
+        }
+    }
+}
+
+fn graph_at<'a>(g: &'a GraphProto, path: &[(usize, usize)]) -> Result<&'a GraphProto> {
+    let mut g = g;
+    for &(i, j) in path {
+        g = g
+            .node
+            .get(i)
+            .and_then(|n| n.attribute.get(j))
+            .and_then(|a| a.g.as_ref())
+            .ok_or_else(|| Error::invalid_model("subgraph path went stale"))?;
+    }
+    Ok(g)
+}
+
+fn graph_at_mut<'a>(g: &'a mut GraphProto, path: &[(usize, usize)]) -> Result<&'a mut GraphProto> {
+    let mut g = g;
+    for &(i, j) in path {
+        g = g
+            .node
+            .get_mut(i)
+            .and_then(|n| n.attribute.get_mut(j))
+            .and_then(|a| a.g.as_mut())
+            .ok_or_else(|| Error::invalid_model("subgraph path went stale"))?;
+    }
+    Ok(g)
+}
+
+/// Why calibration did not see the subgraph at `path`, or None when it did (the top
+/// level, or only branches that every calibration set took).
+fn unseen_reason(
+    g: &GraphProto,
+    path: &[(usize, usize)],
+    taken: &HashMap<String, bool>,
+) -> Result<Option<String>> {
+    let mut g = g;
+    for &(i, j) in path {
+        let n = &g.node[i];
+        let a = &n.attribute[j];
+        let key = n.output.first().filter(|_| n.op_type == "If");
+        match key.and_then(|k| taken.get(k)) {
+            Some(&then) if then == (a.name == "then_branch") => {}
+            Some(_) => {
+                return Ok(Some(format!(
+                    "in the {} of If '{}', which no calibration set took",
+                    a.name, n.name
+                )))
+            }
+            None => {
+                return Ok(Some(format!(
+                    "inside {} '{}': calibration could not follow its body",
+                    n.op_type, n.name
+                )))
+            }
+        }
+        g = graph_at(g, &[(i, j)])?;
+    }
+    Ok(None)
+}
+
+/// The constants a subgraph can read: its own, then those of the graphs around it.
+struct Scope<'a> {
+    levels: Vec<Constants<'a>>,
+}
+
+impl<'a> Scope<'a> {
+    fn new(top: &'a GraphProto, path: &[(usize, usize)]) -> Result<Self> {
+        let mut levels = vec![Constants::new(top)];
+        for k in 1..=path.len() {
+            levels.push(Constants::new(graph_at(top, &path[..k])?));
+        }
+        Ok(Scope { levels })
+    }
+    fn proto(&self, name: &str) -> Option<&'a TensorProto> {
+        self.levels.iter().rev().find_map(|c| c.proto(name))
+    }
+    fn get(&self, name: &str) -> Option<Result<Tensor>> {
+        self.proto(name).map(tensor_from_proto)
+    }
+}
+
+/// What the rewrites of all graphs did, for the notes.
+#[derive(Default)]
+struct Totals {
+    tensors: usize,
+    w_bytes_f32: usize,
+    w_bytes_i8: usize,
 }
 
 fn is_softmax(n: &NodeProto) -> bool {
     matches!(n.op_type.as_str(), "Softmax" | "LogSoftmax" | "Hardmax")
-}
-
-fn report_subgraph(g: &GraphProto, opts: &StaticOptions, report: &mut StepReport) {
-    for n in &g.node {
-        if n.domain.is_empty() && opts.selects(&n.op_type) && !NEVER.contains(&n.op_type.as_str()) {
-            report.kept.push((
-                n.name.clone(),
-                n.op_type.clone(),
-                "inside a subgraph: its values cannot be calibrated".into(),
-            ));
-        }
-        for a in &n.attribute {
-            for sg in a.g.iter().chain(&a.graphs) {
-                report_subgraph(sg, opts, report);
-            }
-        }
-    }
 }
 
 /// Why the default opset cannot go from `opset` (< 13) to 13 without changing what
@@ -278,8 +432,12 @@ fn opset_13_blocker(g: &GraphProto, ranks: &HashMap<String, usize>, opset: i64) 
 
 /// Decides, for each top-level node the options select, what to quantize; nodes that
 /// cannot be are reported as kept.
-fn plan_nodes(g: &GraphProto, opts: &StaticOptions, report: &mut StepReport) -> Vec<NodePlan> {
-    let consts = Constants::new(g);
+fn plan_nodes(
+    g: &GraphProto,
+    consts: &Scope,
+    opts: &StaticOptions,
+    report: &mut StepReport,
+) -> Vec<NodePlan> {
     let all = opts.op_types.iter().any(|t| t == ALL_OPS);
     let outputs: HashSet<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
     let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -320,7 +478,7 @@ fn plan_nodes(g: &GraphProto, opts: &StaticOptions, report: &mut StepReport) -> 
         if n.input.len() < 2 || n.output.is_empty() {
             continue;
         }
-        let weight = match plan_weight(&consts, n, opts) {
+        let weight = match plan_weight(consts, n, opts) {
             Ok(w) => w,
             Err(why) => {
                 report.kept.push((n.name.clone(), n.op_type.clone(), why));
@@ -345,12 +503,15 @@ fn plan_nodes(g: &GraphProto, opts: &StaticOptions, report: &mut StepReport) -> 
             .get(2)
             .filter(|b| !b.is_empty() && n.op_type != "MatMul")
             .filter(|_| n.op_type != "Gemm" || attr_f(n, "beta", 1.0) == 1.0)
-            .filter(|b| {
-                matches!(consts.get(b), Some(Ok(t)) if t.dtype() == DType::F32
-                    && t.rank() == 1 && Some(t.len()) == channels)
-            })
             .filter(|_| weight.is_some())
-            .cloned();
+            .and_then(|b| match consts.get(b) {
+                Some(Ok(t))
+                    if t.dtype() == DType::F32 && t.rank() == 1 && Some(t.len()) == channels =>
+                {
+                    Some((b.clone(), t))
+                }
+                _ => None,
+            });
         // The output pair goes after a lone Relu/Clip reader (see the module doc).
         let mut out = n.output[0].clone();
         if let Some(r) = readers.get(out.as_str()).filter(|r| r.len() == 1) {
@@ -408,7 +569,7 @@ fn captured_names(g: &GraphProto) -> HashSet<String> {
 /// The constant weight (input 1) of a Conv/MatMul/Gemm: Ok(None) when input 1 is no
 /// constant (it is quantized as an activation), Err(reason) to keep the node float.
 fn plan_weight(
-    consts: &Constants,
+    consts: &Scope,
     n: &NodeProto,
     opts: &StaticOptions,
 ) -> std::result::Result<Option<WeightPlan>, String> {
@@ -517,15 +678,17 @@ fn dq_node(
     (n, out)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn rewrite(
     g: &mut GraphProto,
     plans: Vec<NodePlan>,
     range: &HashMap<String, (f32, f32)>,
     per_channel: bool,
     opts: &StaticOptions,
+    names: &mut Names,
+    totals: &mut Totals,
     report: &mut StepReport,
 ) -> Result<()> {
-    let mut names = Names::of(g);
     let mut ed = Edits::default();
     let excluded: Vec<bool> = g.node.iter().map(|n| opts.excludes(n)).collect();
 
@@ -627,7 +790,6 @@ fn rewrite(
 
     // Weights and biases.
     let mut weight_dq: HashMap<(String, Option<usize>), (String, Vec<f32>)> = HashMap::new();
-    let (mut w_bytes_f32, mut w_bytes_i8) = (0usize, 0usize);
     for p in chosen {
         let n = &g.node[p.idx];
         let (name, op) = (n.name.clone(), n.op_type.clone());
@@ -641,8 +803,8 @@ fn rewrite(
             let key = (w.name.clone(), axis);
             if !weight_dq.contains_key(&key) {
                 let (q, scales) = quantize_weight(&w.value, axis)?;
-                w_bytes_f32 += 4 * q.len();
-                w_bytes_i8 += q.len();
+                totals.w_bytes_f32 += 4 * q.len();
+                totals.w_bytes_i8 += q.len();
                 let wq = names.fresh(&format!("{}_quantized", w.name));
                 let ws = names.fresh(&format!("{}_scale", w.name));
                 let wz = names.fresh(&format!("{}_zero_point", w.name));
@@ -661,18 +823,15 @@ fn rewrite(
                 };
                 ed.inits.push(tensor_to_proto(&ws, &st)?);
                 ed.inits.push(tensor_to_proto(&wz, &zt)?);
-                let (dq, out) = dq_node(&mut names, &w.name, &wq, &ws, &wz, axis);
+                let (dq, out) = dq_node(names, &w.name, &wq, &ws, &wz, axis);
                 ed.before.entry(p.idx).or_default().push(dq);
                 weight_dq.insert(key.clone(), (out, scales));
             }
             let (out, scales) = &weight_dq[&key];
             g.node[p.idx].input[1].clone_from(out);
-            if let Some(b) = &p.bias {
+            if let Some((b, bt)) = &p.bias {
                 // Input 0 now reads a DQ output: the scale is that pair's.
                 if let Some(&xs) = dq_scale.get(&g.node[p.idx].input[0]) {
-                    let bt = Constants::new(g)
-                        .get(b)
-                        .ok_or_else(|| Error::invalid_model(format!("bias '{b}' vanished")))??;
                     let bv = bt.to_f32_vec()?;
                     let bscale: Vec<f32> = (0..bv.len())
                         .map(|c| xs * scales[if scales.len() == 1 { 0 } else { c }])
@@ -702,7 +861,7 @@ fn rewrite(
                             .push(tensor_to_proto(&bsn, &Tensor::scalar(bscale[0]))?);
                         ed.inits.push(tensor_to_proto(&bzn, &Tensor::scalar(0i32))?);
                     }
-                    let (dq, out) = dq_node(&mut names, &base, &bqn, &bsn, &bzn, bias_axis);
+                    let (dq, out) = dq_node(names, &base, &bqn, &bsn, &bzn, bias_axis);
                     ed.before.entry(p.idx).or_default().push(dq);
                     g.node[p.idx].input[2] = out;
                 }
@@ -710,22 +869,7 @@ fn rewrite(
         }
         report.changed.push((name, op));
     }
-    if w_bytes_f32 > 0 {
-        report.notes.push(format!(
-            "weights: {:.2} MB float → {:.2} MB int8 ({})",
-            w_bytes_f32 as f64 / 1e6,
-            w_bytes_i8 as f64 / 1e6,
-            if per_channel {
-                "per channel"
-            } else {
-                "per tensor"
-            }
-        ));
-    }
-    report.notes.push(format!(
-        "{} activation tensor(s) quantized to uint8",
-        tensors.len()
-    ));
+    totals.tensors += tensors.len();
 
     let old = std::mem::take(&mut g.node);
     let mut out = std::mem::take(&mut ed.at_start);
