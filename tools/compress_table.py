@@ -135,7 +135,8 @@ def evaluate(id_, m, cand, repeat):
 
 
 def compress(id_, m, label, args, guarded=False):
-    out = WORK / f"{id_}.{label.replace(' ', '_').replace('%', 'pct').replace('/', '_')}.onnx"
+    slug = "".join(c if c.isalnum() else "_" for c in label.replace("%", "pct")).strip("_")
+    out = WORK / f"{id_}.{'_'.join(filter(None, slug.split('_')))}.onnx"
     cmd = [CLI, "compress", m["file"], "-o", str(out)] + step_args(id_, m, args)
     if guarded:
         cmd += ["--eval", str(DATA / id_ / "eval")] + metric_args(m) + ["--tolerance", str(m["tol"])]
@@ -155,6 +156,8 @@ def main():
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--out")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other models' rows of bench/results/compress.json")
     a = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     results, failures = [], []
@@ -207,6 +210,12 @@ def main():
                     failures.append(f"{id_}: the guard let the known-bad recipe through ({r['score']})")
                 results.append(dict(model=id_, row="known-bad under the guard", cmd=rel(cmd), **r,
                                     note=f"guard backed off {len(backed)} node(s)"))
+    saved = ROOT / "bench/results/compress.json"
+    if a.merge and saved.exists():
+        done = {r["model"] for r in results}
+        old = [r for r in json.loads(saved.read_text()) if r["model"] not in done]
+        order = list(MODELS)
+        results = sorted(old + results, key=lambda r: order.index(r["model"]))
     md = table(results)
     (ROOT / "bench/results").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench/results/compress.json").write_text(json.dumps(results, indent=1))
@@ -220,7 +229,7 @@ def main():
 
 
 def table(results):
-    lines = ["| model | variant | size | gzipped | CPU ms (float ms) | task metric | note |",
+    lines = ["| model | variant | size | gzipped | CPU ms, eval sets (float) | task metric | note |",
              "|---|---|---:|---:|---:|---:|---|"]
     for r in results:
         m = MODELS[r["model"]]

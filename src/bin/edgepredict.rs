@@ -946,7 +946,7 @@ fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::
         let label = format!(
             "prune {:.0} %{}",
             sparsity * 100.0,
-            if a.structured { " (channels)" } else { "" }
+            if a.structured { " structured" } else { "" }
         );
         steps.push(Step::new(label, move |m, extra| {
             let opts = PruneOptions {

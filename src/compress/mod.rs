@@ -40,8 +40,22 @@ impl StepReport {
 impl std::fmt::Display for StepReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "{}: changed {} node(s)", self.step, self.changed.len())?;
-        for (name, op, why) in &self.kept {
+        // The guard's back-offs are always listed; other reasons (an untaken If branch
+        // holds hundreds of nodes) up to a screenful, then counted.
+        const SHOWN: usize = 24;
+        let (guard, other): (Vec<_>, Vec<_>) = self
+            .kept
+            .iter()
+            .partition(|(_, _, why)| why.starts_with("backed off by the accuracy guard"));
+        for (name, op, why) in other.iter().take(SHOWN).chain(&guard) {
             writeln!(f, "  kept: {op} '{name}': {why}")?;
+        }
+        if other.len() > SHOWN {
+            writeln!(
+                f,
+                "  kept: {} more node(s) for reasons like those above",
+                other.len() - SHOWN
+            )?;
         }
         for n in &self.notes {
             writeln!(f, "  {n}")?;
