@@ -1,7 +1,9 @@
 //! Constant folding: a deterministic node whose inputs are all constants is run once at
 //! load and replaced by its outputs, in order, so whole constant chains (Shape → Gather →
 //! Concat → Reshape on known shapes) fold. Outputs larger than `MAX_FOLD_BYTES` stay
-//! computed at run time so folding never bloats memory (e.g. a big ConstantOfShape).
+//! computed at run time so folding never bloats memory (e.g. a big ConstantOfShape),
+//! unless they are at most twice the constants they come from: a float16 weight cast to
+//! float32 (how fp16-compressed models store weights) must fold, or every run repeats it.
 
 use crate::error::Result;
 use crate::graph::{Args, Fact, Graph, RunCx, Value};
@@ -64,7 +66,17 @@ pub fn run(g: &mut Graph) -> Result<usize> {
                 _ => usize::MAX,
             })
             .fold(0usize, usize::saturating_add);
-        if size > MAX_FOLD_BYTES || outs.len() < n.outputs.len() {
+        let in_bytes = n
+            .inputs
+            .iter()
+            .flatten()
+            .filter_map(|&v| match consts[v].as_ref() {
+                Some(Value::Tensor(t)) => Some(t.nbytes()),
+                _ => None,
+            })
+            .fold(0usize, usize::saturating_add);
+        let bloats = size > MAX_FOLD_BYTES && size > in_bytes.saturating_mul(2);
+        if bloats || outs.len() < n.outputs.len() {
             continue;
         }
         for (o, v) in n.outputs.iter().zip(outs) {
