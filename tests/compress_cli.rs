@@ -336,3 +336,30 @@ fn guard_on_silero_quantize_everything() {
         assert!(!good.exists());
     }
 }
+
+/// Calibration inputs made up from a spec (`--calib random:N` with bench's shape and range
+/// flags) instead of a folder: the model is written, quantized, and runs.
+#[test]
+fn static_int8_calibrated_from_a_spec() {
+    let Some(p) = require("calibration from a spec", &[".cache/models/ppocr_cls.onnx"]) else {
+        return;
+    };
+    let model = p[0].to_str().unwrap();
+    let out = tmp("cls-spec.onnx");
+    let o = cli(&[
+        "compress", model, "-o", out.to_str().unwrap(), "--quantize", "static", "--calib",
+        "random:4", "--shape", "x=1,3,48,192", "--range", "x=-1,1",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("int8 static QDQ: changed"), "{t}");
+    let spec = format!("x={}", root().join(".cache/reference/ppocr_cls/input_x.npy").display());
+    let o = cli(&["run", out.to_str().unwrap(), "-i", &spec]);
+    assert!(o.status.success(), "{}", text(&o));
+    // A bad count is a clear error.
+    let o = cli(&[
+        "compress", model, "-o", out.to_str().unwrap(), "--quantize", "static", "--calib",
+        "random:0",
+    ]);
+    assert!(!o.status.success() && text(&o).contains("N ≥ 1"), "{}", text(&o));
+}

@@ -3,6 +3,9 @@
 //! (tools/ort_outputs.py) with the same outputs (all float: tight tolerance), and its
 //! distance to the float model (onnxruntime's reference outputs) is measured and bounded.
 
+mod compress_support;
+use compress_support::*;
+
 use edgepredict::compress::evaluate::gzip_len;
 use edgepredict::compress::lowrank::{low_rank, LowRankOptions, Rank};
 use edgepredict::compress::prune::{prune, PruneOptions};
@@ -12,94 +15,6 @@ use edgepredict::onnx::{decode_model, encode_model, tensor_from_proto};
 use edgepredict::{Model, Tensor};
 use std::path::Path;
 use std::process::Command;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn require() -> bool {
-    std::env::var("EDGEPREDICT_REQUIRE_MODELS").is_ok_and(|v| v == "1")
-}
-
-fn npy(p: &Path) -> Tensor {
-    edgepredict::api::io::read_npy(&std::fs::read(p).unwrap()).unwrap()
-}
-
-fn reference_inputs(dir: &Path) -> Vec<(String, Tensor)> {
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
-    meta["inputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|io| {
-            let name = io[0].as_str().unwrap().to_string();
-            (name, npy(&dir.join(io[1].as_str().unwrap())))
-        })
-        .collect()
-}
-
-/// onnxruntime's outputs of the float model (tools/make_reference.py).
-fn reference_outputs(dir: &Path) -> Vec<Tensor> {
-    (0..)
-        .map(|k| dir.join(format!("output_{k}.npy")))
-        .take_while(|p| p.exists())
-        .map(|p| npy(&p))
-        .collect()
-}
-
-fn cosine(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (a.to_f64_vec().unwrap(), b.to_f64_vec().unwrap());
-    assert_eq!(a.len(), b.len());
-    let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
-    if na == 0.0 && nb == 0.0 {
-        1.0
-    } else {
-        dot / (na * nb)
-    }
-}
-
-/// Largest |a - b| over the largest |b|.
-fn rel_max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (a.to_f64_vec().unwrap(), b.to_f64_vec().unwrap());
-    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
-
-fn top1_agreement(a: &Tensor, b: &Tensor) -> f64 {
-    let n = *a.shape().last().unwrap();
-    let (a, b) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
-    let argmax = |r: &[f32]| {
-        r.iter()
-            .enumerate()
-            .fold(0, |best, (i, v)| if *v > r[best] { i } else { best })
-    };
-    let rows = a.len() / n;
-    let same = (0..rows)
-        .filter(|&r| argmax(&a[r * n..(r + 1) * n]) == argmax(&b[r * n..(r + 1) * n]))
-        .count();
-    same as f64 / rows as f64
-}
-
-fn ort_outputs(model: &Path, dir: &Path, out: &Path) -> Option<Vec<Tensor>> {
-    let py = root().join(".cache/venv/bin/python");
-    if !py.exists() {
-        assert!(!require(), "no .cache/venv: run tools/setup.sh");
-        return None;
-    }
-    let st = Command::new(py)
-        .arg(root().join("tools/ort_outputs.py"))
-        .args([model, dir, out])
-        .status()
-        .unwrap();
-    assert!(st.success(), "onnxruntime failed on {}", model.display());
-    Some(reference_outputs(out))
-}
 
 struct Case {
     id: &'static str,

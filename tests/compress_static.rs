@@ -3,97 +3,14 @@
 //! the float model, (b) runs in onnxruntime (tools/ort_outputs.py) and agrees with ours,
 //! and (c) our QDQ pass fuses it into integer kernels.
 
+mod compress_support;
+use compress_support::*;
+
 use edgepredict::compress::qdq::{quantize_static, StaticOptions};
 use edgepredict::onnx::{decode_model, encode_model};
 use edgepredict::{DType, Model, Tensor};
 use std::path::Path;
 use std::process::Command;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn require() -> bool {
-    std::env::var("EDGEPREDICT_REQUIRE_MODELS").is_ok_and(|v| v == "1")
-}
-
-fn npy(p: &Path) -> Tensor {
-    edgepredict::api::io::read_npy(&std::fs::read(p).unwrap()).unwrap()
-}
-
-fn reference_inputs(dir: &Path) -> Vec<(String, Tensor)> {
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
-    meta["inputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|io| {
-            let name = io[0].as_str().unwrap().to_string();
-            (name, npy(&dir.join(io[1].as_str().unwrap())))
-        })
-        .collect()
-}
-
-fn run(m: &Model, inputs: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
-    let refs: Vec<(&str, Tensor)> = inputs
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.clone()))
-        .collect();
-    m.run(&refs).unwrap()
-}
-
-fn cosine(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (a.to_f64_vec().unwrap(), b.to_f64_vec().unwrap());
-    assert_eq!(a.len(), b.len());
-    let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
-    if na == 0.0 && nb == 0.0 {
-        1.0
-    } else {
-        dot / (na * nb)
-    }
-}
-
-/// Row-wise argmax agreement over the last axis.
-fn top1_agreement(a: &Tensor, b: &Tensor) -> f64 {
-    let n = *a.shape().last().unwrap();
-    let (a, b) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
-    let argmax = |r: &[f32]| {
-        r.iter()
-            .enumerate()
-            .fold(0, |best, (i, v)| if *v > r[best] { i } else { best })
-    };
-    let rows = a.len() / n;
-    let same = (0..rows)
-        .filter(|&r| argmax(&a[r * n..(r + 1) * n]) == argmax(&b[r * n..(r + 1) * n]))
-        .count();
-    same as f64 / rows as f64
-}
-
-fn ort_outputs(model: &Path, dir: &Path, out: &Path) -> Option<Vec<Tensor>> {
-    let py = root().join(".cache/venv/bin/python");
-    if !py.exists() {
-        assert!(!require(), "no .cache/venv: run tools/setup.sh");
-        return None;
-    }
-    let st = Command::new(py)
-        .arg(root().join("tools/ort_outputs.py"))
-        .args([model, dir, out])
-        .status()
-        .unwrap();
-    assert!(st.success(), "onnxruntime failed on {}", model.display());
-    let mut outs = Vec::new();
-    for k in 0.. {
-        let p = out.join(format!("output_{k}.npy"));
-        if !p.exists() {
-            break;
-        }
-        outs.push(npy(&p));
-    }
-    Some(outs)
-}
 
 /// Calibration sets: the reference inputs and copies changed in a way that keeps them
 /// valid for the model: float inputs turned 180° (last two axes reversed) and with a

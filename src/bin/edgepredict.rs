@@ -392,19 +392,8 @@ struct BenchArgs {
     /// An input from a file (.npy or TensorProto .pb); other inputs are synthesized.
     #[arg(long = "input", short = 'i', value_name = "NAME=FILE")]
     inputs: Vec<String>,
-    /// Size of a symbolic dim of the declared inputs, e.g. `--dim batch_size=1`.
-    #[arg(long = "dim", value_name = "SYMBOL=N")]
-    dims: Vec<String>,
-    /// Full shape of a synthesized input (for unnamed dims), e.g. `--shape x=1,3,48,320`.
-    #[arg(long = "shape", value_name = "NAME=D0,D1,..")]
-    shapes: Vec<String>,
-    /// Value range of a synthesized input, uniform in [LO, HI) (default [0,1) for
-    /// floats, [0,100) for integers).
-    #[arg(long = "range", value_name = "NAME=LO,HI")]
-    ranges: Vec<String>,
-    /// Fills a synthesized input with one value, e.g. `--fill sr=16000`.
-    #[arg(long = "fill", value_name = "NAME=V")]
-    fills: Vec<String>,
+    #[command(flatten)]
+    synth: SynthArgs,
     /// Seed of the synthesized inputs.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -426,6 +415,25 @@ struct BenchArgs {
     profile: bool,
 }
 
+/// How inputs are made up from the model's declared types (bench, and `compress --calib
+/// random:N`).
+#[derive(Args, Default)]
+struct SynthArgs {
+    /// Size of a symbolic dim of the declared inputs, e.g. `--dim batch_size=1`.
+    #[arg(long = "dim", value_name = "SYMBOL=N")]
+    dims: Vec<String>,
+    /// Full shape of a synthesized input (for unnamed dims), e.g. `--shape x=1,3,48,320`.
+    #[arg(long = "shape", value_name = "NAME=D0,D1,..")]
+    shapes: Vec<String>,
+    /// Value range of a synthesized input, uniform in [LO, HI) (default [0,1) for
+    /// floats, [0,100) for integers).
+    #[arg(long = "range", value_name = "NAME=LO,HI")]
+    ranges: Vec<String>,
+    /// Fills a synthesized input with one value, e.g. `--fill sr=16000`.
+    #[arg(long = "fill", value_name = "NAME=V")]
+    fills: Vec<String>,
+}
+
 /// Splits `NAME=VALUE` as given to `flag`.
 fn split_kv<'a>(flag: &str, spec: &'a str) -> Result<(&'a str, &'a str), String> {
     spec.split_once('=')
@@ -442,7 +450,7 @@ fn parse_num<T: std::str::FromStr>(flag: &str, s: &str) -> Result<T, String> {
 /// with symbols resolved by --dim; values from --fill or uniform in the --range.
 fn synthesize(
     info: &edgepredict::api::IoInfo,
-    a: &BenchArgs,
+    a: &SynthArgs,
     rng: &mut SplitMix64,
 ) -> Result<Tensor, String> {
     let name = info.name.as_str();
@@ -556,7 +564,7 @@ fn bench(a: &BenchArgs) -> Result<(), String> {
         if let Some(k) = given.iter().position(|(n, _)| *n == info.name) {
             feeds.push(given.swap_remove(k));
         } else if !info.optional {
-            feeds.push((info.name.clone(), synthesize(info, a, &mut rng)?));
+            feeds.push((info.name.clone(), synthesize(info, &a.synth, &mut rng)?));
         }
     }
     if let Some((n, _)) = given.first() {
@@ -853,9 +861,13 @@ struct CompressArgs {
     /// to what the others left float).
     #[arg(long)]
     quantize: Option<String>,
-    /// static: calibration input sets, laid out as for `evaluate --data`.
+    /// static: calibration input sets, laid out as for `evaluate --data`, or
+    /// `random:N`: N sets made up from the declared input types, shaped and ranged by
+    /// --dim/--shape/--range/--fill as for `bench`.
     #[arg(long)]
-    calib: Option<PathBuf>,
+    calib: Option<String>,
+    #[command(flatten)]
+    synth: SynthArgs,
     /// static: how activation ranges are chosen: minmax, percentile[@P] (default P 99.99)
     /// or entropy (least KL divergence).
     #[arg(long, default_value = "minmax")]
@@ -1173,6 +1185,33 @@ fn compress(a: &CompressArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The calibration sets named by `--calib`: a folder, or `random:N` made up from the
+/// declared inputs (seeded: the same command gives the same model).
+fn calibration_sets(
+    calib: &str,
+    model: &Model,
+    synth: &SynthArgs,
+) -> Result<InputSets, String> {
+    let Some(n) = calib.strip_prefix("random:") else {
+        return Ok(read_input_sets(Path::new(calib), model)?.0);
+    };
+    let n: usize = parse_num("calib", n)?;
+    if n == 0 {
+        return Err("--calib random:N needs N ≥ 1".into());
+    }
+    let mut rng = SplitMix64(42);
+    (0..n)
+        .map(|_| {
+            model
+                .inputs()
+                .iter()
+                .filter(|i| !i.optional)
+                .map(|i| Ok((i.name.clone(), synthesize(i, synth, &mut rng)?)))
+                .collect()
+        })
+        .collect()
+}
+
 /// Best compression: the model is downloaded many times and packed once.
 fn gzip(bytes: &[u8]) -> Result<Vec<u8>, String> {
     use std::io::Write;
@@ -1316,21 +1355,13 @@ mod tests {
     use edgepredict::api::IoInfo;
     use edgepredict::graph::Fact;
 
-    fn args(dims: &[&str], shapes: &[&str], ranges: &[&str], fills: &[&str]) -> BenchArgs {
+    fn args(dims: &[&str], shapes: &[&str], ranges: &[&str], fills: &[&str]) -> SynthArgs {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect();
-        BenchArgs {
-            model: PathBuf::new(),
-            inputs: Vec::new(),
+        SynthArgs {
             dims: v(dims),
             shapes: v(shapes),
             ranges: v(ranges),
             fills: v(fills),
-            seed: 7,
-            warmup: 1,
-            runs: 1,
-            output: None,
-            json: false,
-            profile: false,
         }
     }
 
@@ -1346,14 +1377,14 @@ mod tests {
     fn synthesize_sizes_symbols_and_keeps_ints_in_range() {
         let info = input(DType::I64, vec![Dim::Sym("batch".into()), Dim::Known(50)]);
         let a = args(&["batch=2"], &[], &["x=3,7"], &[]);
-        let t = synthesize(&info, &a, &mut SplitMix64(a.seed)).unwrap();
+        let t = synthesize(&info, &a, &mut SplitMix64(7)).unwrap();
         assert_eq!(t.shape(), &[2, 50]);
         assert_eq!(t.dtype(), DType::I64);
         let v = t.to_i64_vec().unwrap();
         assert!(v.iter().all(|&x| (3..7).contains(&x)), "{v:?}");
         assert!(v.iter().any(|&x| x != v[0]), "values should vary");
         // Same seed, same tensor.
-        let again = synthesize(&info, &a, &mut SplitMix64(a.seed)).unwrap();
+        let again = synthesize(&info, &a, &mut SplitMix64(7)).unwrap();
         assert_eq!(again.to_i64_vec().unwrap(), v);
     }
 
