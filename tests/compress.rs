@@ -7,9 +7,7 @@ use compress_support::*;
 
 use edgepredict::compress::quantize::{quantize_dynamic, QuantizeOptions};
 use edgepredict::onnx::{decode_model, encode_model};
-use edgepredict::{Model, Tensor};
-use std::path::Path;
-use std::process::Command;
+use edgepredict::Model;
 
 struct Case {
     id: &'static str,

@@ -347,19 +347,44 @@ fn static_int8_calibrated_from_a_spec() {
     let model = p[0].to_str().unwrap();
     let out = tmp("cls-spec.onnx");
     let o = cli(&[
-        "compress", model, "-o", out.to_str().unwrap(), "--quantize", "static", "--calib",
-        "random:4", "--shape", "x=1,3,48,192", "--range", "x=-1,1",
+        "compress",
+        model,
+        "-o",
+        out.to_str().unwrap(),
+        "--quantize",
+        "static",
+        "--calib",
+        "random:4",
+        "--shape",
+        "x=1,3,48,192",
+        "--range",
+        "x=-1,1",
     ]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("int8 static QDQ: changed"), "{t}");
-    let spec = format!("x={}", root().join(".cache/reference/ppocr_cls/input_x.npy").display());
+    let spec = format!(
+        "x={}",
+        root()
+            .join(".cache/reference/ppocr_cls/input_x.npy")
+            .display()
+    );
     let o = cli(&["run", out.to_str().unwrap(), "-i", &spec]);
     assert!(o.status.success(), "{}", text(&o));
     // A bad count is a clear error.
     let o = cli(&[
-        "compress", model, "-o", out.to_str().unwrap(), "--quantize", "static", "--calib",
+        "compress",
+        model,
+        "-o",
+        out.to_str().unwrap(),
+        "--quantize",
+        "static",
+        "--calib",
         "random:0",
     ]);
-    assert!(!o.status.success() && text(&o).contains("N ≥ 1"), "{}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("N ≥ 1"),
+        "{}",
+        text(&o)
+    );
 }

@@ -13,8 +13,6 @@ use edgepredict::compress::StepReport;
 use edgepredict::onnx::proto::ModelProto;
 use edgepredict::onnx::{decode_model, encode_model, tensor_from_proto};
 use edgepredict::{Model, Tensor};
-use std::path::Path;
-use std::process::Command;
 
 struct Case {
     id: &'static str,

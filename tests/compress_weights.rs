@@ -11,9 +11,7 @@ use edgepredict::compress::int4::{quantize_int4, Int4Options};
 use edgepredict::compress::StepReport;
 use edgepredict::onnx::proto::ModelProto;
 use edgepredict::onnx::{decode_model, encode_model};
-use edgepredict::{Model, Tensor};
-use std::path::Path;
-use std::process::Command;
+use edgepredict::Model;
 
 struct Case {
     id: &'static str,

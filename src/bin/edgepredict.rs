@@ -89,7 +89,7 @@ enum Cmd {
     /// the result against the float model and backs off the nodes that break the
     /// tolerance; it never writes a failing model unless --force is given. Prints what it
     /// kept and why.
-    Compress(CompressArgs),
+    Compress(Box<CompressArgs>),
     /// Lists every supported operator.
     Ops,
     /// Predicts handwritten digits with the embedded default model (a scikit-learn MLP
@@ -1026,13 +1026,12 @@ fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::
             "static" => {
                 use edgepredict::compress::calibrate::Calibration;
                 use edgepredict::compress::qdq::{quantize_static, StaticOptions};
-                let dir = a
-                    .calib
-                    .as_ref()
-                    .ok_or("--quantize static needs --calib DIR (calibration input sets)")?;
+                let calib = a.calib.as_deref().ok_or(
+                    "--quantize static needs --calib DIR or --calib random:N (calibration inputs)",
+                )?;
                 let float =
                     load(&read(&a.model)?).map_err(|e| format!("{}: {e}", a.model.display()))?;
-                let (sets, _) = read_input_sets(dir, &float)?;
+                let sets = calibration_sets(calib, &float, &a.synth)?;
                 let calibration = match a.calibrate.as_str() {
                     "minmax" => Calibration::MinMax,
                     "entropy" => Calibration::Entropy,
@@ -1187,11 +1186,7 @@ fn compress(a: &CompressArgs) -> Result<(), String> {
 
 /// The calibration sets named by `--calib`: a folder, or `random:N` made up from the
 /// declared inputs (seeded: the same command gives the same model).
-fn calibration_sets(
-    calib: &str,
-    model: &Model,
-    synth: &SynthArgs,
-) -> Result<InputSets, String> {
+fn calibration_sets(calib: &str, model: &Model, synth: &SynthArgs) -> Result<InputSets, String> {
     let Some(n) = calib.strip_prefix("random:") else {
         return Ok(read_input_sets(Path::new(calib), model)?.0);
     };
