@@ -46,27 +46,13 @@ fn check_dynamic(c: &Case) {
     let inputs = reference_inputs(&dir);
     let float = run(&Model::load(&bytes).unwrap(), &inputs);
     let quant = run(&Model::load(&qbytes).unwrap(), &inputs);
-    for ((name, f), (_, q)) in float.iter().zip(&quant) {
-        if !f.dtype().is_float() {
-            continue;
-        }
-        let cos = cosine(q, f);
-        let top1 = c.min_top1.map(|_| top1_agreement(q, f));
-        eprintln!(
-            "  {name}: size {:.1} MB → {:.1} MB ({ratio:.2}), cosine to float {cos:.5}, top-1 {top1:?}",
-            bytes.len() as f64 / 1e6,
-            qbytes.len() as f64 / 1e6
-        );
-        assert!(
-            cos >= c.min_cosine,
-            "{} {name}: cosine {cos} < {}",
-            c.id,
-            c.min_cosine
-        );
-        if let (Some(t), Some(min)) = (top1, c.min_top1) {
-            assert!(t >= min, "{} {name}: top-1 agreement {t} < {min}", c.id);
-        }
-    }
+    eprintln!(
+        "  {}: size {:.1} MB → {:.1} MB ({ratio:.2})",
+        c.id,
+        bytes.len() as f64 / 1e6,
+        qbytes.len() as f64 / 1e6
+    );
+    assert_close_to_float(c.id, &float, &quant, c.min_cosine, c.min_top1);
     assert!(ratio <= c.max_size_ratio, "{}: size ratio {ratio}", c.id);
 
     // onnxruntime runs the written model, and agrees with our int8 kernels on it.

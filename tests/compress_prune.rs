@@ -56,30 +56,13 @@ fn check(c: &Case, step: impl FnOnce(&mut ModelProto) -> StepReport) -> Option<W
     std::fs::write(&path, &bytes).unwrap();
 
     let inputs = reference_inputs(&dir);
-    let refs: Vec<(&str, Tensor)> = inputs
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.clone()))
-        .collect();
-    let ours = Model::load(&bytes).unwrap().run(&refs).unwrap();
-    let float = reference_outputs(&dir);
-    assert_eq!(ours.len(), float.len());
-    for ((name, o), f) in ours.iter().zip(&float) {
-        if !f.dtype().is_float() {
-            continue;
-        }
-        let cos = cosine(o, f);
-        let top1 = c.min_top1.map(|_| top1_agreement(o, f));
-        eprintln!("  {name}: cosine to float {cos:.5}, top-1 {top1:?}");
-        assert!(
-            cos >= c.min_cosine,
-            "{} {} {name}: cosine {cos}",
-            c.id,
-            c.tag
-        );
-        if let (Some(t), Some(min)) = (top1, c.min_top1) {
-            assert!(t >= min, "{} {} {name}: top-1 {t} < {min}", c.id, c.tag);
-        }
-    }
+    let ours = run(&Model::load(&bytes).unwrap(), &inputs);
+    // The float model's outputs, named as ours.
+    let reference = reference_outputs(&dir);
+    assert_eq!(ours.len(), reference.len());
+    let float: Vec<(String, Tensor)> = ours.iter().map(|(n, _)| n.clone()).zip(reference).collect();
+    let what = format!("{} {}", c.id, c.tag);
+    assert_close_to_float(&what, &float, &ours, c.min_cosine, c.min_top1);
     let out = work.join(format!("{}_{}_ort", c.id, c.tag));
     if let Some(ort) = ort_outputs(&path, &dir, &out) {
         assert_eq!(ort.len(), ours.len());

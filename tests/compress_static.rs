@@ -133,23 +133,7 @@ fn check_static(c: &Case) {
     // (a) close to the float model.
     let float = run(&Model::load(&bytes).unwrap(), &inputs);
     let quant = run(&qmodel, &inputs);
-    for ((name, f), (_, q)) in float.iter().zip(&quant) {
-        if !f.dtype().is_float() {
-            continue;
-        }
-        let cos = cosine(q, f);
-        let top1 = c.min_top1.map(|_| top1_agreement(q, f));
-        eprintln!("  {name}: cosine to float {cos:.5}, top-1 {top1:?}");
-        assert!(
-            cos >= c.min_cosine,
-            "{} {name}: cosine {cos} < {}",
-            c.id,
-            c.min_cosine
-        );
-        if let (Some(t), Some(min)) = (top1, c.min_top1) {
-            assert!(t >= min, "{} {name}: top-1 agreement {t} < {min}", c.id);
-        }
-    }
+    assert_close_to_float(c.id, &float, &quant, c.min_cosine, c.min_top1);
     assert!(ratio <= c.max_size_ratio, "{}: size ratio {ratio}", c.id);
 
     // (b) onnxruntime runs the same file and agrees with our integer kernels.

@@ -58,24 +58,7 @@ fn check(c: &Case, step: impl Fn(&mut ModelProto) -> StepReport) {
     let inputs = reference_inputs(&dir);
     let float = run(&Model::load(&bytes).unwrap(), &inputs);
     let comp = run(&Model::load(&cbytes).unwrap(), &inputs);
-    assert_eq!(float.len(), comp.len());
-    for ((name, f), (_, q)) in float.iter().zip(&comp) {
-        if !f.dtype().is_float() {
-            continue;
-        }
-        let cos = cosine(q, f);
-        let top1 = c.min_top1.map(|_| top1_agreement(q, f));
-        eprintln!("  {name}: cosine to float {cos:.6}, top-1 agreement {top1:?}");
-        assert!(
-            cos >= c.min_cosine,
-            "{} {name}: cosine {cos} < {}",
-            c.id,
-            c.min_cosine
-        );
-        if let (Some(t), Some(min)) = (top1, c.min_top1) {
-            assert!(t >= min, "{} {name}: top-1 agreement {t} < {min}", c.id);
-        }
-    }
+    assert_close_to_float(c.id, &float, &comp, c.min_cosine, c.min_top1);
     assert!(ratio <= c.max_size_ratio, "{}: size ratio {ratio}", c.id);
 
     // onnxruntime runs the written model, and agrees with our runtime on it.

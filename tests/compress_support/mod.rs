@@ -108,3 +108,31 @@ pub fn reference_outputs(dir: &Path) -> Vec<Tensor> {
         .map(|p| npy(&p))
         .collect()
 }
+
+/// Asserts each float output of `cand` stays close to the float model's `float`: cosine
+/// ≥ `min_cosine`, and row-wise top-1 agreement ≥ `min_top1` when given. `what` names the
+/// case in messages.
+pub fn assert_close_to_float(
+    what: &str,
+    float: &[(String, Tensor)],
+    cand: &[(String, Tensor)],
+    min_cosine: f64,
+    min_top1: Option<f64>,
+) {
+    assert_eq!(float.len(), cand.len(), "{what}: output count");
+    for ((name, f), (_, q)) in float.iter().zip(cand) {
+        if !f.dtype().is_float() {
+            continue;
+        }
+        let cos = cosine(q, f);
+        let top1 = min_top1.map(|_| top1_agreement(q, f));
+        eprintln!("  {what} {name}: cosine to float {cos:.6}, top-1 {top1:?}");
+        assert!(
+            cos >= min_cosine,
+            "{what} {name}: cosine {cos} < {min_cosine}"
+        );
+        if let (Some(t), Some(min)) = (top1, min_top1) {
+            assert!(t >= min, "{what} {name}: top-1 agreement {t} < {min}");
+        }
+    }
+}
