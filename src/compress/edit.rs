@@ -111,6 +111,14 @@ impl<'a> Constants<'a> {
     }
 }
 
+/// The model's default-domain (ai.onnx) opset; 1 when it imports none.
+pub fn default_opset(m: &ModelProto) -> i64 {
+    m.opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map_or(1, |o| o.version)
+}
+
 pub fn attr_i(n: &NodeProto, name: &str, default: i64) -> i64 {
     n.attribute
         .iter()

@@ -20,7 +20,7 @@
 //! in Ifs whose branch varies, and in Loop/Scan bodies are reported as kept.
 
 use super::calibrate::{calibrate, Calibration};
-use super::edit::{attr_f, attr_i, drop_unused_constants, node, Constants, Names};
+use super::edit::{attr_f, attr_i, default_opset, drop_unused_constants, node, Constants, Names};
 use super::StepReport;
 use crate::error::{Error, Result};
 use crate::onnx::encode::tensor_to_proto;
@@ -116,11 +116,7 @@ pub fn quantize_static(
     opts: &StaticOptions,
 ) -> Result<StepReport> {
     let mut report = StepReport::new("int8 static QDQ");
-    let opset = m
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map_or(1, |o| o.version);
+    let opset = default_opset(m);
     let g = m
         .graph
         .as_ref()

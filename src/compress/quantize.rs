@@ -9,7 +9,7 @@
 //! channel of a Conv): per-tensor int8 wrecks models such as PP-OCR rec, where channel
 //! ranges differ by orders of magnitude.
 
-use super::edit::{attr_f, attr_i, drop_unused_constants, node, Constants, Names};
+use super::edit::{attr_f, attr_i, default_opset, drop_unused_constants, node, Constants, Names};
 use super::StepReport;
 use crate::error::{Error, Result};
 use crate::onnx::encode::tensor_to_proto;
@@ -51,11 +51,7 @@ impl Default for QuantizeOptions {
 
 /// Quantizes the weights of `m`'s MatMul, Gemm and Conv nodes in place (subgraphs too).
 pub fn quantize_dynamic(m: &mut ModelProto, opts: &QuantizeOptions) -> Result<StepReport> {
-    let opset = m
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map_or(1, |o| o.version);
+    let opset = default_opset(m);
     let graph = m
         .graph
         .as_mut()
