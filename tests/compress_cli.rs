@@ -101,8 +101,8 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 /// The known-bad recipe on PP-OCR rec: per-tensor int8 weights. Unguarded it breaks the
-/// per-step top-1; guarded, the layers that break it are backed off and the written model
-/// meets the tolerance.
+/// per-step top-1; guarded, the layers that break it are backed off (per-channel, weights
+/// only, or float) and the written model meets the tolerance.
 #[test]
 fn guard_rescues_per_tensor_ppocr_rec() {
     let Some(p) = require(
@@ -161,6 +161,13 @@ fn guard_rescues_per_tensor_ppocr_rec() {
     assert!(o.status.success(), "{out}");
     assert!(out.contains("backed off"), "nothing backed off:\n{out}");
     assert!(out.contains("passes"), "{out}");
+    // Graded: some layers only went per-channel (the opset raised to 13 for it, the
+    // Squeeze axes moved to an input) or kept int8 weights with float activations.
+    assert!(
+        out.contains("(int8 static QDQ: per-channel weights)")
+            && out.contains("(int8 static QDQ: int8 weights only)"),
+        "{out}"
+    );
     let d = deviation(model, &good, &eval, "top1", None);
     assert!(d <= 0.02, "guarded model deviates {d}");
     // Still compressed: backing off layers must not give the float model back.
@@ -168,7 +175,8 @@ fn guard_rescues_per_tensor_ppocr_rec() {
         std::fs::metadata(model).unwrap().len(),
         std::fs::metadata(&good).unwrap().len(),
     );
-    assert!(good_len * 10 < float_len * 8, "{good_len} vs {float_len}");
+    // Measured ×0.39 (×0.59 when every backed-off layer stayed float).
+    assert!(good_len * 2 < float_len, "{good_len} vs {float_len}");
 }
 
 /// A tolerance that cannot be met: the guard refuses and writes nothing; with --force it

@@ -1,7 +1,8 @@
 //! The accuracy guard on a model built here: two MatMuls, one with weights that
 //! per-tensor int8 destroys (one huge value beside many small ones), one benign. The guard
-//! must back off exactly the fragile one, keep the other quantized, and say so; with a
-//! tolerance nothing can meet, it must report failure.
+//! must back off exactly the fragile one, keep the other quantized, and say so; given a
+//! milder setting (per-channel) it must use that instead of keeping the layer float; with
+//! a tolerance nothing can meet, it must report failure.
 
 use edgepredict::compress::guard::{compress, Evaluator, GuardOptions, Metric, Step};
 use edgepredict::compress::quantize::{quantize_dynamic, QuantizeOptions};
@@ -83,15 +84,21 @@ fn data() -> Vec<Vec<(String, Tensor)>> {
 fn per_tensor_int8() -> Step {
     Step::new(
         "int8 per-tensor",
-        |m, skip| -> edgepredict::Result<StepReport> {
+        |m, g| -> edgepredict::Result<StepReport> {
             let opts = QuantizeOptions {
                 per_channel: false,
-                exclude: skip.to_vec(),
+                exclude: g.kept(),
+                overrides: g.milder(0).into_iter().map(|n| (n, true)).collect(),
                 ..Default::default()
             };
             quantize_dynamic(m, &opts)
         },
     )
+}
+
+fn op_count(m: &ModelProto, op: &str) -> usize {
+    let g = m.graph.as_ref().unwrap();
+    g.node.iter().filter(|n| n.op_type == op).count()
 }
 
 fn evaluator(tolerance: f64) -> Evaluator {
@@ -123,23 +130,53 @@ fn guard_backs_off_only_the_fragile_layer() {
     assert_eq!(backed, ["fragile"]);
     assert!(out.deviation.unwrap() <= 5e-3);
     // The benign layer stayed quantized, the fragile one float.
-    let ops: Vec<&str> = out
-        .model
-        .graph
-        .as_ref()
-        .unwrap()
-        .node
-        .iter()
-        .map(|n| n.op_type.as_str())
-        .collect();
-    assert_eq!(
-        ops.iter().filter(|o| **o == "MatMulInteger").count(),
-        1,
-        "{ops:?}"
-    );
-    assert_eq!(ops.iter().filter(|o| **o == "MatMul").count(), 1, "{ops:?}");
+    assert_eq!(op_count(&out.model, "MatMulInteger"), 1);
+    assert_eq!(op_count(&out.model, "MatMul"), 1);
     let summary = out.guard_summary(Metric::Cosine, 5e-3, "y");
-    assert!(summary.contains("backed off MatMul 'fragile'"), "{summary}");
+    assert!(
+        summary.contains("backed off MatMul 'fragile' (int8 per-tensor: kept as it was)"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn guard_prefers_a_milder_setting_to_keeping_float() {
+    // Per-channel, the outlier's column keeps ~1e-2 of error: this tolerance admits it.
+    let tolerance = 0.02;
+    let eval = evaluator(tolerance);
+    let step = per_tensor_int8().with_milder(vec!["per-channel weights".into()]);
+    let out = compress(&model(), &[step], Some(&eval)).unwrap();
+    let summary = out.guard_summary(Metric::Cosine, tolerance, "y");
+    assert!(out.first_deviation.unwrap() > tolerance, "{summary}");
+    assert!(out.passed, "{summary}");
+    assert_eq!(out.backed_off.len(), 1, "{summary}");
+    let b = &out.backed_off[0];
+    assert_eq!(b.node, "fragile");
+    assert_eq!(
+        b.grades,
+        [(
+            "int8 per-tensor".to_string(),
+            Some("per-channel weights".to_string())
+        )]
+    );
+    // Both layers quantized, the fragile one with a scale per column.
+    assert_eq!(op_count(&out.model, "MatMulInteger"), 2);
+    assert_eq!(op_count(&out.model, "MatMul"), 0);
+    let g = out.model.graph.as_ref().unwrap();
+    let scales: Vec<usize> = g
+        .initializer
+        .iter()
+        .filter(|t| t.name.ends_with("_W_scale"))
+        .map(|t| t.dims.iter().product::<i64>() as usize)
+        .collect();
+    assert_eq!(scales.len(), 2, "{scales:?}");
+    assert!(scales.contains(&32) && scales.contains(&1), "{scales:?}");
+    assert!(
+        summary.contains("(int8 per-tensor: per-channel weights)"),
+        "{summary}"
+    );
+    let notes = out.reports[0].notes.join("\n");
+    assert!(notes.contains("'fragile': per-channel weights"), "{notes}");
 }
 
 #[test]

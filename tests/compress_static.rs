@@ -7,6 +7,7 @@ mod compress_support;
 use compress_support::*;
 
 use edgepredict::compress::qdq::{quantize_static, StaticOptions};
+use edgepredict::onnx::proto::ModelProto;
 use edgepredict::onnx::{decode_model, encode_model};
 use edgepredict::{DType, Model, Tensor};
 use std::path::Path;
@@ -83,6 +84,12 @@ struct Case {
 }
 
 fn check_static(c: &Case) {
+    check_static_with(c, &StaticOptions::default());
+}
+
+/// Quantizes the case's model with `opts` and checks it; returns the QDQ model (None when
+/// the model is not fetched).
+fn check_static_with(c: &Case, opts: &StaticOptions) -> Option<ModelProto> {
     let model = root().join(format!(".cache/models/{}.onnx", c.id));
     let dir = root().join(format!(".cache/reference/{}", c.id));
     if !model.exists() || !dir.exists() {
@@ -92,21 +99,27 @@ fn check_static(c: &Case) {
             model.display()
         );
         eprintln!("skip {}: not fetched", c.id);
-        return;
+        return None;
     }
     let bytes = std::fs::read(&model).unwrap();
     let mut proto = decode_model(&bytes).unwrap();
     edgepredict::compress::edit::name_nodes(&mut proto);
     let inputs = reference_inputs(&dir);
     let sets = calibration_sets(&inputs);
-    let report = quantize_static(&mut proto, &sets, &StaticOptions::default()).unwrap();
+    let report = quantize_static(&mut proto, &sets, opts).unwrap();
     eprint!("{}: {report}", c.id);
     assert!(!report.changed.is_empty(), "{}: nothing quantized", c.id);
     let qbytes = encode_model(&proto);
     let ratio = qbytes.len() as f64 / bytes.len() as f64;
     let work = root().join("target/tmp/compress");
     std::fs::create_dir_all(&work).unwrap();
-    let qpath = work.join(format!("{}_qdq.onnx", c.id));
+    // Tests of one model run in parallel: each writes its own files.
+    let tag = if opts.overrides.is_empty() {
+        ""
+    } else {
+        "_overrides"
+    };
+    let qpath = work.join(format!("{}{tag}_qdq.onnx", c.id));
     std::fs::write(&qpath, &qbytes).unwrap();
     eprintln!(
         "  size {:.2} MB → {:.2} MB ({ratio:.2})",
@@ -137,7 +150,7 @@ fn check_static(c: &Case) {
     assert!(ratio <= c.max_size_ratio, "{}: size ratio {ratio}", c.id);
 
     // (b) onnxruntime runs the same file and agrees with our integer kernels.
-    if let Some(ort) = ort_outputs(&qpath, &dir, &work.join(format!("{}_qdq_ort", c.id))) {
+    if let Some(ort) = ort_outputs(&qpath, &dir, &work.join(format!("{}{tag}_qdq_ort", c.id))) {
         assert_eq!(ort.len(), quant.len());
         for ((name, q), o) in quant.iter().zip(&ort) {
             if !q.dtype().is_float() {
@@ -155,6 +168,7 @@ fn check_static(c: &Case) {
             }
         }
     }
+    Some(proto)
 }
 
 #[test]
@@ -167,6 +181,52 @@ fn static_qdq_ppocr_cls() {
         min_ort_cosine: 0.999,
         fused: &[("QLinearConv", 40)],
     });
+}
+
+/// The accuracy guard's milder settings: per-tensor weights, but one Conv per-channel and
+/// one with int8 weights and float activations. onnxruntime runs the mix too.
+#[test]
+fn static_qdq_ppocr_cls_node_overrides() {
+    use edgepredict::compress::qdq::StaticOverride;
+    let opts = StaticOptions {
+        per_channel: false,
+        overrides: [
+            ("Conv@1".to_string(), StaticOverride::PerChannel),
+            ("Conv@2".to_string(), StaticOverride::WeightsOnly),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let case = Case {
+        id: "ppocr_cls",
+        min_cosine: 0.98,
+        min_top1: Some(1.0),
+        max_size_ratio: 0.6,
+        min_ort_cosine: 0.999,
+        fused: &[("QLinearConv", 38)],
+    };
+    let Some(m) = check_static_with(&case, &opts) else {
+        return;
+    };
+    let g = m.graph.as_ref().unwrap();
+    let producer = |t: &str| g.node.iter().find(|n| n.output.iter().any(|o| o == t));
+    let scale_len = |conv: &str| {
+        let n = g.node.iter().find(|n| n.name == conv).unwrap();
+        let dq = producer(&n.input[1]).unwrap();
+        assert_eq!(dq.op_type, "DequantizeLinear", "{conv}'s weight");
+        let s = g
+            .initializer
+            .iter()
+            .find(|t| t.name == dq.input[1])
+            .unwrap();
+        s.dims.iter().product::<i64>()
+    };
+    assert!(scale_len("Conv@1") > 1, "Conv@1 should be per-channel");
+    assert!(scale_len("Conv@2") > 1, "weights only are per-channel");
+    assert_eq!(scale_len("Conv@3"), 1, "the rest are per-tensor");
+    let conv2 = g.node.iter().find(|n| n.name == "Conv@2").unwrap();
+    let input = producer(&conv2.input[0]).map(|n| n.op_type.as_str());
+    assert_ne!(input, Some("DequantizeLinear"), "Conv@2 reads float");
 }
 
 #[test]

@@ -935,24 +935,33 @@ struct CompressArgs {
 }
 
 /// The steps asked for, in pipeline order, each honouring `--exclude` and the guard's
-/// back-off list.
+/// back-offs: a node kept as it was, or given the step's milder setting (per-channel for
+/// per-tensor weights, half the sparsity, a higher rank, a smaller int4 block).
 fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::Step>, String> {
     use edgepredict::compress::guard::Step;
     use edgepredict::compress::quantize::{quantize_dynamic, QuantizeOptions, WeightType};
+    use std::collections::HashMap;
     let mut steps = Vec::new();
     let user_exclude = a.exclude.clone();
-    let with = move |extra: &[String]| -> Vec<String> {
-        user_exclude.iter().chain(extra).cloned().collect()
+    let with = move |kept: Vec<String>| -> Vec<String> {
+        user_exclude.iter().cloned().chain(kept).collect()
     };
+    // The nodes the guard gave the first milder setting, each with `value`.
+    fn first_milder<T: Copy>(
+        g: &edgepredict::compress::guard::Grades,
+        value: T,
+    ) -> HashMap<String, T> {
+        g.milder(0).into_iter().map(|n| (n, value)).collect()
+    }
     if let Some(sparsity) = a.prune {
         use edgepredict::compress::prune::{prune, PruneOptions};
         let opts = PruneOptions {
             sparsity,
             structured: a.structured,
-            exclude: Vec::new(),
             min_elements: a
                 .min_elements
                 .unwrap_or(PruneOptions::default().min_elements),
+            ..Default::default()
         };
         let with = with.clone();
         let label = format!(
@@ -960,13 +969,16 @@ fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::
             sparsity * 100.0,
             if a.structured { " structured" } else { "" }
         );
-        steps.push(Step::new(label, move |m, extra| {
+        let half = sparsity / 2.0;
+        let step = Step::new(label, move |m, g| {
             let opts = PruneOptions {
-                exclude: with(extra),
+                exclude: with(g.kept()),
+                overrides: first_milder(g, half),
                 ..opts.clone()
             };
             prune(m, &opts)
-        }));
+        });
+        steps.push(step.with_milder(vec![format!("sparsity {:.1} %", half * 100.0)]));
     }
     let rank = match (a.low_rank, a.rank) {
         (Some(_), Some(_)) => return Err("give --low-rank ENERGY or --rank N, not both".into()),
@@ -975,22 +987,32 @@ fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::
         (None, None) => None,
     };
     if let Some(rank) = rank {
-        use edgepredict::compress::lowrank::{low_rank, LowRankOptions};
+        use edgepredict::compress::lowrank::{low_rank, LowRankOptions, Rank};
         let opts = LowRankOptions {
             rank,
-            exclude: Vec::new(),
             min_elements: a
                 .min_elements
                 .unwrap_or(LowRankOptions::default().min_elements),
+            ..Default::default()
         };
         let with = with.clone();
-        steps.push(Step::new("low-rank", move |m, extra| {
+        // A quarter of the energy left out, or twice the rank.
+        let (higher, label) = match rank {
+            Rank::Energy(e) => {
+                let h = 1.0 - (1.0 - e) / 4.0;
+                (Rank::Energy(h), format!("energy {:.2} %", h * 100.0))
+            }
+            Rank::Fixed(r) => (Rank::Fixed(2 * r), format!("rank {}", 2 * r)),
+        };
+        let step = Step::new("low-rank", move |m, g| {
             let opts = LowRankOptions {
-                exclude: with(extra),
+                exclude: with(g.kept()),
+                overrides: first_milder(g, higher),
                 ..opts.clone()
             };
             low_rank(m, &opts)
-        }));
+        });
+        steps.push(step.with_milder(vec![label]));
     }
     let mut kinds: Vec<&str> = a
         .quantize
@@ -1010,22 +1032,29 @@ fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::
                     } else {
                         WeightType::Int8
                     },
-                    exclude: Vec::new(),
                     min_elements: a
                         .min_elements
                         .unwrap_or(QuantizeOptions::default().min_elements),
+                    ..Default::default()
                 };
-                steps.push(Step::new("int8 dynamic", move |m, extra| {
+                let milder = if a.per_tensor {
+                    vec!["per-channel weights".to_string()]
+                } else {
+                    Vec::new()
+                };
+                let step = Step::new("int8 dynamic", move |m, g| {
                     let opts = QuantizeOptions {
-                        exclude: with(extra),
+                        exclude: with(g.kept()),
+                        overrides: first_milder(g, true),
                         ..opts.clone()
                     };
                     quantize_dynamic(m, &opts)
-                }));
+                });
+                steps.push(step.with_milder(milder));
             }
             "static" => {
                 use edgepredict::compress::calibrate::Calibration;
-                use edgepredict::compress::qdq::{quantize_static, StaticOptions};
+                use edgepredict::compress::qdq::{quantize_static, StaticOptions, StaticOverride};
                 let calib = a.calib.as_deref().ok_or(
                     "--quantize static needs --calib DIR or --calib random:N (calibration inputs)",
                 )?;
@@ -1053,45 +1082,65 @@ fn compress_steps(a: &CompressArgs) -> Result<Vec<edgepredict::compress::guard::
                         .split(',')
                         .map(|t| t.trim().to_string())
                         .collect(),
-                    exclude: Vec::new(),
                     min_elements: a
                         .min_elements
                         .unwrap_or(StaticOptions::default().min_elements),
+                    ..Default::default()
                 };
-                steps.push(Step::new("int8 static QDQ", move |m, extra| {
+                // Milder, strongest first: per-channel weights, then float activations.
+                let mut milder = vec![(StaticOverride::WeightsOnly, "int8 weights only")];
+                if a.per_tensor {
+                    milder.insert(0, (StaticOverride::PerChannel, "per-channel weights"));
+                }
+                let labels = milder.iter().map(|(_, l)| l.to_string()).collect();
+                let step = Step::new("int8 static QDQ", move |m, g| {
+                    let overrides = (milder.iter().enumerate())
+                        .flat_map(|(i, (o, _))| g.milder(i).into_iter().map(|n| (n, *o)))
+                        .collect();
                     let opts = StaticOptions {
-                        exclude: with(extra),
+                        exclude: with(g.kept()),
+                        overrides,
                         ..opts.clone()
                     };
                     quantize_static(m, &sets, &opts)
-                }));
+                });
+                steps.push(step.with_milder(labels));
             }
             "int4" => {
                 use edgepredict::compress::int4::{quantize_int4, Int4Options};
                 let opts = Int4Options {
                     block_size: a.block_size,
                     symmetric: a.symmetric,
-                    exclude: Vec::new(),
                     min_elements: a
                         .min_elements
                         .unwrap_or(Int4Options::default().min_elements),
+                    ..Default::default()
                 };
-                steps.push(Step::new("int4 MatMulNBits", move |m, extra| {
+                // Smaller blocks (more scales) down to onnxruntime's 16.
+                let half = a.block_size / 2;
+                let milder = if half >= 16 {
+                    vec![format!("block {half}")]
+                } else {
+                    Vec::new()
+                };
+                let step = Step::new("int4 MatMulNBits", move |m, g| {
                     let opts = Int4Options {
-                        exclude: with(extra),
+                        exclude: with(g.kept()),
+                        overrides: first_milder(g, half),
                         ..opts.clone()
                     };
                     quantize_int4(m, &opts)
-                }));
+                });
+                steps.push(step.with_milder(milder));
             }
             "fp16" => {
                 use edgepredict::compress::fp16::{weights_to_fp16, Fp16Options};
                 let min_elements = a
                     .min_elements
                     .unwrap_or(Fp16Options::default().min_elements);
-                steps.push(Step::new("fp16 weights", move |m, extra| {
+                steps.push(Step::new("fp16 weights", move |m, g| {
                     let opts = Fp16Options {
-                        exclude: with(extra),
+                        exclude: with(g.kept()),
                         min_elements,
                     };
                     weights_to_fp16(m, &opts)

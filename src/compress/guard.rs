@@ -3,12 +3,15 @@
 //! broken, backs off node by node — the most sensitive first — until it holds.
 //!
 //! Sensitivity is measured one node at a time: the candidate where only that node is
-//! compressed. Nodes are then restored (kept float, dense, full rank: the step skips
-//! them) in order of sensitivity; the smallest such prefix that meets the tolerance is
-//! found by bisection, so the cost is one evaluation per changed node plus a logarithmic
-//! number of full checks. The result says what was backed off and why, and `passed` is
-//! false when even that did not reach the tolerance: the caller must not write such a
-//! model without saying so.
+//! compressed. Nodes are then restored (the step leaves them as they were) in order of
+//! sensitivity; the smallest such prefix that meets the tolerance is found by bisection.
+//! Each restored node then gets the strongest of its steps' milder settings that still
+//! meets the tolerance (per-channel instead of per-tensor, less sparse, a higher rank…),
+//! the least sensitive first. The cost is one evaluation per changed node, a logarithmic
+//! number of full checks, and one per milder setting tried. The result says what was
+//! backed off, to what, and why; `passed` is false when even keeping every changed node
+//! as it was did not reach the tolerance: the caller must not write such a model without
+//! saying so.
 
 use super::edit::name_nodes;
 use super::StepReport;
@@ -17,27 +20,85 @@ use crate::error::{Error, Result};
 use crate::onnx::encode_model;
 use crate::onnx::proto::ModelProto;
 use crate::tensor::Tensor;
+use std::collections::HashMap;
 use std::fmt;
 
-/// A step's work: rewrite the model, leaving the nodes named in the list alone.
-type ApplyFn = dyn Fn(&mut ModelProto, &[String]) -> Result<StepReport>;
+/// How the guard has backed off one node within one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grade {
+    /// The step's milder setting of this index (`Step::milder`).
+    Milder(usize),
+    /// Left as it was.
+    Keep,
+}
 
-/// One compression step, applied with a list of extra node names to leave alone.
+/// The guard's back-offs for one step, by node name; a node not named is compressed
+/// as asked.
+#[derive(Debug, Clone, Default)]
+pub struct Grades(HashMap<String, Grade>);
+
+impl Grades {
+    /// The nodes to leave as they were.
+    pub fn kept(&self) -> Vec<String> {
+        self.nodes_at(Grade::Keep)
+    }
+
+    /// The nodes given the milder setting `i`.
+    pub fn milder(&self, i: usize) -> Vec<String> {
+        self.nodes_at(Grade::Milder(i))
+    }
+
+    fn nodes_at(&self, grade: Grade) -> Vec<String> {
+        let mut v: Vec<String> = (self.0.iter())
+            .filter(|(_, g)| **g == grade)
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn get(&self, node: &str) -> Option<Grade> {
+        self.0.get(node).copied()
+    }
+
+    pub fn set(&mut self, node: &str, grade: Option<Grade>) {
+        match grade {
+            Some(g) => self.0.insert(node.to_string(), g),
+            None => self.0.remove(node),
+        };
+    }
+}
+
+/// A step's work: rewrite the model as the grades say.
+type ApplyFn = dyn Fn(&mut ModelProto, &Grades) -> Result<StepReport>;
+
+/// One compression step, with the milder settings the guard may fall back to for a node
+/// before it leaves the node as it was.
 pub struct Step {
     pub label: String,
+    /// Labels of the milder settings, strongest first ("per-channel", "sparsity 25 %"…).
+    pub milder: Vec<String>,
     apply: Box<ApplyFn>,
 }
 
 impl Step {
-    /// `apply(model, skip)` must leave every node named in `skip` as it was.
+    /// `apply(model, grades)` must leave every node `grades.kept()` names as it was, and
+    /// give those `grades.milder(i)` names the setting `milder[i]`.
     pub fn new(
         label: impl Into<String>,
-        apply: impl Fn(&mut ModelProto, &[String]) -> Result<StepReport> + 'static,
+        apply: impl Fn(&mut ModelProto, &Grades) -> Result<StepReport> + 'static,
     ) -> Step {
         Step {
             label: label.into(),
+            milder: Vec::new(),
             apply: Box::new(apply),
         }
+    }
+
+    /// The milder settings `apply` understands, strongest first.
+    pub fn with_milder(mut self, milder: Vec<String>) -> Step {
+        self.milder = milder;
+        self
     }
 }
 
@@ -260,13 +321,14 @@ fn run_one(m: &Model, set: &[(String, Tensor)], output: &str) -> Result<Tensor> 
         .ok_or_else(|| Error::input(format!("no output '{output}'")))
 }
 
-/// A node the guard restored, with its deviation when it alone was compressed.
+/// A node the guard backed off, with its deviation when it alone was compressed.
 #[derive(Debug, Clone)]
 pub struct BackedOff {
     pub node: String,
     pub op: String,
-    /// The steps that had changed it.
-    pub steps: Vec<String>,
+    /// Each step that had changed it, with the milder setting it got there, or None
+    /// where it was left as it was.
+    pub grades: Vec<(String, Option<String>)>,
     pub alone: f64,
 }
 
@@ -284,18 +346,26 @@ pub struct Outcome {
     pub evaluations: usize,
 }
 
-/// Applies `steps` in order to a copy of `float` with `skip` left alone.
+/// Applies `steps` in order to a copy of `float`, each with its grades.
 fn build(
     float: &ModelProto,
     steps: &[Step],
-    skip: &[String],
+    grades: &[Grades],
 ) -> Result<(ModelProto, Vec<StepReport>)> {
     let mut m = float.clone();
     let reports = steps
         .iter()
-        .map(|s| (s.apply)(&mut m, skip))
+        .zip(grades)
+        .map(|(s, g)| (s.apply)(&mut m, g))
         .collect::<Result<Vec<_>>>()?;
     Ok((m, reports))
+}
+
+/// A candidate and its measure.
+struct Trial {
+    model: ModelProto,
+    reports: Vec<StepReport>,
+    deviation: f64,
 }
 
 /// Runs the steps on `float`; with an evaluator, backs off the most sensitive nodes until
@@ -304,7 +374,8 @@ pub fn compress(float: &ModelProto, steps: &[Step], eval: Option<&Evaluator>) ->
     let mut float = float.clone();
     // Every node gets a name first: the steps report and skip nodes by name.
     name_nodes(&mut float);
-    let (model, reports) = build(&float, steps, &[])?;
+    let none = vec![Grades::default(); steps.len()];
+    let (model, reports) = build(&float, steps, &none)?;
     let Some(eval) = eval else {
         return Ok(Outcome {
             model,
@@ -329,80 +400,148 @@ pub fn compress(float: &ModelProto, steps: &[Step], eval: Option<&Evaluator>) ->
             evaluations,
         });
     }
-    // The changed nodes, each with the steps that changed it.
-    let mut changed: Vec<BackedOff> = Vec::new();
-    for (step, r) in steps.iter().zip(&reports) {
+    // The changed nodes, each with the indices of the steps that changed it.
+    let mut changed: Vec<(String, String, Vec<usize>, f64)> = Vec::new();
+    for (si, r) in reports.iter().enumerate() {
         for (name, op) in &r.changed {
-            match changed.iter_mut().find(|c| &c.node == name) {
-                Some(c) => c.steps.push(step.label.clone()),
-                None => changed.push(BackedOff {
-                    node: name.clone(),
-                    op: op.clone(),
-                    steps: vec![step.label.clone()],
-                    alone: 0.0,
-                }),
+            match changed.iter_mut().find(|c| &c.0 == name) {
+                Some(c) => c.2.push(si),
+                None => changed.push((name.clone(), op.clone(), vec![si], 0.0)),
             }
         }
     }
-    let all: Vec<String> = changed.iter().map(|c| c.node.clone()).collect();
-    // Sensitivity: each node compressed alone.
-    for c in &mut changed {
-        let skip: Vec<String> = all.iter().filter(|n| **n != c.node).cloned().collect();
-        let (m, _) = build(&float, steps, &skip)?;
-        c.alone = eval.deviation(&m)?;
+    let keeping = |nodes: &[&str]| -> Vec<Grades> {
+        let mut g = none.clone();
+        for n in nodes {
+            for s in &mut g {
+                s.set(n, Some(Grade::Keep));
+            }
+        }
+        g
+    };
+    let mut measure = |grades: &[Grades]| -> Result<Trial> {
+        let (model, reports) = build(&float, steps, grades)?;
         evaluations += 1;
+        let deviation = eval.deviation(&model)?;
+        Ok(Trial {
+            model,
+            reports,
+            deviation,
+        })
+    };
+    // Sensitivity: each node compressed alone.
+    let all: Vec<&str> = changed.iter().map(|c| c.0.as_str()).collect();
+    let mut alone = Vec::with_capacity(changed.len());
+    for c in &changed {
+        let others: Vec<&str> = all.iter().copied().filter(|n| *n != c.0).collect();
+        alone.push(measure(&keeping(&others))?.deviation);
     }
-    changed.sort_by(|a, b| b.alone.total_cmp(&a.alone));
+    for (c, a) in changed.iter_mut().zip(alone) {
+        c.3 = a;
+    }
+    changed.sort_by(|a, b| b.3.total_cmp(&a.3));
     // The smallest prefix of the sensitivity order whose restoration meets the tolerance
     // (restoring every node gives the float model back, which meets any tolerance ≥ 0).
-    let try_prefix =
-        |k: usize, evaluations: &mut usize| -> Result<(ModelProto, Vec<StepReport>, f64)> {
-            let skip: Vec<String> = changed[..k].iter().map(|c| c.node.clone()).collect();
-            let (m, r) = build(&float, steps, &skip)?;
-            *evaluations += 1;
-            let d = eval.deviation(&m)?;
-            Ok((m, r, d))
-        };
+    let prefix = |k: usize| -> Vec<Grades> {
+        let nodes: Vec<&str> = changed[..k].iter().map(|c| c.0.as_str()).collect();
+        keeping(&nodes)
+    };
     let (mut lo, mut hi) = (1usize, changed.len());
     let mut best = None;
     while lo <= hi {
         let mid = (lo + hi) / 2;
-        let (m, r, d) = try_prefix(mid, &mut evaluations)?;
-        if eval.passes(d) {
-            best = Some((mid, m, r, d));
+        let t = measure(&prefix(mid))?;
+        if eval.passes(t.deviation) {
+            best = Some((mid, t));
             hi = mid - 1;
         } else {
             lo = mid + 1;
         }
     }
-    let (k, model, reports, deviation) = match best {
-        Some(b) => b,
-        None => {
-            // Not even the float graph passed: the tolerance or the data cannot be met.
-            let (m, r, d) = try_prefix(changed.len(), &mut evaluations)?;
-            (changed.len(), m, r, d)
-        }
+    let (k, mut current, passed) = match best {
+        Some((k, t)) => (k, t, true),
+        // Not even the float graph passed: the tolerance or the data cannot be met.
+        None => (changed.len(), measure(&prefix(changed.len()))?, false),
     };
+    let mut grades = prefix(k);
     changed.truncate(k);
-    // The steps saw the backed-off nodes as a skip list; say who put them there.
-    let mut reports = reports;
-    for r in &mut reports {
+    // Graded back-off: each restored node, the least sensitive first, gets the strongest
+    // setting that still passes: as asked in one of several steps, or a milder one.
+    if passed {
+        for (node, _, sis, _) in changed.iter().rev() {
+            for &si in sis {
+                let as_asked = (sis.len() > 1).then_some(None);
+                let milder = (0..steps[si].milder.len()).map(|i| Some(Grade::Milder(i)));
+                for g in as_asked.into_iter().chain(milder) {
+                    let mut trial = grades.clone();
+                    trial[si].set(node, g);
+                    // Unless the step really changes the node that way, it is kept.
+                    let (model, reports) = build(&float, steps, &trial)?;
+                    if !reports[si].changed.iter().any(|(n, _)| n == node) {
+                        continue;
+                    }
+                    evaluations += 1;
+                    let deviation = eval.deviation(&model)?;
+                    if eval.passes(deviation) {
+                        grades = trial;
+                        current = Trial {
+                            model,
+                            reports,
+                            deviation,
+                        };
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let label = |si: usize, g: Option<Grade>| match g {
+        Some(Grade::Milder(i)) => Some(steps[si].milder[i].clone()),
+        None => Some("as asked".to_string()),
+        Some(Grade::Keep) => None,
+    };
+    let backed_off: Vec<BackedOff> = changed
+        .iter()
+        .map(|(node, op, sis, alone)| BackedOff {
+            node: node.clone(),
+            op: op.clone(),
+            grades: sis
+                .iter()
+                .map(|&si| (steps[si].label.clone(), label(si, grades[si].get(node))))
+                .collect(),
+            alone: *alone,
+        })
+        .collect();
+    // The steps saw the guard's choices as grades; say who made them.
+    let mut reports = current.reports;
+    for (si, r) in reports.iter_mut().enumerate() {
         for (name, _, why) in &mut r.kept {
-            if let Some(b) = changed.iter().find(|c| &c.node == name) {
-                *why = format!(
-                    "backed off by the accuracy guard (compressed alone it deviates {:.5})",
-                    b.alone
-                );
+            if let Some(b) = backed_off.iter().find(|b| &b.node == name) {
+                if grades[si].get(name) == Some(Grade::Keep) {
+                    *why = format!(
+                        "backed off by the accuracy guard (compressed alone it deviates {:.5})",
+                        b.alone
+                    );
+                }
+            }
+        }
+        for b in &backed_off {
+            if let Some(Grade::Milder(i)) = grades[si].get(&b.node) {
+                r.notes.push(format!(
+                    "{} '{}': {} (the accuracy guard's back-off: compressed alone as asked \
+                     it deviates {:.5})",
+                    b.op, b.node, steps[si].milder[i], b.alone
+                ));
             }
         }
     }
     Ok(Outcome {
-        model,
+        model: current.model,
         reports,
-        deviation: Some(deviation),
-        passed: eval.passes(deviation),
+        deviation: Some(current.deviation),
+        passed: eval.passes(current.deviation),
         first_deviation: Some(first),
-        backed_off: changed,
+        backed_off,
         evaluations,
     })
 }
@@ -424,13 +563,19 @@ impl Outcome {
             ),
         );
         for b in &self.backed_off {
+            let to: Vec<String> = (b.grades.iter())
+                .map(|(step, g)| match g {
+                    Some(g) => format!("{step}: {g}"),
+                    None => format!("{step}: kept as it was"),
+                })
+                .collect();
             let _ = fmt::Write::write_fmt(
                 &mut s,
                 format_args!(
-                    "  backed off {} '{}' ({}): alone it deviates {:.5}\n",
+                    "  backed off {} '{}' ({}): compressed alone it deviates {:.5}\n",
                     b.op,
                     b.node,
-                    b.steps.join(", "),
+                    to.join("; "),
                     b.alone
                 ),
             );

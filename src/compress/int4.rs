@@ -18,6 +18,7 @@ use crate::onnx::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetId, TensorProto,
 };
 use crate::tensor::{DType, Tensor};
+use std::collections::HashMap;
 
 /// The contrib-op domain onnxruntime reads MatMulNBits from.
 pub const MS_DOMAIN: &str = "com.microsoft";
@@ -33,6 +34,8 @@ pub struct Int4Options {
     pub exclude: Vec<String>,
     /// Weights with fewer elements stay float.
     pub min_elements: usize,
+    /// A block size of its own for some nodes (by name): the accuracy guard's back-off.
+    pub overrides: HashMap<String, usize>,
 }
 
 impl Default for Int4Options {
@@ -42,6 +45,7 @@ impl Default for Int4Options {
             symmetric: false,
             exclude: Vec::new(),
             min_elements: 256,
+            overrides: HashMap::new(),
         }
     }
 }
@@ -174,7 +178,9 @@ pub fn unpack_int4(q: &Int4Weight) -> Vec<f32> {
 
 /// Rewrites `m`'s MatMuls with constant 2-D float weights as MatMulNBits (subgraphs too).
 pub fn quantize_int4(m: &mut ModelProto, opts: &Int4Options) -> Result<StepReport> {
-    check_block_size(opts.block_size)?;
+    for &bs in std::iter::once(&opts.block_size).chain(opts.overrides.values()) {
+        check_block_size(bs)?;
+    }
     let graph = m
         .graph
         .as_mut()
@@ -239,7 +245,9 @@ fn quantize_graph(
         match plan {
             Ok(Some(w)) => {
                 let (k, nn) = (w.shape()[0], w.shape()[1]);
-                let q = pack_int4(&w.to_f32_vec()?, k, nn, opts.block_size, opts.symmetric)?;
+                let bs = opts.overrides.get(&n.name).copied();
+                let bs = bs.unwrap_or(opts.block_size);
+                let q = pack_int4(&w.to_f32_vec()?, k, nn, bs, opts.symmetric)?;
                 stats.values += k * nn;
                 stats.float_bytes += 4 * k * nn;
                 stats.int4_bytes +=
@@ -493,6 +501,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_node_override_sets_that_nodes_block_size() {
+        let mut m = tiny_model(64, 24, &weight(64, 24));
+        let opts = Int4Options {
+            block_size: 64,
+            overrides: [("mm".to_string(), 16)].into(),
+            ..Default::default()
+        };
+        quantize_int4(&mut m, &opts).unwrap();
+        let n = &m.graph.as_ref().unwrap().node[0];
+        let bs = n.attribute.iter().find(|a| a.name == "block_size").unwrap();
+        assert_eq!(bs.i, 16);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::onnx::encode::tensor_to_proto;
 use crate::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use crate::tensor::{DType, Tensor};
 use nalgebra::DMatrix;
+use std::collections::HashMap;
 
 /// How many singular values to keep.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -27,6 +28,8 @@ pub struct LowRankOptions {
     pub exclude: Vec<String>,
     /// Weights with fewer values are left alone.
     pub min_elements: usize,
+    /// A rank of its own for some nodes (by name): the accuracy guard's back-off.
+    pub overrides: HashMap<String, Rank>,
 }
 
 impl Default for LowRankOptions {
@@ -35,18 +38,27 @@ impl Default for LowRankOptions {
             rank: Rank::Energy(0.95),
             exclude: Vec::new(),
             min_elements: 4096,
+            overrides: HashMap::new(),
         }
+    }
+}
+
+impl LowRankOptions {
+    fn rank_of(&self, n: &NodeProto) -> Rank {
+        self.overrides.get(&n.name).copied().unwrap_or(self.rank)
     }
 }
 
 /// Factorizes `m`'s MatMul, Gemm and 1×1 Conv weights in place (subgraphs too).
 pub fn low_rank(m: &mut ModelProto, opts: &LowRankOptions) -> Result<StepReport> {
-    match opts.rank {
-        Rank::Energy(e) if !(e > 0.0 && e <= 1.0) => {
-            return Err(Error::input(format!("energy {e} is outside (0, 1]")))
+    for rank in std::iter::once(&opts.rank).chain(opts.overrides.values()) {
+        match *rank {
+            Rank::Energy(e) if !(e > 0.0 && e <= 1.0) => {
+                return Err(Error::input(format!("energy {e} is outside (0, 1]")))
+            }
+            Rank::Fixed(0) => return Err(Error::input("rank 0")),
+            _ => {}
         }
-        Rank::Fixed(0) => return Err(Error::input("rank 0")),
-        _ => {}
     }
     let graph = m
         .graph
@@ -303,7 +315,7 @@ fn rewrite(
         }
         Shape::Pointwise { m, c, .. } => (v, m, c),
     };
-    let f = factorize(&mat, k, nn, opts.rank)?;
+    let f = factorize(&mat, k, nn, opts.rank_of(n))?;
     let r = f.rank;
     if r * (k + nn) >= k * nn {
         return Ok(Err(format!(
@@ -472,6 +484,7 @@ mod tests {
             rank,
             exclude: vec![],
             min_elements: 0,
+            ..Default::default()
         }
     }
 
@@ -595,6 +608,26 @@ mod tests {
         {
             assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "{g} vs {w}");
         }
+    }
+
+    #[test]
+    fn a_node_override_sets_that_nodes_rank() {
+        let (k, n) = (16, 12);
+        let mut m = matmul_model(rank2(k, n), k, n);
+        let name = m.graph.as_ref().unwrap().node[0].name.clone();
+        let o = LowRankOptions {
+            overrides: [(name, Rank::Fixed(1))].into(),
+            ..opts(Rank::Energy(1.0))
+        };
+        let r = low_rank(&mut m, &o).unwrap();
+        assert_eq!(r.changed.len(), 1, "{r}");
+        let g = m.graph.as_ref().unwrap();
+        let a = g
+            .initializer
+            .iter()
+            .find(|t| t.name == g.node[0].input[1])
+            .unwrap();
+        assert_eq!(a.dims, [k as i64, 1]);
     }
 
     #[test]

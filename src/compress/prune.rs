@@ -30,6 +30,8 @@ pub struct PruneOptions {
     pub exclude: Vec<String>,
     /// Weights with fewer values are left alone: too small to matter.
     pub min_elements: usize,
+    /// A sparsity of its own for some nodes (by name): the accuracy guard's back-off.
+    pub overrides: HashMap<String, f32>,
 }
 
 impl Default for PruneOptions {
@@ -39,17 +41,27 @@ impl Default for PruneOptions {
             structured: false,
             exclude: Vec::new(),
             min_elements: 256,
+            overrides: HashMap::new(),
         }
+    }
+}
+
+impl PruneOptions {
+    fn sparsity_of(&self, n: &NodeProto) -> f32 {
+        self.overrides
+            .get(&n.name)
+            .copied()
+            .unwrap_or(self.sparsity)
     }
 }
 
 /// Prunes `m` in place.
 pub fn prune(m: &mut ModelProto, opts: &PruneOptions) -> Result<StepReport> {
-    if !(0.0..1.0).contains(&opts.sparsity) {
-        return Err(Error::input(format!(
-            "sparsity {} is outside [0, 1)",
-            opts.sparsity
-        )));
+    if let Some(s) = std::iter::once(&opts.sparsity)
+        .chain(opts.overrides.values())
+        .find(|s| !(0.0..1.0).contains(*s))
+    {
+        return Err(Error::input(format!("sparsity {s} is outside [0, 1)")));
     }
     let graph = m
         .graph
@@ -156,7 +168,7 @@ fn unstructured_graph(
                     ));
                     continue;
                 }
-                zero_smallest(&mut v, opts.sparsity);
+                zero_smallest(&mut v, opts.sparsity_of(n));
                 tally.0 += v.iter().filter(|x| **x == 0.0).count();
                 tally.1 += v.len();
                 // A new tensor for this node alone: another node may share the weight.
@@ -259,7 +271,8 @@ fn structured(
                 continue;
             }
         };
-        let remove = ((plan.channels as f64) * f64::from(opts.sparsity)).floor() as usize;
+        let sparsity = opts.sparsity_of(&g.node[i]);
+        let remove = ((plan.channels as f64) * f64::from(sparsity)).floor() as usize;
         let remove = remove.min(plan.channels - 1);
         if remove == 0 {
             report.kept.push((
@@ -268,7 +281,7 @@ fn structured(
                 format!(
                     "{} output channel(s): {:.0} % removes none",
                     plan.channels,
-                    opts.sparsity * 100.0
+                    sparsity * 100.0
                 ),
             ));
             continue;
@@ -862,6 +875,7 @@ mod tests {
             structured: true,
             exclude: vec![],
             min_elements: 0,
+            ..Default::default()
         }
     }
 
@@ -1017,6 +1031,45 @@ mod tests {
         assert!(max_zeroed <= min_kept);
         let x = Tensor::from_vec(vec![1, 3, 5, 5], values(75, 11)).unwrap();
         assert_eq!(run(&m, &x).shape(), [1, 4, 3, 3]);
+    }
+
+    #[test]
+    fn a_node_override_prunes_that_node_less() {
+        let mut m = conv_bn_relu_conv(false);
+        let opts = PruneOptions {
+            sparsity: 0.6,
+            min_elements: 0,
+            overrides: [("conv2".to_string(), 0.3)].into(),
+            ..Default::default()
+        };
+        prune(&mut m, &opts).unwrap();
+        let g = m.graph.as_ref().unwrap();
+        for n in g.node.iter().filter(|n| n.op_type == "Conv") {
+            let w = tensor_from(g, &n.input[1]).to_f32_vec().unwrap();
+            let zeros = w.iter().filter(|v| **v == 0.0).count();
+            let want = if n.name == "conv2" { 0.3 } else { 0.6 };
+            assert_eq!(
+                zeros,
+                (w.len() as f64 * want).round() as usize,
+                "{}",
+                n.name
+            );
+        }
+        // Structured: conv1 keeps 6 of its 8 channels instead of 4.
+        let mut m = conv_bn_relu_conv(false);
+        let opts = PruneOptions {
+            overrides: [("conv1".to_string(), 0.25)].into(),
+            ..structured_opts()
+        };
+        prune(&mut m, &opts).unwrap();
+        let g = m.graph.as_ref().unwrap();
+        let conv1 = g.node.iter().find(|n| n.name == "conv1").unwrap();
+        assert_eq!(shape_of(g, &conv1.input[1]).unwrap(), [6, 3, 1, 1]);
+        let bad = PruneOptions {
+            overrides: [("conv1".to_string(), 1.5)].into(),
+            ..Default::default()
+        };
+        assert!(prune(&mut conv_bn_relu_conv(false), &bad).is_err());
     }
 
     #[test]

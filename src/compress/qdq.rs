@@ -44,6 +44,18 @@ pub struct StaticOptions {
     pub exclude: Vec<String>,
     /// Weights with fewer elements keep their node float.
     pub min_elements: usize,
+    /// Milder settings for some nodes (by name): the accuracy guard's back-off.
+    pub overrides: HashMap<String, StaticOverride>,
+}
+
+/// A milder quantization of one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaticOverride {
+    /// Per-channel weights, whatever `per_channel` says.
+    PerChannel,
+    /// Per-channel int8 weights and float activations: the file keeps the saving, the
+    /// node computes in float.
+    WeightsOnly,
 }
 
 impl Default for StaticOptions {
@@ -55,6 +67,7 @@ impl Default for StaticOptions {
             exclude: Vec::new(),
             // The weight's node becomes an integer kernel: even small weights pay.
             min_elements: 0,
+            overrides: HashMap::new(),
         }
     }
 }
@@ -72,6 +85,13 @@ impl StaticOptions {
     }
     fn excludes(&self, n: &NodeProto) -> bool {
         self.exclude.iter().any(|e| *e == n.name || *e == n.op_type)
+    }
+    fn per_channel_for(&self, n: &NodeProto) -> bool {
+        self.per_channel || self.overrides.contains_key(&n.name)
+    }
+    /// The node reads its activations in float (excluded, or weights only).
+    fn float_reader(&self, n: &NodeProto) -> bool {
+        self.excludes(n) || self.overrides.get(&n.name) == Some(&StaticOverride::WeightsOnly)
     }
 }
 
@@ -165,7 +185,8 @@ pub fn quantize_static(
         .as_ref()
         .ok_or_else(|| Error::invalid_model("the model has no graph"))?;
 
-    let per_channel = opts.per_channel
+    // Per-channel weights are possible when the opset has them or can be raised to 13.
+    let per_channel = (opts.per_channel || !opts.overrides.is_empty())
         && {
             if opset >= 13 {
                 true
@@ -186,7 +207,8 @@ pub fn quantize_static(
                 }
             }
         };
-    if per_channel && opset < 13 {
+    let raised = per_channel && opset < 13;
+    if raised {
         for o in &mut m.opset_import {
             if o.domain.is_empty() || o.domain == "ai.onnx" {
                 o.version = 13;
@@ -233,13 +255,19 @@ pub fn quantize_static(
         )?;
         drop_unused_constants(sg);
     }
+    // After the rewrites: they index the nodes as planned.
+    if raised {
+        attrs_to_inputs(g, &mut names)?;
+    }
     if totals.w_bytes_f32 > 0 {
         report.notes.push(format!(
             "weights: {:.2} MB float → {:.2} MB int8 ({})",
             totals.w_bytes_f32 as f64 / 1e6,
             totals.w_bytes_i8 as f64 / 1e6,
-            if per_channel {
+            if per_channel && opts.per_channel {
                 "per channel"
+            } else if per_channel {
+                "per tensor, some per channel"
             } else {
                 "per tensor"
             }
@@ -387,10 +415,6 @@ fn opset_13_blocker(g: &GraphProto, ranks: &HashMap<String, usize>, opset: i64) 
             }
             let has = |a: &str| n.attribute.iter().any(|x| x.name == a);
             let why = match n.op_type.as_str() {
-                "Split" if has("split") => Some("Split with a 'split' attribute"),
-                "Squeeze" | "Unsqueeze" | "ReduceSum" if has("axes") => {
-                    Some("an 'axes' attribute (an input from opset 13)")
-                }
                 "Dropout" if opset < 12 && has("ratio") => Some("Dropout with a 'ratio' attribute"),
                 "Resize"
                     if n.attribute.iter().any(|a| {
@@ -426,6 +450,48 @@ fn opset_13_blocker(g: &GraphProto, ranks: &HashMap<String, usize>, opset: i64) 
     walk(g, true, ranks, opset)
 }
 
+/// Moves the attributes opset 13 made inputs (Squeeze, Unsqueeze and ReduceSum 'axes',
+/// Split 'split') into Constant nodes the node reads, in every graph: the model means
+/// the same at opset 13.
+fn attrs_to_inputs(g: &mut GraphProto, names: &mut Names) -> Result<()> {
+    let mut out = Vec::with_capacity(g.node.len());
+    for mut n in std::mem::take(&mut g.node) {
+        for a in &mut n.attribute {
+            for sg in a.g.iter_mut().chain(a.graphs.iter_mut()) {
+                attrs_to_inputs(sg, names)?;
+            }
+        }
+        let attr = match n.op_type.as_str() {
+            "Squeeze" | "Unsqueeze" | "ReduceSum" => "axes",
+            "Split" => "split",
+            _ => "",
+        };
+        let at = (n.domain.is_empty() || n.domain == "ai.onnx")
+            .then(|| n.attribute.iter().position(|a| a.name == attr))
+            .flatten();
+        if let Some(at) = at {
+            let a = n.attribute.remove(at);
+            let base = if n.name.is_empty() { &n.output[0] } else { &n.name };
+            let value = names.fresh(&format!("{base}_{attr}"));
+            let mut c = node("Constant", names.fresh(&value), &[], &[&value]);
+            let t = Tensor::from_vec(vec![a.ints.len()], a.ints.clone())?;
+            c.attribute.push(AttributeProto {
+                name: "value".into(),
+                r#type: crate::onnx::proto::AttrType::Tensor,
+                t: Some(tensor_to_proto(&value, &t)?),
+                ..Default::default()
+            });
+            out.push(c);
+            n.input.truncate(1);
+            n.input.resize(1, String::new());
+            n.input.push(value);
+        }
+        out.push(n);
+    }
+    g.node = out;
+    Ok(())
+}
+
 /// Decides, for each top-level node the options select, what to quantize; nodes that
 /// cannot be are reported as kept.
 fn plan_nodes(
@@ -459,6 +525,15 @@ fn plan_nodes(
         }
         let is_const = |x: &str| consts.proto(x).is_some();
         let weighted = matches!(n.op_type.as_str(), "Conv" | "MatMul" | "Gemm");
+        let weights_only = opts.overrides.get(&n.name) == Some(&StaticOverride::WeightsOnly);
+        if weights_only && !weighted {
+            report.kept.push((
+                n.name.clone(),
+                n.op_type.clone(),
+                "weights only: no constant weight".into(),
+            ));
+            continue;
+        }
         if !weighted {
             plans.push(NodePlan {
                 idx,
@@ -481,11 +556,19 @@ fn plan_nodes(
                 continue;
             }
         };
+        if weights_only && weight.is_none() {
+            report.kept.push((
+                n.name.clone(),
+                n.op_type.clone(),
+                "weights only: no constant weight".into(),
+            ));
+            continue;
+        }
         let mut act_slots = vec![0];
         if weight.is_none() {
             act_slots.push(1);
         }
-        act_slots.retain(|&s| !is_const(&n.input[s]));
+        act_slots.retain(|&s| !is_const(&n.input[s]) && !weights_only);
         let channels = weight.as_ref().map(|w| match w.axis {
             Some(a) => w.value.shape()[a],
             None => match n.op_type.as_str() {
@@ -532,7 +615,7 @@ fn plan_nodes(
             act_slots,
             weight,
             bias,
-            outs: vec![out],
+            outs: if weights_only { Vec::new() } else { vec![out] },
         });
     }
     plans
@@ -686,7 +769,8 @@ fn rewrite(
     report: &mut StepReport,
 ) -> Result<()> {
     let mut ed = Edits::default();
-    let excluded: Vec<bool> = g.node.iter().map(|n| opts.excludes(n)).collect();
+    // Readers that keep the float value of a quantized tensor.
+    let mut excluded: Vec<bool> = g.node.iter().map(|n| opts.float_reader(n)).collect();
 
     // Which tensors get a Q/DQ pair: those of plans that can go ahead.
     let mut chosen: Vec<&NodePlan> = Vec::new();
@@ -694,6 +778,15 @@ fn rewrite(
     let mut seen = HashSet::new();
     for p in &plans {
         let n = &g.node[p.idx];
+        if !per_channel && opts.overrides.get(&n.name) == Some(&StaticOverride::PerChannel) {
+            report.kept.push((
+                n.name.clone(),
+                n.op_type.clone(),
+                "per-channel weights are not possible in this model (see the notes)".into(),
+            ));
+            excluded[p.idx] = true;
+            continue;
+        }
         let acts: Vec<&String> = p.act_slots.iter().map(|&s| &n.input[s]).collect();
         if p.weight.is_some() || matches!(n.op_type.as_str(), "Conv" | "MatMul" | "Gemm") {
             // An integer kernel needs every operand quantized.
@@ -795,7 +888,9 @@ fn rewrite(
             name.clone()
         };
         if let Some(w) = &p.weight {
-            let axis = w.axis.filter(|_| per_channel);
+            let axis = w
+                .axis
+                .filter(|_| per_channel && opts.per_channel_for(&g.node[p.idx]));
             let key = (w.name.clone(), axis);
             if !weight_dq.contains_key(&key) {
                 let (q, scales) = quantize_weight(&w.value, axis)?;
@@ -846,7 +941,7 @@ fn rewrite(
                     );
                     let len = bq.len();
                     ed.inits.push(tensor_to_proto(&bqn, &Tensor::vector(bq))?);
-                    let bias_axis = (per_channel && scales.len() > 1).then_some(0);
+                    let bias_axis = (axis.is_some() && scales.len() > 1).then_some(0);
                     if bias_axis.is_some() {
                         ed.inits
                             .push(tensor_to_proto(&bsn, &Tensor::vector(bscale))?);
@@ -877,4 +972,77 @@ fn rewrite(
     g.node = out;
     g.initializer.extend(ed.inits);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::encode_model;
+    use crate::onnx::proto::{DimProto, OperatorSetId, TypeProto, ValueInfoProto};
+
+    fn vi(name: &str, dims: &[i64]) -> ValueInfoProto {
+        ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto::Tensor {
+                elem_type: 1,
+                shape: Some(dims.iter().map(|&d| DimProto::Value(d)).collect()),
+            }),
+        }
+    }
+
+    fn ints(name: &str, v: &[i64]) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: crate::onnx::proto::AttrType::Ints,
+            ints: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn opset_11_attributes_become_opset_13_inputs() {
+        // x [2, 6] → Unsqueeze(axes 0) → Split(axis 2, split [2, 4]) → ReduceSum(axes 2) each.
+        let mut unsq = node("Unsqueeze", "unsq".into(), &["x"], &["u"]);
+        unsq.attribute.push(ints("axes", &[0]));
+        let mut split = node("Split", "split".into(), &["u"], &["a", "b"]);
+        split.attribute.push(ints("split", &[2, 4]));
+        split.attribute.push(AttributeProto::int("axis", 2));
+        let mut ra = node("ReduceSum", "ra".into(), &["a"], &["ya"]);
+        ra.attribute.push(ints("axes", &[2]));
+        let mut rb = node("ReduceSum", "rb".into(), &["b"], &["yb"]);
+        rb.attribute.push(ints("axes", &[2]));
+        let g = GraphProto {
+            node: vec![unsq, split, ra, rb],
+            input: vec![vi("x", &[2, 6])],
+            output: vec![vi("ya", &[1, 2, 1]), vi("yb", &[1, 2, 1])],
+            ..Default::default()
+        };
+        let at = |version| ModelProto {
+            ir_version: 7,
+            opset_import: vec![OperatorSetId {
+                domain: String::new(),
+                version,
+            }],
+            graph: Some(g.clone()),
+            ..Default::default()
+        };
+        let old = at(11);
+        let mut new = at(13);
+        let ng = new.graph.as_mut().unwrap();
+        attrs_to_inputs(ng, &mut Names::of(&g)).unwrap();
+        assert!(ng
+            .node
+            .iter()
+            .all(|n| n.attribute.iter().all(|a| a.name != "axes" && a.name != "split")));
+        let x = Tensor::from_vec(vec![2, 6], (0..12).map(|i| i as f32).collect()).unwrap();
+        let run = |m: &ModelProto| {
+            crate::Model::load(&encode_model(m))
+                .unwrap()
+                .run(&[("x", x.clone())])
+                .unwrap()
+        };
+        let (a, b) = (run(&old), run(&new));
+        assert_eq!(a, b);
+        assert_eq!(b[0].1.to_f32_vec().unwrap(), [1.0, 13.0]);
+    }
 }

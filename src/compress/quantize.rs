@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::onnx::encode::tensor_to_proto;
 use crate::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use crate::tensor::{DType, Tensor};
+use std::collections::HashMap;
 
 /// The 8-bit type of the quantized weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,8 @@ pub struct QuantizeOptions {
     /// Weights with fewer elements stay float: the added nodes would cost more than the
     /// bytes saved.
     pub min_elements: usize,
+    /// `per_channel` of its own for some nodes (by name): the accuracy guard's back-off.
+    pub overrides: HashMap<String, bool>,
 }
 
 impl Default for QuantizeOptions {
@@ -45,6 +48,7 @@ impl Default for QuantizeOptions {
             weight_type: WeightType::Int8,
             exclude: Vec::new(),
             min_elements: 256,
+            overrides: HashMap::new(),
         }
     }
 }
@@ -306,6 +310,19 @@ fn emit(
     out: &mut Vec<NodeProto>,
     inits: &mut Vec<TensorProto>,
 ) -> Result<()> {
+    let node_opts;
+    let opts = match opts.overrides.get(&n.name) {
+        Some(&per_channel) => {
+            node_opts = QuantizeOptions {
+                per_channel,
+                exclude: Vec::new(),
+                overrides: HashMap::new(),
+                ..opts.clone()
+            };
+            &node_opts
+        }
+        None => opts,
+    };
     let base = if n.name.is_empty() {
         n.output[0].clone()
     } else {
