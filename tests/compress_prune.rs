@@ -175,8 +175,8 @@ fn structured_50_ppocr_cls() {
     let opts = PruneOptions {
         sparsity: 0.5,
         structured: true,
-        exclude: Vec::new(),
         min_elements: 0,
+        ..Default::default()
     };
     let mut changed = 0;
     let case = Case {
@@ -210,8 +210,9 @@ fn low_rank_95_minilm() {
     let case = Case {
         id: "minilm_l3",
         tag: "lowrank95",
-        // Measured: cosine 0.932 (token states), 0.900 (pooled).
-        min_cosine: 0.85,
+        // Measured: cosine 0.994 (token states and pooled); 0.932 / 0.900 before the 90 %
+        // cost limit, when 14 MatMuls were factorized.
+        min_cosine: 0.98,
         min_top1: None,
     };
     let Some(w) = check(&case, |m| {
@@ -221,13 +222,13 @@ fn low_rank_95_minilm() {
         return;
     };
     let (f, c, _) = sizes(&w, false);
-    // Measured: 14 of 18 MatMuls factorized (ranks 156-299), 9.4 % fewer weight
-    // values, 69.1 → 67.3 MB. Every 2-D MatMul weight is either factorized (and the file shrinks) or kept
-    // because its rank at 95 % energy saves nothing.
+    // Measured: 4 of 18 MatMuls factorized (ranks 156-274), 20.9 % fewer of their values,
+    // 69.1 → 67.8 MB. Every 2-D MatMul weight is either factorized (and the file shrinks)
+    // or kept because its rank at 95 % energy keeps over 90 % of the multiply-adds.
     let considered = report.changed.len() + report.kept.len();
     assert!(considered >= 18, "{report}");
     for (n, _, why) in &report.kept {
-        assert!(why.contains("saves nothing"), "{n}: {why}");
+        assert!(why.contains("saves too little"), "{n}: {why}");
     }
     if report.changed.is_empty() {
         assert_eq!(c, f);

@@ -466,11 +466,12 @@ pub fn compress(float: &ModelProto, steps: &[Step], eval: Option<&Evaluator>) ->
     let mut grades = prefix(k);
     changed.truncate(k);
     // Graded back-off: each restored node, the least sensitive first, gets the strongest
-    // setting that still passes: as asked in one of several steps, or a milder one.
+    // setting that still passes: as asked (where it might: in one of several steps, or
+    // when it passed alone — bisection puts a prefix back, not each node), or a milder one.
     if passed {
-        for (node, _, sis, _) in changed.iter().rev() {
+        for (node, _, sis, alone) in changed.iter().rev() {
             for &si in sis {
-                let as_asked = (sis.len() > 1).then_some(None);
+                let as_asked = (sis.len() > 1 || eval.passes(*alone)).then_some(None);
                 let milder = (0..steps[si].milder.len()).map(|i| Some(Grade::Milder(i)));
                 for g in as_asked.into_iter().chain(milder) {
                     let mut trial = grades.clone();
@@ -500,8 +501,10 @@ pub fn compress(float: &ModelProto, steps: &[Step], eval: Option<&Evaluator>) ->
         None => Some("as asked".to_string()),
         Some(Grade::Keep) => None,
     };
+    // A node the graded pass put back as asked in every step was not backed off at all.
     let backed_off: Vec<BackedOff> = changed
         .iter()
+        .filter(|(node, _, sis, _)| sis.iter().any(|&si| grades[si].get(node).is_some()))
         .map(|(node, op, sis, alone)| BackedOff {
             node: node.clone(),
             op: op.clone(),

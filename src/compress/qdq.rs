@@ -525,12 +525,14 @@ fn plan_nodes(
         }
         let is_const = |x: &str| consts.proto(x).is_some();
         let weighted = matches!(n.op_type.as_str(), "Conv" | "MatMul" | "Gemm");
-        let weights_only = opts.overrides.get(&n.name) == Some(&StaticOverride::WeightsOnly);
-        if weights_only && !weighted {
+        // The milder settings are about a constant weight: a node without one has none.
+        let milder = opts.overrides.get(&n.name).copied();
+        let weights_only = milder == Some(StaticOverride::WeightsOnly);
+        if milder.is_some() && !weighted {
             report.kept.push((
                 n.name.clone(),
                 n.op_type.clone(),
-                "weights only: no constant weight".into(),
+                "no constant weight for a milder setting".into(),
             ));
             continue;
         }
@@ -556,11 +558,11 @@ fn plan_nodes(
                 continue;
             }
         };
-        if weights_only && weight.is_none() {
+        if milder.is_some() && weight.is_none() {
             report.kept.push((
                 n.name.clone(),
                 n.op_type.clone(),
-                "weights only: no constant weight".into(),
+                "no constant weight for a milder setting".into(),
             ));
             continue;
         }
