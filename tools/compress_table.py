@@ -152,6 +152,19 @@ def rel(cmd):
     return shlex.join(parts)
 
 
+def back_offs(stdout):
+    """The guard's back-offs, as 'N node(s) backed off (M to a milder setting)'."""
+    lines = [l.strip() for l in stdout.splitlines() if l.strip().startswith("backed off")]
+    # "backed off Conv 'x' (step: setting; step: kept as it was): …"
+    milder = 0
+    for l in lines:
+        grades = l.split(" (", 1)[1].split("):", 1)[0].split("; ") if " (" in l else []
+        if any(not g.endswith("kept as it was") for g in grades):
+            milder += 1
+    note = f"{len(lines)} node(s) backed off"
+    return note + (f" ({milder} to a milder setting)" if milder else "")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join(MODELS))
@@ -185,13 +198,12 @@ def main():
             if p.returncode != 0:
                 continue
             r = evaluate(id_, m, out, a.repeat)
-            backed = sum(1 for l in p.stdout.splitlines() if l.strip().startswith("backed off"))
             if best is None or r["gzip"] < best[1]["gzip"]:
-                best = (cmd, r, backed)
+                best = (cmd, r, back_offs(p.stdout))
         if best:
             cmd, r, backed = best
             results.append(dict(model=id_, row="best under the guard", cmd=rel(cmd), **r,
-                                note=f"{backed} node(s) backed off"))
+                                note=backed))
         if id_ in KNOWN_BAD:
             args = KNOWN_BAD[id_]
             out, p, _, cmd = compress(id_, m, "known-bad", args)
@@ -199,7 +211,6 @@ def main():
             results.append(dict(model=id_, row="known-bad: " + " ".join(args[1:]), cmd=rel(cmd), **r,
                                 note="unguarded"))
             out, p, _, cmd = compress(id_, m, "known-bad guarded", args, guarded=True)
-            backed = [l.strip() for l in p.stdout.splitlines() if l.strip().startswith("backed off")]
             if p.returncode != 0:
                 note = "guard refused: nothing written"
                 results.append(dict(model=id_, row="known-bad under the guard", cmd=rel(cmd),
@@ -210,7 +221,7 @@ def main():
                 if r["score"] < 1.0 - m["tol"] - 1e-9:
                     failures.append(f"{id_}: the guard let the known-bad recipe through ({r['score']})")
                 results.append(dict(model=id_, row="known-bad under the guard", cmd=rel(cmd), **r,
-                                    note=f"guard backed off {len(backed)} node(s)"))
+                                    note="guard " + back_offs(p.stdout)))
     saved = ROOT / "bench/results/compress.json"
     if a.merge and saved.exists():
         done = {r["model"] for r in results}

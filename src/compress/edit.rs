@@ -1,7 +1,9 @@
 //! Graph-editing helpers shared by the compression steps: fresh value names, the graph's
 //! constant weights (initializers and Constant nodes), node construction, attribute
-//! reads, and the clean-up of weights nothing reads any more.
+//! reads, the clean-up of weights nothing reads any more, and the plan-then-emit loop the
+//! node-by-node steps share.
 
+use super::StepReport;
 use crate::error::Result;
 use crate::onnx::proto::{GraphProto, ModelProto, NodeProto, TensorProto};
 use crate::onnx::tensor_from_proto;
@@ -194,4 +196,67 @@ mod tests {
         let names: Vec<_> = m.graph.unwrap().node.into_iter().map(|n| n.name).collect();
         assert_eq!(names, ["Relu_1", "Relu_2", "keep"]);
     }
+}
+
+/// What a step did with a node it planned to rewrite.
+pub enum Emitted {
+    /// Rewritten: its replacement is in the output.
+    Changed,
+    /// Left as it was (the node handed back), for this reason.
+    Kept(NodeProto, String),
+}
+
+/// Plans one node: Ok(None) for a node the step has nothing to do with, Err(reason) for a
+/// candidate it leaves alone.
+pub type PlanFn<'a, P> =
+    dyn FnMut(&Constants, &NodeProto) -> std::result::Result<Option<P>, String> + 'a;
+
+/// Emits the rewrite of a planned node into `out` (its nodes) and `inits` (new tensors).
+pub type EmitFn<'a, P> =
+    dyn FnMut(NodeProto, P, &mut Vec<NodeProto>, &mut Vec<TensorProto>) -> Result<Emitted> + 'a;
+
+/// The loop every node-by-node weight rewrite shares: in each graph, subgraphs first
+/// (each plans with the constants it can see), every node is planned against the graph
+/// as it was, then the planned ones are emitted in place; the report gets what changed
+/// and what was kept and why, and the constants nothing reads any more are dropped.
+pub fn rewrite_nodes<P>(
+    g: &mut GraphProto,
+    plan: &mut PlanFn<P>,
+    emit: &mut EmitFn<P>,
+    report: &mut StepReport,
+) -> Result<()> {
+    for n in &mut g.node {
+        for a in &mut n.attribute {
+            for sg in a.g.iter_mut().chain(a.graphs.iter_mut()) {
+                rewrite_nodes(sg, plan, emit, report)?;
+            }
+        }
+    }
+    let plans: Vec<_> = {
+        let consts = Constants::new(g);
+        g.node.iter().map(|n| plan(&consts, n)).collect()
+    };
+    let mut out = Vec::with_capacity(g.node.len());
+    let mut inits = Vec::new();
+    for (n, p) in std::mem::take(&mut g.node).into_iter().zip(plans) {
+        let (name, op) = (n.name.clone(), n.op_type.clone());
+        match p {
+            Ok(None) => out.push(n),
+            Err(why) => {
+                report.kept.push((name, op, why));
+                out.push(n);
+            }
+            Ok(Some(p)) => match emit(n, p, &mut out, &mut inits)? {
+                Emitted::Changed => report.changed.push((name, op)),
+                Emitted::Kept(n, why) => {
+                    report.kept.push((name, op, why));
+                    out.push(n);
+                }
+            },
+        }
+    }
+    g.node = out;
+    g.initializer.extend(inits);
+    drop_unused_constants(g);
+    Ok(())
 }

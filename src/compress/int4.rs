@@ -10,7 +10,7 @@
 //! byte the same way, each row padded to a whole byte ([N, ceil(blocks / 2)]); absent,
 //! they are 8. A weight is w = (code − zero point) · scale.
 
-use super::edit::{drop_unused_constants, Constants, Names};
+use super::edit::{rewrite_nodes, Constants, Emitted, Names};
 use super::StepReport;
 use crate::error::{Error, Result};
 use crate::onnx::encode::tensor_to_proto;
@@ -228,44 +228,23 @@ fn quantize_graph(
     report: &mut StepReport,
     stats: &mut Stats,
 ) -> Result<()> {
-    for n in &mut g.node {
-        for a in &mut n.attribute {
-            for sg in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-                quantize_graph(sg, opts, names, report, stats)?;
-            }
-        }
-    }
-    let plans: Vec<_> = {
-        let consts = Constants::new(g);
-        g.node.iter().map(|n| plan_node(&consts, n, opts)).collect()
-    };
-    let mut out = Vec::with_capacity(g.node.len());
-    let mut inits = Vec::new();
-    for (n, plan) in std::mem::take(&mut g.node).into_iter().zip(plans) {
-        match plan {
-            Ok(Some(w)) => {
-                let (k, nn) = (w.shape()[0], w.shape()[1]);
-                let bs = opts.overrides.get(&n.name).copied();
-                let bs = bs.unwrap_or(opts.block_size);
-                let q = pack_int4(&w.to_f32_vec()?, k, nn, bs, opts.symmetric)?;
-                stats.values += k * nn;
-                stats.float_bytes += 4 * k * nn;
-                stats.int4_bytes +=
-                    q.b.len() + 4 * q.scales.len() + q.zero_points.as_ref().map_or(0, Vec::len);
-                out.push(emit(&n, &q, names, &mut inits)?);
-                report.changed.push((n.name.clone(), n.op_type.clone()));
-            }
-            Ok(None) => out.push(n),
-            Err(why) => {
-                report.kept.push((n.name.clone(), n.op_type.clone(), why));
-                out.push(n);
-            }
-        }
-    }
-    g.node = out;
-    g.initializer.extend(inits);
-    drop_unused_constants(g);
-    Ok(())
+    rewrite_nodes(
+        g,
+        &mut |consts, n| plan_node(consts, n, opts),
+        &mut |n, w: Tensor, out, inits| {
+            let (k, nn) = (w.shape()[0], w.shape()[1]);
+            let bs = opts.overrides.get(&n.name).copied();
+            let bs = bs.unwrap_or(opts.block_size);
+            let q = pack_int4(&w.to_f32_vec()?, k, nn, bs, opts.symmetric)?;
+            stats.values += k * nn;
+            stats.float_bytes += 4 * k * nn;
+            stats.int4_bytes +=
+                q.b.len() + 4 * q.scales.len() + q.zero_points.as_ref().map_or(0, Vec::len);
+            out.push(emit(&n, &q, names, inits)?);
+            Ok(Emitted::Changed)
+        },
+        report,
+    )
 }
 
 /// The weight to quantize, Ok(None) for no candidate, Err(reason) to report it kept.

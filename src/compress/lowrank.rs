@@ -7,7 +7,7 @@
 //! 0.01–0.1 (docs/compression.md), so a factorization saving less than ~10 % is no
 //! faster. Elsewhere the node stays as it was.
 
-use super::edit::{attr_i, drop_unused_constants, node, Constants, Names};
+use super::edit::{attr_i, node, rewrite_nodes, Constants, Emitted, Names};
 use super::StepReport;
 use crate::error::{Error, Result};
 use crate::onnx::encode::tensor_to_proto;
@@ -242,53 +242,33 @@ fn factorize_graph(
     report: &mut StepReport,
     sizes: &mut (usize, usize),
 ) -> Result<()> {
-    for n in &mut g.node {
-        for a in &mut n.attribute {
-            for sg in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-                factorize_graph(sg, opts, names, report, sizes)?;
-            }
-        }
-    }
-    let plans: Vec<_> = {
-        let consts = Constants::new(g);
-        g.node.iter().map(|n| plan(&consts, n, opts)).collect()
-    };
-    let mut out = Vec::with_capacity(g.node.len());
-    let mut inits = Vec::new();
-    for (n, p) in std::mem::take(&mut g.node).into_iter().zip(plans) {
-        let why = match p {
-            Ok(None) => {
-                out.push(n);
-                continue;
-            }
-            Err(why) => why,
-            Ok(Some((w, shape))) => {
-                match rewrite(&n, &w, &shape, opts, names, &mut out, &mut inits) {
-                    Ok(Ok((r, energy, k, nn))) => {
-                        report.changed.push((n.name.clone(), n.op_type.clone()));
-                        report.notes.push(format!(
-                            "{} '{}': [{k}, {nn}] → rank {r} ({:.1} % energy), {} → {} values",
-                            n.op_type,
-                            n.name,
-                            energy * 100.0,
-                            k * nn,
-                            r * (k + nn)
-                        ));
-                        sizes.0 += k * nn;
-                        sizes.1 += r * (k + nn);
-                        continue;
-                    }
-                    Ok(Err(why)) => why,
-                    Err(e) => e.to_string(),
+    let mut notes = Vec::new();
+    rewrite_nodes(
+        g,
+        &mut |consts, n| plan(consts, n, opts),
+        &mut |n, (w, shape), out, inits| {
+            let why = match rewrite(&n, &w, &shape, opts, names, out, inits) {
+                Ok(Ok((r, energy, k, nn))) => {
+                    notes.push(format!(
+                        "{} '{}': [{k}, {nn}] → rank {r} ({:.1} % energy), {} → {} values",
+                        n.op_type,
+                        n.name,
+                        energy * 100.0,
+                        k * nn,
+                        r * (k + nn)
+                    ));
+                    sizes.0 += k * nn;
+                    sizes.1 += r * (k + nn);
+                    return Ok(Emitted::Changed);
                 }
-            }
-        };
-        report.kept.push((n.name.clone(), n.op_type.clone(), why));
-        out.push(n);
-    }
-    g.node = out;
-    g.initializer.extend(inits);
-    drop_unused_constants(g);
+                Ok(Err(why)) => why,
+                Err(e) => e.to_string(),
+            };
+            Ok(Emitted::Kept(n, why))
+        },
+        report,
+    )?;
+    report.notes.extend(notes);
     Ok(())
 }
 

@@ -11,7 +11,7 @@
 //!   Add of two activations, Concat, Reshape, a graph output…) is left whole, with the
 //!   reason in the report.
 
-use super::edit::{attr_i, drop_unused_constants, Constants, Names};
+use super::edit::{attr_i, drop_unused_constants, rewrite_nodes, Constants, Emitted, Names};
 use super::StepReport;
 use crate::error::{Error, Result};
 use crate::onnx::encode::tensor_to_proto;
@@ -135,56 +135,33 @@ fn unstructured_graph(
     report: &mut StepReport,
     tally: &mut (usize, usize),
 ) -> Result<()> {
-    for n in &mut g.node {
-        for a in &mut n.attribute {
-            for sg in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-                unstructured_graph(sg, opts, names, report, tally)?;
+    rewrite_nodes(
+        g,
+        &mut |consts, n| {
+            if is_candidate(n) {
+                weight_of(consts, n, opts)
+            } else {
+                Ok(None)
             }
-        }
-    }
-    let plans: Vec<_> = {
-        let consts = Constants::new(g);
-        g.node
-            .iter()
-            .map(|n| {
-                if is_candidate(n) {
-                    weight_of(&consts, n, opts)
-                } else {
-                    Ok(None)
-                }
-            })
-            .collect()
-    };
-    for (i, plan) in plans.into_iter().enumerate() {
-        let n = &g.node[i];
-        match plan {
-            Ok(Some(w)) => {
-                let mut v = w.to_f32_vec()?;
-                if v.iter().any(|x| !x.is_finite()) {
-                    report.kept.push((
-                        n.name.clone(),
-                        n.op_type.clone(),
-                        "weight holds inf or NaN".into(),
-                    ));
-                    continue;
-                }
-                zero_smallest(&mut v, opts.sparsity_of(n));
-                tally.0 += v.iter().filter(|x| **x == 0.0).count();
-                tally.1 += v.len();
-                // A new tensor for this node alone: another node may share the weight.
-                let name = names.fresh(&format!("{}_pruned", n.input[1]));
-                let t = Tensor::from_vec(w.shape().to_vec(), v)?;
-                g.initializer.push(tensor_to_proto(&name, &t)?);
-                let n = &mut g.node[i];
-                n.input[1] = name;
-                report.changed.push((n.name.clone(), n.op_type.clone()));
+        },
+        &mut |mut n, w, out, inits| {
+            let mut v = w.to_f32_vec()?;
+            if v.iter().any(|x| !x.is_finite()) {
+                return Ok(Emitted::Kept(n, "weight holds inf or NaN".into()));
             }
-            Ok(None) => {}
-            Err(why) => report.kept.push((n.name.clone(), n.op_type.clone(), why)),
-        }
-    }
-    drop_unused_constants(g);
-    Ok(())
+            zero_smallest(&mut v, opts.sparsity_of(&n));
+            tally.0 += v.iter().filter(|x| **x == 0.0).count();
+            tally.1 += v.len();
+            // A new tensor for this node alone: another node may share the weight.
+            let name = names.fresh(&format!("{}_pruned", n.input[1]));
+            let t = Tensor::from_vec(w.shape().to_vec(), v)?;
+            inits.push(tensor_to_proto(&name, &t)?);
+            n.input[1] = name;
+            out.push(n);
+            Ok(Emitted::Changed)
+        },
+        report,
+    )
 }
 
 /// Zeroes the `sparsity` fraction of `v` with the smallest magnitudes (exactly that many,

@@ -471,7 +471,11 @@ fn attrs_to_inputs(g: &mut GraphProto, names: &mut Names) -> Result<()> {
             .flatten();
         if let Some(at) = at {
             let a = n.attribute.remove(at);
-            let base = if n.name.is_empty() { &n.output[0] } else { &n.name };
+            let base = if n.name.is_empty() {
+                &n.output[0]
+            } else {
+                &n.name
+            };
             let value = names.fresh(&format!("{base}_{attr}"));
             let mut c = node("Constant", names.fresh(&value), &[], &[&value]);
             let t = Tensor::from_vec(vec![a.ints.len()], a.ints.clone())?;
@@ -1032,10 +1036,10 @@ mod tests {
         let mut new = at(13);
         let ng = new.graph.as_mut().unwrap();
         attrs_to_inputs(ng, &mut Names::of(&g)).unwrap();
-        assert!(ng
-            .node
+        assert!(ng.node.iter().all(|n| n
+            .attribute
             .iter()
-            .all(|n| n.attribute.iter().all(|a| a.name != "axes" && a.name != "split")));
+            .all(|a| a.name != "axes" && a.name != "split")));
         let x = Tensor::from_vec(vec![2, 6], (0..12).map(|i| i as f32).collect()).unwrap();
         let run = |m: &ModelProto| {
             crate::Model::load(&encode_model(m))

@@ -9,7 +9,7 @@
 //! channel of a Conv): per-tensor int8 wrecks models such as PP-OCR rec, where channel
 //! ranges differ by orders of magnitude.
 
-use super::edit::{attr_f, attr_i, default_opset, drop_unused_constants, node, Constants, Names};
+use super::edit::{attr_f, attr_i, default_opset, node, rewrite_nodes, Constants, Emitted, Names};
 use super::StepReport;
 use crate::error::{Error, Result};
 use crate::onnx::encode::tensor_to_proto;
@@ -186,53 +186,28 @@ fn quantize_graph(
     names: &mut Names,
     report: &mut StepReport,
 ) -> Result<()> {
-    // Subgraphs first: their own constants, their own new nodes.
-    for n in &mut g.node {
-        for a in &mut n.attribute {
-            for sg in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-                quantize_graph(sg, opts, names, report)?;
+    rewrite_nodes(
+        g,
+        &mut |consts, n| {
+            let candidate = n.domain.is_empty()
+                && matches!(n.op_type.as_str(), "MatMul" | "Gemm" | "Conv" | "Gather");
+            let excluded = opts.exclude.iter().any(|e| *e == n.name || *e == n.op_type);
+            if candidate {
+                plan_node(consts, n, opts, excluded)
+            } else {
+                Ok(None)
             }
-        }
-    }
-    let plans: Vec<_> = {
-        let consts = Constants::new(g);
-        g.node
-            .iter()
-            .map(|n| {
-                let candidate = n.domain.is_empty()
-                    && matches!(n.op_type.as_str(), "MatMul" | "Gemm" | "Conv" | "Gather");
-                let excluded = opts.exclude.iter().any(|e| *e == n.name || *e == n.op_type);
-                if candidate {
-                    plan_node(&consts, n, opts, excluded)
-                } else {
-                    Ok(None)
-                }
-            })
-            .collect()
-    };
-    let mut out_nodes = Vec::with_capacity(g.node.len());
-    let mut new_inits: Vec<TensorProto> = Vec::new();
-    for (n, plan) in std::mem::take(&mut g.node).into_iter().zip(plans) {
-        match plan {
-            Ok(Some(w)) => {
-                if n.op_type == "Gather" {
-                    emit_gather(&n, w, names, &mut out_nodes, &mut new_inits)?;
-                } else {
-                    emit(&n, w, opts, names, &mut out_nodes, &mut new_inits)?;
-                }
-                report.changed.push((n.name.clone(), n.op_type.clone()));
+        },
+        &mut |n, w, out, inits| {
+            if n.op_type == "Gather" {
+                emit_gather(&n, w, names, out, inits)?;
+            } else {
+                emit(&n, w, opts, names, out, inits)?;
             }
-            Ok(None) => out_nodes.push(n),
-            Err(why) => {
-                report.kept.push((n.name.clone(), n.op_type.clone(), why));
-                out_nodes.push(n);
-            }
-        }
-    }
-    g.node = out_nodes;
-    g.initializer.extend(new_inits);
-    drop_unused_constants(g);
-    Ok(())
+            Ok(Emitted::Changed)
+        },
+        report,
+    )
 }
 
 /// The weight to quantize, or Ok(None) for a node that is no candidate at all (its weight
