@@ -173,31 +173,6 @@ pub fn drop_unused_constants(g: &mut GraphProto) {
     });
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unnamed_nodes_get_unique_names_that_avoid_value_names() {
-        let mut g = GraphProto {
-            node: vec![
-                node("Relu", String::new(), &["x"], &["Relu"]),
-                node("Relu", String::new(), &["Relu"], &["y"]),
-                node("Relu", "keep".into(), &["y"], &["z"]),
-            ],
-            ..Default::default()
-        };
-        g.node[0].name.clear();
-        let mut m = ModelProto {
-            graph: Some(g),
-            ..Default::default()
-        };
-        name_nodes(&mut m);
-        let names: Vec<_> = m.graph.unwrap().node.into_iter().map(|n| n.name).collect();
-        assert_eq!(names, ["Relu_1", "Relu_2", "keep"]);
-    }
-}
-
 /// What a step did with a node it planned to rewrite.
 pub enum Emitted {
     /// Rewritten: its replacement is in the output.
@@ -259,4 +234,29 @@ pub fn rewrite_nodes<P>(
     g.initializer.extend(inits);
     drop_unused_constants(g);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unnamed_nodes_get_unique_names_that_avoid_value_names() {
+        let mut g = GraphProto {
+            node: vec![
+                node("Relu", String::new(), &["x"], &["Relu"]),
+                node("Relu", String::new(), &["Relu"], &["y"]),
+                node("Relu", "keep".into(), &["y"], &["z"]),
+            ],
+            ..Default::default()
+        };
+        g.node[0].name.clear();
+        let mut m = ModelProto {
+            graph: Some(g),
+            ..Default::default()
+        };
+        name_nodes(&mut m);
+        let names: Vec<_> = m.graph.unwrap().node.into_iter().map(|n| n.name).collect();
+        assert_eq!(names, ["Relu_1", "Relu_2", "keep"]);
+    }
 }
