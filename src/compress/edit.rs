@@ -5,7 +5,9 @@
 
 use super::StepReport;
 use crate::error::Result;
-use crate::onnx::proto::{GraphProto, ModelProto, NodeProto, TensorProto};
+use crate::onnx::proto::{
+    DimProto, GraphProto, ModelProto, NodeProto, TensorProto, TypeProto, ValueInfoProto,
+};
 use crate::onnx::tensor_from_proto;
 use crate::tensor::Tensor;
 use std::collections::{HashMap, HashSet};
@@ -171,6 +173,17 @@ pub fn drop_unused_constants(g: &mut GraphProto) {
             && n.domain.is_empty()
             && n.output.iter().all(|o| !used.contains(o)))
     });
+}
+
+/// A float32 graph input or output of fixed shape.
+pub fn f32_value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto::Tensor {
+            elem_type: crate::tensor::DType::F32.to_onnx(),
+            shape: Some(dims.iter().map(|&d| DimProto::Value(d)).collect()),
+        }),
+    }
 }
 
 /// What a step did with a node it planned to rewrite.

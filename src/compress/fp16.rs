@@ -243,18 +243,9 @@ fn cast(names: &mut Names, from: &str, to: &str) -> NodeProto {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compress::edit::f32_value_info as vi;
     use crate::onnx::encode::encode_model;
-    use crate::onnx::proto::{DimProto, OperatorSetId, TypeProto, ValueInfoProto};
-
-    fn vi(name: &str, dims: &[i64]) -> ValueInfoProto {
-        ValueInfoProto {
-            name: name.into(),
-            r#type: Some(TypeProto::Tensor {
-                elem_type: DType::F32.to_onnx(),
-                shape: Some(dims.iter().map(|&d| DimProto::Value(d)).collect()),
-            }),
-        }
-    }
+    use crate::onnx::proto::OperatorSetId;
 
     /// y = (x · W) + B, W an initializer, B a Constant node holding one huge value.
     fn model() -> ModelProto {

@@ -396,8 +396,9 @@ fn rewrite(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compress::edit::f32_value_info as vi;
     use crate::onnx::encode_model;
-    use crate::onnx::proto::{DimProto, OperatorSetId, TypeProto, ValueInfoProto};
+    use crate::onnx::proto::OperatorSetId;
     use crate::Model;
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -438,16 +439,6 @@ mod tests {
         let f1 = factorize(&w, k, n, Rank::Fixed(1)).unwrap();
         assert_eq!(f1.rank, 1);
         assert!(f1.energy < 1.0 && f1.energy > 0.0);
-    }
-
-    fn vi(name: &str, dims: &[i64]) -> ValueInfoProto {
-        ValueInfoProto {
-            name: name.into(),
-            r#type: Some(TypeProto::Tensor {
-                elem_type: 1,
-                shape: Some(dims.iter().map(|&d| DimProto::Value(d)).collect()),
-            }),
-        }
     }
 
     fn matmul_model(w: Vec<f32>, k: usize, n: usize) -> ModelProto {

@@ -735,26 +735,16 @@ fn remove_dead_folds(g: &mut GraphProto) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compress::edit::f32_value_info as vi;
     use crate::compress::edit::node;
     use crate::onnx::dims_to_shape;
-    use crate::onnx::proto::DimProto;
-    use crate::onnx::proto::{OperatorSetId, TypeProto, ValueInfoProto};
+    use crate::onnx::proto::OperatorSetId;
     use crate::onnx::{decode_model, encode_model};
     use crate::Model;
 
     fn shape_of(g: &GraphProto, name: &str) -> Option<Vec<usize>> {
         let t = g.initializer.iter().find(|t| t.name == name)?;
         dims_to_shape(&t.dims).ok()
-    }
-
-    fn vi(name: &str, dims: &[i64]) -> ValueInfoProto {
-        ValueInfoProto {
-            name: name.into(),
-            r#type: Some(TypeProto::Tensor {
-                elem_type: 1,
-                shape: Some(dims.iter().map(|&d| DimProto::Value(d)).collect()),
-            }),
-        }
     }
 
     /// Deterministic pseudo-random values in [-1, 1).

@@ -983,18 +983,9 @@ fn rewrite(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compress::edit::f32_value_info as vi;
     use crate::onnx::encode_model;
-    use crate::onnx::proto::{DimProto, OperatorSetId, TypeProto, ValueInfoProto};
-
-    fn vi(name: &str, dims: &[i64]) -> ValueInfoProto {
-        ValueInfoProto {
-            name: name.into(),
-            r#type: Some(TypeProto::Tensor {
-                elem_type: 1,
-                shape: Some(dims.iter().map(|&d| DimProto::Value(d)).collect()),
-            }),
-        }
-    }
+    use crate::onnx::proto::OperatorSetId;
 
     fn ints(name: &str, v: &[i64]) -> AttributeProto {
         AttributeProto {
