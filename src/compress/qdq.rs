@@ -137,10 +137,6 @@ pub fn quantize_static(
 ) -> Result<StepReport> {
     let mut report = StepReport::new("int8 static QDQ");
     let opset = default_opset(m);
-    let g = m
-        .graph
-        .as_ref()
-        .ok_or_else(|| Error::invalid_model("the model has no graph"))?;
     if opset < 10 {
         report.kept.push((
             String::new(),
@@ -149,6 +145,22 @@ pub fn quantize_static(
         ));
         return Ok(report);
     }
+    if opts.selects("Conv") {
+        let g = m
+            .graph
+            .as_mut()
+            .ok_or_else(|| Error::invalid_model("the model has no graph"))?;
+        let folded = fold_batch_norms(g, opts)?;
+        if folded > 0 {
+            report.notes.push(format!(
+                "{folded} BatchNormalization folded into the Conv before it (one QLinearConv each)"
+            ));
+        }
+    }
+    let g = m
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::invalid_model("the model has no graph"))?;
     // Every graph: the top level first, then each subgraph (its path of node and
     // attribute indices). Each is planned with the constants it can see.
     let mut paths = Vec::new();
@@ -448,6 +460,110 @@ fn opset_13_blocker(g: &GraphProto, ranks: &HashMap<String, usize>, opset: i64) 
         None
     }
     walk(g, true, ranks, opset)
+}
+
+/// Folds each inference-mode BatchNormalization that alone reads a Conv's output into that
+/// Conv: per output channel m, f = scale / √(var + ε), W'[m] = f·W[m], b' = f·(b − mean) + B.
+/// Otherwise the Conv's output pair would be dequantized for a float BatchNormalization and
+/// quantized again after it. Excluded (or guard-kept) Convs and BNs stay as they were.
+fn fold_batch_norms(g: &mut GraphProto, opts: &StaticOptions) -> Result<usize> {
+    let outputs: HashSet<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
+    let mut readers: HashMap<&str, usize> = HashMap::new();
+    for n in &g.node {
+        for x in n.input.iter().filter(|x| !x.is_empty()) {
+            *readers.entry(x.as_str()).or_default() += 1;
+        }
+    }
+    let captured = captured_names(g);
+    let producer: HashMap<&str, usize> = (g.node.iter().enumerate())
+        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
+        .collect();
+    let consts = Constants::new(g);
+    let f32_const = |x: &str| match consts.get(x) {
+        Some(Ok(t)) if t.dtype() == DType::F32 => t.to_f32_vec().ok().map(|v| (t, v)),
+        _ => None,
+    };
+    // (conv index, bn index, folded weight, folded bias)
+    let mut folds: Vec<(usize, usize, Tensor, Tensor)> = Vec::new();
+    for (bi, bn) in g.node.iter().enumerate() {
+        let plain = |n: &NodeProto| n.domain.is_empty() && !opts.float_reader(n);
+        if bn.op_type != "BatchNormalization"
+            || !plain(bn)
+            || bn.input.len() != 5
+            || attr_i(bn, "training_mode", 0) != 0
+            || bn.output.iter().skip(1).any(|o| !o.is_empty())
+        {
+            continue;
+        }
+        let x = bn.input[0].as_str();
+        let Some(&ci) = producer.get(x) else { continue };
+        let conv = &g.node[ci];
+        if conv.op_type != "Conv"
+            || !plain(conv)
+            || readers.get(x) != Some(&1)
+            || outputs.contains(x)
+            || captured.contains(x)
+            || conv.input.len() < 2
+        {
+            continue;
+        }
+        let Some((w, wv)) = f32_const(&conv.input[1]) else {
+            continue;
+        };
+        let m = w.shape()[0];
+        let params: Option<Vec<Vec<f32>>> = (1..5)
+            .map(|i| {
+                f32_const(&bn.input[i])
+                    .map(|(_, v)| v)
+                    .filter(|v| v.len() == m)
+            })
+            .collect();
+        let Some(p) = params else { continue };
+        let bias = match conv.input.get(2).filter(|b| !b.is_empty()) {
+            None => vec![0.0; m],
+            Some(b) => match f32_const(b) {
+                Some((_, v)) if v.len() == m => v,
+                _ => continue,
+            },
+        };
+        let eps = attr_f(bn, "epsilon", 1e-5);
+        let f: Vec<f32> = (0..m).map(|c| p[0][c] / (p[3][c] + eps).sqrt()).collect();
+        let per = wv.len() / m.max(1);
+        let w2: Vec<f32> = wv.iter().enumerate().map(|(i, v)| v * f[i / per]).collect();
+        let b2: Vec<f32> = (0..m)
+            .map(|c| f[c] * (bias[c] - p[2][c]) + p[1][c])
+            .collect();
+        folds.push((
+            ci,
+            bi,
+            Tensor::from_vec(w.shape().to_vec(), w2)?,
+            Tensor::vector(b2),
+        ));
+    }
+    let mut names = Names::of(g);
+    let mut drop = HashSet::new();
+    for (ci, bi, w, b) in &folds {
+        let base = g.node[*ci].name.clone();
+        let (wn, bn) = (
+            names.fresh(&format!("{base}_W_bn_folded")),
+            names.fresh(&format!("{base}_B_bn_folded")),
+        );
+        g.initializer.push(tensor_to_proto(&wn, w)?);
+        g.initializer.push(tensor_to_proto(&bn, b)?);
+        let y = g.node[*bi].output[0].clone();
+        let conv = &mut g.node[*ci];
+        conv.input.truncate(1);
+        conv.input.extend([wn, bn]);
+        conv.output[0] = y;
+        drop.insert(*bi);
+    }
+    let mut i = 0;
+    g.node.retain(|_| {
+        i += 1;
+        !drop.contains(&(i - 1))
+    });
+    drop_unused_constants(g);
+    Ok(folds.len())
 }
 
 /// Moves the attributes opset 13 made inputs (Squeeze, Unsqueeze and ReduceSum 'axes',
@@ -1041,5 +1157,79 @@ mod tests {
         let (a, b) = (run(&old), run(&new));
         assert_eq!(a, b);
         assert_eq!(b[0].1.to_f32_vec().unwrap(), [1.0, 13.0]);
+    }
+
+    #[test]
+    fn batch_norm_folds_into_the_conv_before_it() {
+        let t = |name: &str, shape: Vec<usize>, v: Vec<f32>| {
+            tensor_to_proto(name, &Tensor::from_vec(shape, v).unwrap()).unwrap()
+        };
+        let wave = |n: usize, k: f32| (0..n).map(|i| ((i as f32) * k).sin()).collect::<Vec<_>>();
+        let mut bn = node(
+            "BatchNormalization",
+            "bn".into(),
+            &["c", "s", "b", "mean", "var"],
+            &["y"],
+        );
+        bn.attribute.push(AttributeProto::float("epsilon", 1e-3));
+        let g = GraphProto {
+            node: vec![
+                node("Conv", "conv".into(), &["x", "w", "cb"], &["c"]),
+                bn,
+                node("Relu", "relu".into(), &["y"], &["z"]),
+            ],
+            initializer: vec![
+                t("w", vec![4, 2, 3, 3], wave(72, 0.37)),
+                t("cb", vec![4], vec![0.1, -0.2, 0.3, 0.0]),
+                t("s", vec![4], vec![1.5, 0.5, -1.0, 2.0]),
+                t("b", vec![4], vec![0.0, 0.1, 0.2, -0.3]),
+                t("mean", vec![4], vec![0.2, -0.1, 0.0, 0.4]),
+                t("var", vec![4], vec![1.0, 0.25, 4.0, 0.5]),
+            ],
+            input: vec![vi("x", &[1, 2, 5, 5])],
+            output: vec![vi("z", &[1, 4, 3, 3])],
+            ..Default::default()
+        };
+        let model = |g: GraphProto| ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetId {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(g),
+            ..Default::default()
+        };
+        let mut folded = g.clone();
+        assert_eq!(
+            fold_batch_norms(&mut folded, &StaticOptions::default()).unwrap(),
+            1
+        );
+        let ops: Vec<&str> = folded.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops, ["Conv", "Relu"]);
+        assert_eq!(folded.initializer.len(), 2, "the old weights are dropped");
+        let x = Tensor::from_vec(vec![1, 2, 5, 5], wave(50, 0.91)).unwrap();
+        let run = |g: GraphProto| {
+            crate::Model::load(&encode_model(&model(g)))
+                .unwrap()
+                .run(&[("x", x.clone())])
+                .unwrap()
+                .remove(0)
+                .1
+                .to_f32_vec()
+                .unwrap()
+        };
+        let (want, got) = (run(g.clone()), run(folded));
+        assert!(want.iter().any(|v| *v > 0.1));
+        for (a, b) in want.iter().zip(&got) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        // An excluded BatchNormalization stays.
+        let mut kept = g.clone();
+        let opts = StaticOptions {
+            exclude: vec!["bn".into()],
+            ..Default::default()
+        };
+        assert_eq!(fold_batch_norms(&mut kept, &opts).unwrap(), 0);
+        assert_eq!(kept, g);
     }
 }
