@@ -2,6 +2,7 @@
 //! from bytes once, then run it many times.
 
 pub mod io;
+pub mod stream;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 
