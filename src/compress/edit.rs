@@ -186,6 +186,19 @@ pub fn f32_value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
     }
 }
 
+/// A model around `g` importing the default domain at `opset` (IR 8).
+pub fn model_of(g: GraphProto, opset: i64) -> ModelProto {
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![crate::onnx::proto::OperatorSetId {
+            domain: String::new(),
+            version: opset,
+        }],
+        graph: Some(g),
+        ..Default::default()
+    }
+}
+
 /// What a step did with a node it planned to rewrite.
 pub enum Emitted {
     /// Rewritten: its replacement is in the output.

@@ -398,7 +398,6 @@ mod tests {
     use super::*;
     use crate::compress::edit::f32_value_info as vi;
     use crate::onnx::encode_model;
-    use crate::onnx::proto::OperatorSetId;
     use crate::Model;
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -451,15 +450,7 @@ mod tests {
             output: vec![vi("y", &[3, n as i64])],
             ..Default::default()
         };
-        ModelProto {
-            ir_version: 8,
-            opset_import: vec![OperatorSetId {
-                domain: String::new(),
-                version: 17,
-            }],
-            graph: Some(g),
-            ..Default::default()
-        }
+        crate::compress::edit::model_of(g, 17)
     }
 
     fn opts(rank: Rank) -> LowRankOptions {

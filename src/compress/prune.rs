@@ -738,7 +738,6 @@ mod tests {
     use crate::compress::edit::f32_value_info as vi;
     use crate::compress::edit::node;
     use crate::onnx::dims_to_shape;
-    use crate::onnx::proto::OperatorSetId;
     use crate::onnx::{decode_model, encode_model};
     use crate::Model;
 
@@ -761,15 +760,7 @@ mod tests {
     }
 
     fn model(g: GraphProto) -> ModelProto {
-        ModelProto {
-            ir_version: 8,
-            opset_import: vec![OperatorSetId {
-                domain: String::new(),
-                version: 17,
-            }],
-            graph: Some(g),
-            ..Default::default()
-        }
+        crate::compress::edit::model_of(g, 17)
     }
 
     fn run(m: &ModelProto, x: &Tensor) -> Tensor {

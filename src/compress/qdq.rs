@@ -1190,15 +1190,7 @@ mod tests {
             output: vec![vi("z", &[1, 4, 3, 3])],
             ..Default::default()
         };
-        let model = |g: GraphProto| ModelProto {
-            ir_version: 8,
-            opset_import: vec![OperatorSetId {
-                domain: String::new(),
-                version: 17,
-            }],
-            graph: Some(g),
-            ..Default::default()
-        };
+        let model = |g: GraphProto| crate::compress::edit::model_of(g, 17);
         let mut folded = g.clone();
         assert_eq!(
             fold_batch_norms(&mut folded, &StaticOptions::default()).unwrap(),
