@@ -96,6 +96,15 @@ pub struct IoInfo {
     pub optional: bool,
 }
 
+impl IoInfo {
+    /// The declared shape with every symbolic or unknown dim (a batch, a length) set to 1;
+    /// None when the rank is not declared.
+    pub fn shape_with_ones(&self) -> Option<Vec<usize>> {
+        let dims = self.fact.shape.as_ref()?;
+        Some(dims.iter().map(|d| d.known().unwrap_or(1)).collect())
+    }
+}
+
 /// Model-level facts for `info`.
 #[derive(Debug, Clone, Default)]
 pub struct ModelMeta {

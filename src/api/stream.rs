@@ -6,7 +6,6 @@
 
 use super::Model;
 use crate::error::{Error, Result};
-use crate::graph::shape::Dim;
 use crate::tensor::{DType, Tensor};
 use std::borrow::Borrow;
 
@@ -94,16 +93,8 @@ impl<M: Borrow<Model>> Stream<M> {
             }
             // Symbolic dims (the batch) are 1 in a stream.
             let shape = info
-                .fact
-                .shape
-                .as_ref()
-                .ok_or_else(|| Error::input(format!("state input '{i}' has no declared shape")))?
-                .iter()
-                .map(|d| match d {
-                    Dim::Known(n) => *n,
-                    _ => 1,
-                })
-                .collect();
+                .shape_with_ones()
+                .ok_or_else(|| Error::input(format!("state input '{i}' has no declared shape")))?;
             state.push(Tensor::zeros(info.fact.dtype.unwrap_or(DType::F32), shape)?);
         }
         for (n, _) in &spec.fixed {

@@ -671,18 +671,9 @@ pub fn random_inputs(model: &Model, seed: u64) -> Result<Vec<(String, Tensor)>> 
             .fact
             .dtype
             .ok_or_else(|| Error::input(format!("input '{name}' has no declared type")))?;
-        let dims = info
-            .fact
-            .shape
-            .as_ref()
+        let shape = info
+            .shape_with_ones()
             .ok_or_else(|| Error::input(format!("input '{name}' has no declared rank")))?;
-        let shape: Vec<usize> = dims
-            .iter()
-            .map(|d| match d {
-                Dim::Known(n) => *n,
-                _ => 1,
-            })
-            .collect();
         let n = crate::tensor::numel(&shape, dt)?;
         let mut v = crate::tensor::alloc_vec::<f64>(n)?;
         let (hi, float) = match dt {

@@ -23,6 +23,7 @@ use super::calibrate::{calibrate, Calibration};
 use super::edit::{attr_f, attr_i, default_opset, drop_unused_constants, node, Constants, Names};
 use super::StepReport;
 use crate::error::{Error, Result};
+use crate::graph::passes::fuse::fold_bn;
 use crate::onnx::encode::tensor_to_proto;
 use crate::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use crate::onnx::tensor_from_proto;
@@ -463,7 +464,7 @@ fn opset_13_blocker(g: &GraphProto, ranks: &HashMap<String, usize>, opset: i64) 
 }
 
 /// Folds each inference-mode BatchNormalization that alone reads a Conv's output into that
-/// Conv: per output channel m, f = scale / √(var + ε), W'[m] = f·W[m], b' = f·(b − mean) + B.
+/// Conv (the arithmetic is the load-time fusion's, `graph::passes::fuse::fold_bn`).
 /// Otherwise the Conv's output pair would be dequantized for a float BatchNormalization and
 /// quantized again after it. Excluded (or guard-kept) Convs and BNs stay as they were.
 fn fold_batch_norms(g: &mut GraphProto, opts: &StaticOptions) -> Result<usize> {
@@ -507,7 +508,7 @@ fn fold_batch_norms(g: &mut GraphProto, opts: &StaticOptions) -> Result<usize> {
         {
             continue;
         }
-        let Some((w, wv)) = f32_const(&conv.input[1]) else {
+        let Some((w, mut wv)) = f32_const(&conv.input[1]) else {
             continue;
         };
         let m = w.shape()[0];
@@ -527,16 +528,11 @@ fn fold_batch_norms(g: &mut GraphProto, opts: &StaticOptions) -> Result<usize> {
             },
         };
         let eps = attr_f(bn, "epsilon", 1e-5);
-        let f: Vec<f32> = (0..m).map(|c| p[0][c] / (p[3][c] + eps).sqrt()).collect();
-        let per = wv.len() / m.max(1);
-        let w2: Vec<f32> = wv.iter().enumerate().map(|(i, v)| v * f[i / per]).collect();
-        let b2: Vec<f32> = (0..m)
-            .map(|c| f[c] * (bias[c] - p[2][c]) + p[1][c])
-            .collect();
+        let b2 = fold_bn(&mut wv, &bias, &p[0], &p[1], &p[2], &p[3], eps);
         folds.push((
             ci,
             bi,
-            Tensor::from_vec(w.shape().to_vec(), w2)?,
+            Tensor::from_vec(w.shape().to_vec(), wv)?,
             Tensor::vector(b2),
         ));
     }

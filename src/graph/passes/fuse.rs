@@ -163,15 +163,8 @@ fn conv_bn(g: &mut Graph, uses: &Uses, i: usize) -> Option<usize> {
         }
         None => vec![0.0; m],
     };
-    let per = w.len() / m.max(1);
-    let s: Vec<f32> = (0..m).map(|c| scale[c] / (var[c] + eps).sqrt()).collect();
     let mut wv = w.as_slice::<f32>().ok()?.to_vec();
-    for (c, chunk) in wv.chunks_mut(per.max(1)).enumerate().take(m) {
-        chunk.iter_mut().for_each(|x| *x *= s[c]);
-    }
-    let bv: Vec<f32> = (0..m)
-        .map(|c| (bias[c] - mean[c]) * s[c] + shift[c])
-        .collect();
+    let bv = fold_bn(&mut wv, &bias, scale, shift, mean, var, eps);
     let w_shape = w.shape().to_vec();
     let base = g.nodes[i].name.clone();
     let w_new = new_const(
@@ -186,6 +179,30 @@ fn conv_bn(g: &mut Graph, uses: &Uses, i: usize) -> Option<usize> {
     node.inputs[2] = Some(b_new);
     take_output(g, i, j);
     Some(j)
+}
+
+/// Folds an inference BatchNormalization into the weight W [M, …] (scaled in place) and
+/// bias b [M] of the Conv before it, returning the new bias: per output channel c,
+/// f = scale / √(var + ε), W'[c] = f·W[c], b' = f·(b − mean) + shift. Shared with the
+/// static quantizer (`compress::qdq`), which folds before it places Q/DQ pairs.
+pub fn fold_bn(
+    w: &mut [f32],
+    bias: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f32,
+) -> Vec<f32> {
+    let m = bias.len();
+    let s: Vec<f32> = (0..m).map(|c| scale[c] / (var[c] + eps).sqrt()).collect();
+    let per = w.len() / m.max(1);
+    for (c, chunk) in w.chunks_mut(per.max(1)).enumerate().take(m) {
+        chunk.iter_mut().for_each(|x| *x *= s[c]);
+    }
+    (0..m)
+        .map(|c| (bias[c] - mean[c]) * s[c] + shift[c])
+        .collect()
 }
 
 fn matmul_add(g: &mut Graph, uses: &Uses, i: usize) -> Option<usize> {
