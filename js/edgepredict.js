@@ -134,6 +134,26 @@ function asTensor(name, v) {
   throw new EdgeError("InvalidInput", `input '${name}' must be a Tensor or {data, dims}`);
 }
 
+/** Typed arrays (or string arrays) of one dtype, end to end. */
+function concatData(parts) {
+  if (Array.isArray(parts[0])) return parts.flat();
+  const out = new parts[0].constructor(parts.reduce((a, p) => a + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** Hex SHA-256 of bytes (crypto.subtle). */
+export async function sha256Hex(bytes) {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  let hex = "";
+  for (const b of digest) hex += b.toString(16).padStart(2, "0");
+  return hex;
+}
+
 function bytesOf(source) {
   if (source instanceof Uint8Array) return source;
   if (source instanceof ArrayBuffer) return new Uint8Array(source);
@@ -141,15 +161,92 @@ function bytesOf(source) {
   return null;
 }
 
+/** A run's outputs (a wasm Outputs, freed here) as { name: Tensor }. */
+function outputsOf(out) {
+  try {
+    const result = {};
+    for (let i = 0; i < out.len(); i++) {
+      result[out.name(i)] = new Tensor(out.dtype(i), out.data(i), Array.from(out.shape(i)));
+    }
+    return result;
+  } catch (e) {
+    throw toEdgeError(e);
+  } finally {
+    out.free();
+  }
+}
+
+/**
+ * A live stream (Model.stream): the windowing and state of src/api/stream.rs, so a
+ * recording pushed in pieces and pushed whole give the same predictions. Calls run in the
+ * order made, one at a time.
+ */
+export class Stream {
+  #raw;
+  #queue = Promise.resolve();
+  constructor(rawStream) {
+    this.#raw = rawStream;
+  }
+  #call(fn) {
+    const run = this.#queue.then(() => {
+      if (!this.#raw) throw new EdgeError("Disposed", "this stream was disposed");
+      return fn(this.#raw);
+    });
+    this.#queue = run.catch(() => {});
+    return run;
+  }
+  static async #windows(promise) {
+    let arr;
+    try {
+      arr = await promise;
+    } catch (e) {
+      throw toEdgeError(e);
+    }
+    return Array.from(arr, outputsOf);
+  }
+  /** samples: Float32Array or numbers → Promise of the completed windows' outputs. */
+  push(samples) {
+    const data = samples instanceof Float32Array ? samples : Float32Array.from(samples ?? []);
+    return this.#call((r) => Stream.#windows(r.push(data)));
+  }
+  /** The partial window left, zero-padded (none when nothing is pending). */
+  finish() {
+    return this.#call((r) => Stream.#windows(r.finish()));
+  }
+  /** Back to the start: zero state and context, nothing pending. */
+  reset() {
+    return this.#call((r) => {
+      try {
+        r.reset();
+      } catch (e) {
+        throw toEdgeError(e);
+      }
+    });
+  }
+  /** Samples buffered toward the next window. */
+  get pending() {
+    return this.#raw?.pending() ?? 0;
+  }
+  dispose() {
+    const r = this.#raw;
+    this.#raw = null;
+    // After any call in flight.
+    this.#queue.then(() => r?.free());
+  }
+}
+
 /** A loaded model: load once, run many times. */
 export class Model {
   #raw;
   #desc;
   #plan = null;
+  #stackBlocked = null;
 
-  constructor(rawModel) {
+  #sha;
+  constructor(rawModel, sha) {
     this.#raw = rawModel;
     this.#desc = rawModel.describe();
+    this.#sha = sha;
   }
 
   /**
@@ -167,8 +264,11 @@ export class Model {
     }
     if (!bytes) throw new EdgeError("InvalidInput", "a model is bytes (Uint8Array, ArrayBuffer) or a URL");
     const { backend = "auto", optimize, memoryLimit } = options;
+    // digest() copies the bytes now; the hash is awaited only when asked for.
+    const sha = sha256Hex(bytes);
+    sha.catch(() => {});
     try {
-      return new Model(await raw.EdgeModel.create(bytes, { backend, optimize, memoryLimit }));
+      return new Model(await raw.EdgeModel.create(bytes, { backend, optimize, memoryLimit }), sha);
     } catch (e) {
       throw toEdgeError(e);
     }
@@ -224,17 +324,140 @@ export class Model {
     } finally {
       f.free();
     }
+    return outputsOf(out);
+  }
+
+  /**
+   * A stream: samples in (`push`), one prediction per completed window, with the model's
+   * state fed back between windows. options: { input, hop, context = 0, state, fixed }:
+   * each window is `context` samples of the one before (zeros at first) then `hop` new
+   * ones, given to `input`; `state` pairs [input, output] (found by name when left out:
+   * silero's state → stateN); `fixed` feeds that every window gets (silero: sr).
+   */
+  stream(options = {}) {
+    const m = this.#live();
+    for (const k of Object.keys(options)) {
+      // A misspelt option would otherwise be a silent default.
+      if (!["input", "hop", "context", "state", "fixed"].includes(k)) throw new EdgeError("InvalidInput", `unknown stream option '${k}'`);
+    }
+    const { input, hop, context = 0, state, fixed = {} } = options;
+    const f = new raw.Feeds();
     try {
-      const result = {};
-      for (let i = 0; i < out.len(); i++) {
-        result[out.name(i)] = new Tensor(out.dtype(i), out.data(i), Array.from(out.shape(i)));
+      for (const [name, v] of Object.entries(fixed)) {
+        const t = asTensor(name, v);
+        f.add(name, t.dtype, t.data, Uint32Array.from(t.dims));
       }
-      return result;
+      return new Stream(m.stream({ input, hop, context, ...(state ? { state } : {}) }, f));
     } catch (e) {
       throw toEdgeError(e);
     } finally {
-      out.free();
+      f.free();
     }
+  }
+
+  /** Hex SHA-256 of the model's bytes: what stored predictions are checked against. */
+  sha256() {
+    return this.#sha;
+  }
+
+  /** Why inputs cannot be stacked along a batch dim, or null when they can. */
+  get stackingBlocked() {
+    return this.#stackBlocked ?? this.#desc.noStacking ?? null;
+  }
+
+  /**
+   * Runs many inputs (an array of feeds) and resolves to their outputs, in order. Where the
+   * model has a batch dim, up to `batchSize` consecutive inputs with the same shapes are
+   * stacked into one run and split back; otherwise they run one by one. An input may leave
+   * the batch dim out. `signal` aborts between runs; `onProgress({ done, total })` follows
+   * each run. A failing input rejects the call with its `index` on the error.
+   */
+  async runBatch(inputs, { batchSize = 16, signal, onProgress } = {}) {
+    const list = Array.from(inputs ?? []);
+    const total = list.length;
+    const results = new Array(total);
+    const declared = new Map(this.#desc.inputs.map((i) => [i.name, i.dims?.length ?? null]));
+    const withBatchDim = (feeds) => {
+      const out = {};
+      for (const [name, v] of Object.entries(feeds ?? {})) {
+        const t = asTensor(name, v);
+        out[name] = declared.get(name) === t.dims.length + 1 ? new Tensor(t.dtype, t.data, [1, ...t.dims]) : t;
+      }
+      return out;
+    };
+    const key = (feeds) =>
+      JSON.stringify(Object.keys(feeds).sort().map((n) => [n, feeds[n].dtype, feeds[n].dims.slice(1)]));
+    const one = async (index) => {
+      try {
+        results[index] = await this.run(withBatchDim(list[index]));
+      } catch (e) {
+        const err = toEdgeError(e);
+        err.index = index;
+        throw err;
+      }
+    };
+    let done = 0;
+    for (let i = 0; i < total; ) {
+      if (signal?.aborted) throw new EdgeError("Aborted", "runBatch was aborted", { cause: signal.reason });
+      let end = i + 1;
+      let stacked = null;
+      if (!this.stackingBlocked && batchSize > 1) {
+        // A malformed input ends the group; run alone, it then reports itself.
+        const tryFeeds = (j) => {
+          try {
+            return withBatchDim(list[j]);
+          } catch {
+            return null;
+          }
+        };
+        const fed = [tryFeeds(i)];
+        const k = fed[0] && key(fed[0]);
+        while (k && end < total && end - i < batchSize) {
+          const next = tryFeeds(end);
+          if (!next || key(next) !== k) break;
+          fed.push(next);
+          end++;
+        }
+        if (fed.length > 1) stacked = await this.#runStacked(fed).catch(() => null);
+      }
+      if (stacked) stacked.forEach((r, j) => (results[i + j] = r));
+      else for (let j = i; j < end; j++) await one(j); // a bad input names itself
+      done = end;
+      i = end;
+      onProgress?.({ done, total });
+    }
+    return results;
+  }
+
+  /** One run over inputs concatenated along dim 0, split back per input; null when the
+   * outputs do not split (an output that mixes the batch). */
+  async #runStacked(fed) {
+    const rows = fed.map((f) => Object.values(f)[0]?.dims[0] ?? 0);
+    const totalRows = rows.reduce((a, b) => a + b, 0);
+    const feeds = {};
+    for (const name of Object.keys(fed[0])) {
+      const parts = fed.map((f) => f[name]);
+      feeds[name] = new Tensor(parts[0].dtype, concatData(parts.map((t) => t.data)), [
+        parts.reduce((a, t) => a + t.dims[0], 0),
+        ...parts[0].dims.slice(1),
+      ]);
+      if (feeds[name].dims[0] !== totalRows) return null; // inputs of one item disagree on rows
+    }
+    const out = await this.run(feeds);
+    if (Object.values(out).some((t) => t.dims[0] !== totalRows)) {
+      this.#stackBlocked = "a stacked run's outputs did not split back into its inputs";
+      return null;
+    }
+    const per = fed.map(() => ({}));
+    for (const [name, t] of Object.entries(out)) {
+      const row = totalRows ? t.data.length / totalRows : 0;
+      let at = 0;
+      rows.forEach((r, j) => {
+        per[j][name] = new Tensor(t.dtype, t.data.slice(at * row, (at + r) * row), [r, ...t.dims.slice(1)]);
+        at += r;
+      });
+    }
+    return per;
   }
 
   /** Frees the model's wasm and GPU memory; later calls throw EdgeError "Disposed". */

@@ -14,7 +14,9 @@
 //   DecompressionStream once complete, and the SHA-256 is over the DECOMPRESSED model, so
 //   the same hash checks `m.onnx` and `m.onnx.gz`. The cache stores the decompressed model.
 
-import { EdgeError } from "./edgepredict.js";
+import { EdgeError, sha256Hex } from "./edgepredict.js";
+
+export { sha256Hex };
 
 export const DEFAULT_CACHE_NAME = "edgepredict-models";
 const DEFAULT_RETRIES = 3;
@@ -23,14 +25,6 @@ const PARTIAL_MAX = 4;
 /// The error every failure here throws: the package's EdgeError.
 export function fetchError(code, message, extra) {
   return new EdgeError(code, message, extra);
-}
-
-/// Hex SHA-256 of bytes (crypto.subtle).
-export async function sha256Hex(bytes) {
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-  let hex = "";
-  for (const b of digest) hex += b.toString(16).padStart(2, "0");
-  return hex;
 }
 
 // url → { chunks: Uint8Array[], loaded, validator, total }: bytes of an interrupted

@@ -60,6 +60,8 @@ export class EdgeError extends Error {
   /** The node that failed, when one did. */
   readonly node: string | null;
   readonly op: string | null;
+  /** runBatch: the input that failed. */
+  readonly index?: number;
 }
 
 export class Tensor {
@@ -76,6 +78,10 @@ export type Feed = Tensor | { data: TensorData; dims: ArrayLike<number>; dtype?:
 import type { FetchModelOptions } from "./fetch.d.ts";
 export type { FetchProgress, FetchModelOptions, CacheStorageLike } from "./fetch.d.ts";
 export { fetchModel, sha256Hex, dropPartial, DEFAULT_CACHE_NAME } from "./fetch.d.ts";
+export {
+  MemoryStore, IndexedDBStore, KVStore, predictOrLookup, encodeRecord, decodeRecord,
+  PredictionRecord, PredictionStore, KVNamespaceLike, PredictOrLookupOptions,
+} from "./store.d.ts";
 // WorkerModel: browsers and Deno (not in the workerd build; in Node, load rejects).
 export { WorkerModel, WorkerLoadOptions } from "./worker-client.d.ts";
 
@@ -113,8 +119,54 @@ export interface ModelInfo {
   dispose(): void;
 }
 
+export interface RunBatchOptions {
+  /** Most inputs stacked into one run (default 16; 1: never stack). */
+  batchSize?: number;
+  /** Aborts between runs: the call rejects with EdgeError "Aborted". */
+  signal?: AbortSignal;
+  /** After each run; a throw ends the call with that error. */
+  onProgress?: (p: { done: number; total: number }) => void;
+}
+
 export interface Model extends ModelInfo {}
 export class Model {
   static load(source: Uint8Array | ArrayBuffer | string | URL | Response, options?: LoadOptions): Promise<Model>;
   run(feeds: Record<string, Feed>): Promise<Record<string, Tensor>>;
+  /**
+   * Many inputs, outputs in order: stacked along the batch dim where the model has one (an
+   * input may leave that dim out), one by one otherwise. A failing input rejects the call;
+   * the error's `index` names it.
+   */
+  runBatch(inputs: Iterable<Record<string, Feed>>, options?: RunBatchOptions): Promise<Record<string, Tensor>[]>;
+  /** Hex SHA-256 of the model's bytes (what stored predictions are checked against). */
+  sha256(): Promise<string>;
+  /** Why runBatch cannot stack this model's inputs, or null when it can. */
+  readonly stackingBlocked: string | null;
+  /** A stream over this model: samples in, a prediction per completed window, state fed back. */
+  stream(options: StreamOptions): Stream;
+}
+
+export interface StreamOptions {
+  /** The input each window goes to ([1, context + hop] or rank 1). */
+  input: string;
+  /** New samples per window. */
+  hop: number;
+  /** Samples of the window before put in front (zeros at the start); default 0. */
+  context?: number;
+  /** [input, output] pairs fed back; found by name when left out (x → xN, x_out, next_x, new_x, x_new). */
+  state?: [string, string][];
+  /** Inputs every window gets unchanged (silero: sr). */
+  fixed?: Record<string, Feed>;
+}
+
+/** A live stream (Model.stream). Calls run one at a time, in the order made. */
+export class Stream {
+  /** Resolves to the outputs (state left out) of each window the samples completed. */
+  push(samples: Float32Array | ArrayLike<number>): Promise<Record<string, Tensor>[]>;
+  /** The zero-padded partial window left, if any. */
+  finish(): Promise<Record<string, Tensor>[]>;
+  reset(): Promise<void>;
+  /** Samples buffered toward the next window. */
+  readonly pending: number;
+  dispose(): void;
 }

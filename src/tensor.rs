@@ -170,6 +170,13 @@ impl DType {
         }
     }
 
+    /// The dtype named as [`DType::name`] gives it ("float32", "int64"…).
+    pub fn from_name(name: &str) -> Option<DType> {
+        (0..=32)
+            .filter_map(|c| DType::from_onnx(c).ok())
+            .find(|d| d.name() == name)
+    }
+
     /// Bits per element in the ONNX serialization (4-bit types pack two per byte, 2-bit
     /// types four per byte); strings give 0.
     pub fn bit_width(self) -> usize {

@@ -52,7 +52,21 @@ drop_after_step target/wasm-pkg-simd target/wasm-pkg-relaxed
 step "JS: package API (Node), delivery layer, demo page, WebGPU (Chromium), Workers, Deno, Vite"
 node --test --test-concurrency=1 tests/js/
 node_modules/.bin/deno check tests/js/types_check.ts
-node_modules/.bin/deno test --allow-read --allow-env tests/js/webgpu_deno.test.ts
+# Deno 2.9.6 on lavapipe once aborted with "double free or corruption" in its own teardown,
+# after the test had passed (CI of stop 14; not reproduced in 24 local runs). A run that
+# reported every test passed and then died of a signal counts, and says so; any other
+# failure fails the step.
+deno_webgpu() {
+  local out rc=0
+  out=$(node_modules/.bin/deno test --allow-read --allow-env tests/js/webgpu_deno.test.ts 2>&1) || rc=$?
+  printf '%s\n' "$out"
+  if [ "$rc" -ge 128 ] && printf '%s' "$out" | sed 's/\x1b\[[0-9;]*m//g' | grep -qE '^ok \| [1-9][0-9]* passed \| 0 failed'; then
+    echo "NOTE: deno exited with status $rc (a signal) after every test passed: Deno's WebGPU teardown, not the test"
+    return 0
+  fi
+  return "$rc"
+}
+deno_webgpu
 
 step "fuzz smoke"
 tools/fuzz_smoke.sh "${FUZZ_SECONDS:-120}"

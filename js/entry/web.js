@@ -19,5 +19,6 @@ setWasmSource(async (build) => {
 });
 
 export * from "../edgepredict.js";
-export { fetchModel, sha256Hex, dropPartial, DEFAULT_CACHE_NAME } from "../fetch.js";
+export { MemoryStore, IndexedDBStore, KVStore, predictOrLookup, encodeRecord, decodeRecord } from "../store.js";
+export { fetchModel, dropPartial, DEFAULT_CACHE_NAME } from "../fetch.js";
 export { WorkerModel } from "../worker-client.js";

@@ -13,4 +13,5 @@ setWasmSource((build) => {
 });
 
 export * from "../edgepredict.js";
-export { fetchModel, sha256Hex, dropPartial, DEFAULT_CACHE_NAME } from "../fetch.js";
+export { MemoryStore, IndexedDBStore, KVStore, predictOrLookup, encodeRecord, decodeRecord } from "../store.js";
+export { fetchModel, dropPartial, DEFAULT_CACHE_NAME } from "../fetch.js";

@@ -204,6 +204,53 @@ pub fn json_str(s: &str) -> String {
     out
 }
 
+/// A tensor as JSON: `{"dtype":"float32","shape":[1,10],"data":[…]}`, data flat in C
+/// order. Floats print in their shortest round-trip form; NaN and infinities, which JSON
+/// lacks, print as null.
+pub fn tensor_json(t: &Tensor) -> Result<String> {
+    use std::fmt::Write;
+    let mut s = format!("{{\"dtype\":{},\"shape\":[", json_str(t.dtype().name()));
+    for (i, d) in t.shape().iter().enumerate() {
+        let _ = write!(s, "{}{d}", if i > 0 { "," } else { "" });
+    }
+    s.push_str("],\"data\":[");
+    fn floats<T: std::fmt::Debug + Copy>(s: &mut String, v: &[T], finite: impl Fn(T) -> bool) {
+        for (i, &x) in v.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            if finite(x) {
+                let _ = write!(s, "{x:?}");
+            } else {
+                s.push_str("null");
+            }
+        }
+    }
+    match t.data() {
+        Data::F64(v) => floats(&mut s, v, |x: f64| x.is_finite()),
+        Data::Str(v) => s.push_str(&v.iter().map(|x| json_str(x)).collect::<Vec<_>>().join(",")),
+        Data::Bool(v) => s.push_str(
+            &v.iter()
+                .map(|x| if *x { "true" } else { "false" })
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        Data::U64(v) => s.push_str(&v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")),
+        _ if t.dtype().is_float() || t.dtype().is_low_float() => {
+            floats(&mut s, &t.to_f32_vec()?, |x: f32| x.is_finite())
+        }
+        _ => s.push_str(
+            &t.to_i64_vec()?
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+    }
+    s.push_str("]}");
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +263,25 @@ mod tests {
         let s = Tensor::scalar(7i64);
         assert_eq!(read_npy(&write_npy(&s).unwrap()).unwrap(), s);
         assert!(read_npy(&b[..b.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn tensors_as_json() {
+        let t = Tensor::from_vec(vec![1, 3], vec![0.1f32, f32::NAN, -2.0]).unwrap();
+        assert_eq!(
+            tensor_json(&t).unwrap(),
+            r#"{"dtype":"float32","shape":[1,3],"data":[0.1,null,-2.0]}"#
+        );
+        let t = Tensor::from_vec(vec![2], vec![i64::MIN, 7]).unwrap();
+        assert_eq!(
+            tensor_json(&t).unwrap(),
+            format!(r#"{{"dtype":"int64","shape":[2],"data":[{},7]}}"#, i64::MIN)
+        );
+        let t = Tensor::from_vec(vec![], vec!["a\"b".to_string()]).unwrap();
+        assert_eq!(
+            tensor_json(&t).unwrap(),
+            r#"{"dtype":"string","shape":[],"data":["a\"b"]}"#
+        );
     }
 
     #[test]

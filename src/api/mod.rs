@@ -1,6 +1,7 @@
 //! The public API shared by native callers, the CLI and the wasm bindings: load a model
 //! from bytes once, then run it many times.
 
+pub mod batch;
 pub mod io;
 pub mod stream;
 #[cfg(target_arch = "wasm32")]

@@ -4,7 +4,7 @@
 //! each completed window yields one prediction. A whole recording goes through the very
 //! same code ([`predict_windows`]), so streamed and batch results are identical.
 
-use super::Model;
+use super::{Model, Named};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 use std::borrow::Borrow;
@@ -66,6 +66,8 @@ pub struct Stream<M: Borrow<Model>> {
     /// The state inputs' current values, in `spec.state` order.
     state: Vec<Tensor>,
     rank1: bool,
+    /// The context after the window in flight, committed by `absorb`.
+    next_context: Option<Vec<f32>>,
 }
 
 impl<M: Borrow<Model>> Stream<M> {
@@ -109,59 +111,77 @@ impl<M: Borrow<Model>> Stream<M> {
             pending: Vec::new(),
             state,
             rank1,
+            next_context: None,
         })
     }
 
     /// Appends samples and runs every window they complete, in order.
     pub fn push(&mut self, samples: &[f32]) -> Result<Vec<WindowOutputs>> {
-        self.pending.extend_from_slice(samples);
+        self.feed(samples);
         let mut out = Vec::new();
-        while self.pending.len() >= self.spec.hop {
-            let hop: Vec<f32> = self.pending.drain(..self.spec.hop).collect();
-            out.push(self.window(&hop)?);
+        while let Some(feeds) = self.next_window(false)? {
+            out.push(self.run(feeds)?);
         }
         Ok(out)
     }
 
     /// Runs the partial window left, padded with zeros; nothing when none is left.
     pub fn finish(&mut self) -> Result<Vec<WindowOutputs>> {
-        if self.pending.is_empty() {
-            return Ok(Vec::new());
+        match self.next_window(true)? {
+            Some(feeds) => Ok(vec![self.run(feeds)?]),
+            None => Ok(Vec::new()),
         }
-        let mut hop = std::mem::take(&mut self.pending);
-        hop.resize(self.spec.hop, 0.0);
-        Ok(vec![self.window(&hop)?])
     }
 
-    /// Back to the start: no context, zero state, nothing pending.
-    pub fn reset(&mut self) -> Result<()> {
-        self.pending.clear();
-        self.context.iter_mut().for_each(|v| *v = 0.0);
-        for s in &mut self.state {
-            *s = Tensor::zeros(s.dtype(), s.shape().to_vec())?;
-        }
-        Ok(())
+    fn run(&mut self, feeds: Named<Tensor>) -> Result<WindowOutputs> {
+        let refs: Vec<(&str, Tensor)> =
+            feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        let outs = self.model.borrow().run(&refs)?;
+        self.absorb(outs)
     }
 
-    fn window(&mut self, hop: &[f32]) -> Result<WindowOutputs> {
+    /// Buffers samples without running anything: for a caller that runs the windows
+    /// itself (asynchronously, as the wasm binding does), with [`Stream::next_window`]
+    /// and [`Stream::absorb`]. `push` and `finish` are these three in a loop.
+    pub fn feed(&mut self, samples: &[f32]) {
+        self.pending.extend_from_slice(samples);
+    }
+
+    /// The feeds of the next complete window (with `flush`, also of a last partial one,
+    /// zero-padded), or None. Its outputs must go to [`Stream::absorb`] before the next
+    /// window is taken, since they carry the state.
+    pub fn next_window(&mut self, flush: bool) -> Result<Option<Named<Tensor>>> {
+        let hop = if self.pending.len() >= self.spec.hop {
+            self.pending.drain(..self.spec.hop).collect::<Vec<f32>>()
+        } else if flush && !self.pending.is_empty() {
+            let mut hop = std::mem::take(&mut self.pending);
+            hop.resize(self.spec.hop, 0.0);
+            hop
+        } else {
+            return Ok(None);
+        };
         let mut x = Vec::with_capacity(self.context.len() + hop.len());
         x.extend_from_slice(&self.context);
-        x.extend_from_slice(hop);
+        x.extend_from_slice(&hop);
         let shape = if self.rank1 {
             vec![x.len()]
         } else {
             vec![1, x.len()]
         };
-        // The next window's context, kept only once this window has run.
-        let next_context = x[x.len() - self.context.len()..].to_vec();
-        let mut feeds: Vec<(&str, Tensor)> = vec![(&self.spec.input, Tensor::from_vec(shape, x)?)];
+        // The next window's context, kept only once this window has run (absorb).
+        self.next_context = Some(x[x.len() - self.context.len()..].to_vec());
+        let mut feeds: Named<Tensor> = vec![(self.spec.input.clone(), Tensor::from_vec(shape, x)?)];
         for ((i, _), t) in self.spec.state.iter().zip(&self.state) {
-            feeds.push((i, t.clone()));
+            feeds.push((i.clone(), t.clone()));
         }
         for (n, t) in &self.spec.fixed {
-            feeds.push((n, t.clone()));
+            feeds.push((n.clone(), t.clone()));
         }
-        let mut outs = self.model.borrow().run(&feeds)?;
+        Ok(Some(feeds))
+    }
+
+    /// Takes a window's outputs: keeps its state for the next window and returns the rest.
+    pub fn absorb(&mut self, mut outs: Named<Tensor>) -> Result<WindowOutputs> {
         for ((_, o), s) in self.spec.state.iter().zip(&mut self.state) {
             let at = outs
                 .iter()
@@ -169,8 +189,31 @@ impl<M: Borrow<Model>> Stream<M> {
                 .ok_or_else(|| Error::input(format!("no state output '{o}'")))?;
             *s = outs.remove(at).1;
         }
-        self.context = next_context;
+        if let Some(c) = self.next_context.take() {
+            self.context = c;
+        }
         Ok(outs)
+    }
+
+    /// Back to the start: no context, zero state, nothing pending.
+    pub fn reset(&mut self) -> Result<()> {
+        self.pending.clear();
+        self.next_context = None;
+        self.context.iter_mut().for_each(|v| *v = 0.0);
+        for s in &mut self.state {
+            *s = Tensor::zeros(s.dtype(), s.shape().to_vec())?;
+        }
+        Ok(())
+    }
+
+    /// The model the stream runs.
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// Samples buffered toward the next window.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
     }
 }
 

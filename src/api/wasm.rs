@@ -3,6 +3,7 @@
 //! `op`, so JS can branch on the kind. Nothing here panics; a failed call leaves the
 //! instance serving.
 
+use super::stream::{Stream, StreamSpec};
 use super::{Backend, IoInfo, LoadOptions, Model};
 use crate::error::Error;
 use crate::graph::shape::ValueKind;
@@ -15,6 +16,7 @@ use js_sys::{
     Int8Array, Uint16Array, Uint32Array, Uint8Array,
 };
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
@@ -231,6 +233,10 @@ impl EdgeModel {
             ir_version: meta.ir_version,
             opsets: meta.opsets.iter().cloned().collect(),
             props: meta.metadata.iter().cloned().collect(),
+            no_stacking: match super::batch::stacking(m) {
+                super::batch::Stacking::Batch(_) => None,
+                super::batch::Stacking::OneByOne(why) => Some(why),
+            },
         };
         to_js(&d)
     }
@@ -256,6 +262,27 @@ impl EdgeModel {
             gpu_nodes: b.gpu_nodes,
             nodes: b.nodes,
             placement: nodes,
+        })
+    }
+
+    /// A stream over this model (`api::stream`): options `{input, hop, context, state?}`
+    /// (`state`: [[input, output], …], found by name when left out) and the inputs that
+    /// stay the same for every window.
+    pub fn stream(&self, options: JsValue, fixed: &Feeds) -> Result<EdgeStream, EdgeError> {
+        let o: JsStreamOptions = serde_wasm_bindgen::from_value(options)
+            .map_err(|e| Error::input(format!("bad stream options: {e}")))?;
+        let spec = StreamSpec {
+            input: o.input,
+            hop: o.hop,
+            context: o.context,
+            state: o
+                .state
+                .unwrap_or_else(|| StreamSpec::detect_state(&self.model)),
+            fixed: fixed.inner.clone(),
+        };
+        Ok(EdgeStream {
+            stream: Rc::new(RefCell::new(Stream::new(self.model.clone(), spec)?)),
+            busy: Rc::new(std::cell::Cell::new(false)),
         })
     }
 
@@ -397,6 +424,9 @@ struct Description {
     ir_version: i64,
     opsets: BTreeMap<String, i64>,
     props: BTreeMap<String, String>,
+    /// Why inputs cannot be stacked along a batch dim (`runBatch` then runs them one by
+    /// one); None when they can.
+    no_stacking: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -566,4 +596,81 @@ fn tensor_to_js(t: &Tensor) -> Result<JsValue, Error> {
 #[wasm_bindgen]
 pub fn gemm_microbench(budget_ms: f64) -> String {
     crate::cpu::simd::bench::report(budget_ms)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsStreamOptions {
+    input: String,
+    hop: usize,
+    #[serde(default)]
+    context: usize,
+    state: Option<Vec<(String, String)>>,
+}
+
+/// A live stream: samples in (`push`, a Promise of one `Outputs` per completed window),
+/// state carried between windows. Windows run through `runAsync`, so a WebGPU model streams
+/// too. One call at a time: a push while another is running is refused.
+#[wasm_bindgen]
+pub struct EdgeStream {
+    stream: Rc<RefCell<Stream<Rc<Model>>>>,
+    busy: Rc<std::cell::Cell<bool>>,
+}
+
+#[wasm_bindgen]
+impl EdgeStream {
+    /// Appends samples; resolves to the windows they completed, in order.
+    pub fn push(&self, samples: Vec<f32>) -> js_sys::Promise {
+        self.drive(Some(samples), false)
+    }
+    /// Runs the zero-padded partial window left, if any.
+    pub fn finish(&self) -> js_sys::Promise {
+        self.drive(None, true)
+    }
+    /// Back to the start: zero state and context, nothing pending.
+    pub fn reset(&self) -> Result<(), EdgeError> {
+        if self.busy.get() {
+            return Err(Error::input("a stream call is still running: await it first").into());
+        }
+        Ok(self.stream.borrow_mut().reset()?)
+    }
+    /// Samples buffered toward the next window.
+    pub fn pending(&self) -> usize {
+        self.stream.borrow().pending()
+    }
+
+    fn drive(&self, samples: Option<Vec<f32>>, flush: bool) -> js_sys::Promise {
+        let (stream, busy) = (self.stream.clone(), self.busy.clone());
+        wasm_bindgen_futures::future_to_promise(async move {
+            if busy.replace(true) {
+                return Err(JsValue::from(EdgeError::from(Error::input(
+                    "a stream call is still running: await it first",
+                ))));
+            }
+            let r = async {
+                if let Some(s) = samples {
+                    stream.borrow_mut().feed(&s);
+                }
+                let out = Array::new();
+                loop {
+                    let feeds = stream.borrow_mut().next_window(flush)?;
+                    let Some(feeds) = feeds else { break };
+                    let model = stream.borrow().model().clone();
+                    let refs: Vec<(&str, Tensor)> =
+                        feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+                    let outs = model.run_async(&refs).await?;
+                    let window = stream.borrow_mut().absorb(outs)?;
+                    out.push(&JsValue::from(Outputs { inner: window }));
+                    if flush {
+                        break;
+                    }
+                }
+                Ok::<_, Error>(out)
+            }
+            .await;
+            busy.set(false);
+            r.map(JsValue::from)
+                .map_err(|e| JsValue::from(EdgeError::from(e)))
+        })
+    }
 }

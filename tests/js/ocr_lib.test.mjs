@@ -1,7 +1,10 @@
-// Unit tests of the demo's pure pre- and post-processing (www/lib/{ocr,vad,audio}.js) in
-// Node: no models, no browser.
+// Unit tests of the demo's pre- and post-processing (www/lib/{ocr,vad,audio}.js) in Node,
+// no browser; only the VAD stream test loads a model (silero, through the package).
 import test from "node:test";
 import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { root, readNpy } from "./support.mjs";
 import {
   detSize, detInput, lineWidth, recBatchWidth, lineBatch, dbBoxes, convexHull, minAreaRect, rectPoints,
   sortBoxes, scaleBoxes, rotateBox180, cropBox, cropTransform, recCharset, ctcDecode, ctcDecodeBatch,
@@ -249,31 +252,28 @@ test("padSegments splits a gap shorter than twice the pad", () => {
   assert.deepEqual(s, [{ start: 0.97, end: 2.02 }, { start: 2.02, end: 3.03 }]);
 });
 
-test("detectSpeech streams 576-sample inputs with the state and context carried", async () => {
-  // A stand-in model: probability = mean |x| of the new samples; the state counts steps.
-  const seen = [];
-  class T { constructor(dtype, data, dims) { Object.assign(this, { dtype, data, dims }); } }
-  const model = {
-    async run(f) {
-      seen.push({ input: f.input.data.slice(), dims: f.input.dims, state: f.state.data[0], sr: f.sr.data[0], srDims: f.sr.dims });
-      let s = 0;
-      for (let i = 64; i < 576; i++) s += Math.abs(f.input.data[i]);
-      const st = new Float32Array(256).fill(f.state.data[0] + 1);
-      return { output: new T("float32", Float32Array.of(s / 512), [1, 1]), stateN: new T("float32", st, [2, 1, 128]) };
-    },
-  };
-  const samples = new Float32Array(512 * 3 + 100);
-  for (let i = 0; i < samples.length; i++) samples[i] = i / samples.length;
-  const { probs } = await detectSpeech(new SileroVad(model, T), samples);
-  assert.equal(probs.length, 4);
-  assert.deepEqual(seen.map((s) => s.state), [0, 1, 2, 3]);
-  assert.deepEqual(seen[0].dims, [1, 576]);
-  assert.equal(seen[0].sr, 16000n);
-  assert.deepEqual(seen[0].srDims, []);
-  assert.ok(seen[0].input.slice(0, 64).every((v) => v === 0), "the first context is zeros");
-  assert.deepEqual(seen[1].input.slice(0, 64), samples.slice(512 - 64, 512), "context = previous chunk's tail");
-  assert.deepEqual(seen[1].input.slice(64), samples.slice(512, 1024));
-  assert.ok(seen[3].input.slice(64 + 100).every((v) => v === 0), "the last partial frame is zero-padded");
+test("detectSpeech streams silero through Model.stream: onnxruntime's per-chunk probabilities", async (t) => {
+  const file = path.join(root, ".cache/models/silero_vad.onnx");
+  const ref = path.join(root, ".cache/reference/silero_vad");
+  if (!fs.existsSync(file) || !fs.existsSync(path.join(ref, "clip.npy"))) {
+    if (process.env.EDGEPREDICT_REQUIRE_MODELS) throw new Error("silero_vad missing: run tools/setup.sh");
+    return t.skip("silero_vad not fetched");
+  }
+  const { Model, Tensor } = await import("edgepredict");
+  const model = await Model.load(fs.readFileSync(file), { backend: "cpu" });
+  const samples = Float32Array.from(readNpy(path.join(ref, "clip.npy")).data);
+  const want = readNpy(path.join(ref, "probs.npy")).data;
+  const vad = new SileroVad(model, Tensor);
+  const { probs, segments } = await detectSpeech(vad, samples);
+  assert.equal(probs.length, Math.ceil(samples.length / 512), "the last partial frame is zero-padded");
+  let worst = 0;
+  for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(probs[i] - want[i]));
+  assert.ok(worst < 1e-4, `max |ours - onnxruntime| ${worst}`);
+  assert.ok(segments.length > 0);
+  // Run again: detectSpeech resets the stream, so the same clip gives the same numbers.
+  assert.deepEqual((await detectSpeech(vad, samples)).probs, probs);
+  vad.dispose();
+  model.dispose();
 });
 
 // ---- audio --------------------------------------------------------------------------------

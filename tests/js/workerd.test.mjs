@@ -124,3 +124,75 @@ test("bad input gets a typed 4xx", async () => {
   const worker = workerdMemory(proc.pid).find((m) => m.role === "worker");
   console.log(`after the 10 MB bodies: workerd worker peak RSS ${(worker.peakKB / 1024).toFixed(1)} MiB`);
 });
+
+// Batch prediction at the edge (issue #7): POST /batch keeps the files in KV and queues
+// their keys; the Queue consumer (miniflare's Queues) runs them through Model.runBatch
+// and writes KV; GET /prediction/:key serves those, or predicts online when the batch has
+// not reached a key.
+const getJson = async (p) => {
+  const res = await fetch(base + p);
+  return { res, json: await res.json() };
+};
+const postJson = async (p, body) => {
+  const res = await fetch(base + p, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  return { res, json: await res.json() };
+};
+
+test("batch at the edge: POST /batch → queue consumer → KV → GET /prediction/:key", { timeout: 120_000 }, async () => {
+  const cfg = JSON.parse(fs.readFileSync(path.join(root, ".cache/models/magika_config.json"), "utf8"));
+  const files = ["tools/make_reference.py", "README.md", "Cargo.toml", "js/edgepredict.js", "src/lib.rs",
+    "package.json", ".cache/reference/magika/sample.png", "tools/setup.sh", "docs/architecture.md", "www/index.html",
+    "www/style.css", "tests/js/types_check.ts"]
+    .filter((f) => fs.statSync(path.join(root, f)).size >= cfg.min_file_size_for_dl);
+  assert.ok(files.length >= 10, `${files.length} files`);
+  const bytes = files.map((f) => fs.readFileSync(path.join(root, f)));
+  // Online labels (POST /predict) are what the batch must reproduce.
+  const online = [];
+  for (const b of bytes) online.push((await post(b)).json.label);
+  const run = `r${Date.now()}`;
+  const items = bytes.map((b, i) => ({ key: `${run}-${i}`, base64: b.toString("base64") }));
+  const { res, json } = await postJson("/batch", { items });
+  assert.equal(res.status, 202, JSON.stringify(json));
+  assert.deepEqual(json, { queued: files.length, stored: files.length });
+  // ?peek reads the store only: 404 until the consumer has written the key.
+  const deadline = Date.now() + 60_000;
+  const got = new Array(items.length);
+  while (got.includes(undefined)) {
+    assert.ok(Date.now() < deadline, `the queue consumer did not write every key: ${got.map((g) => !!g)}\n${log.slice(-3000)}`);
+    for (let i = 0; i < items.length; i++) {
+      if (got[i]) continue;
+      const r = await getJson(`/prediction/${items[i].key}?peek`);
+      if (r.res.status === 200) got[i] = r.json;
+      else assert.equal(r.json.error.code, "not_computed");
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  for (let i = 0; i < items.length; i++) {
+    assert.equal(got[i].source, "store");
+    assert.equal(got[i].label, online[i], `${files[i]}: batch ${got[i].label}, online ${online[i]}`);
+    // Without ?peek the stored prediction is served too.
+    const r = await getJson(`/prediction/${items[i].key}`);
+    assert.deepEqual([r.json.source, r.json.label, r.json.createdAt], ["store", online[i], got[i].createdAt]);
+  }
+  console.log(`batch: ${items.length} files through the queue, labels ${got.map((g) => g.label).join(" ")}`);
+
+  // Kept but not queued: the GET predicts online, stores, and the next GET reads the store.
+  const late = { key: `${run}-late`, base64: bytes[0].toString("base64") };
+  assert.equal((await postJson("/batch", { items: [late], enqueue: false })).res.status, 202);
+  assert.equal((await getJson(`/prediction/${late.key}?peek`)).res.status, 404);
+  const first = (await getJson(`/prediction/${late.key}`)).json;
+  assert.deepEqual([first.source, first.label], ["online", online[0]]);
+  const second = (await getJson(`/prediction/${late.key}`)).json;
+  assert.deepEqual([second.source, second.label, second.createdAt], ["store", online[0], first.createdAt]);
+
+  // Typed 4xx for what cannot be done.
+  assert.equal((await getJson(`/prediction/${run}-none`)).res.status, 404);
+  for (const [body, code] of [[{}, "bad_items"], [{ items: [{ key: "a b", base64: "" }] }, "bad_item"],
+    [{ items: [{ key: "tiny", base64: Buffer.from("hi").toString("base64") }] }, "small_file"]]) {
+    const r = await postJson("/batch", body);
+    assert.equal(r.res.status, 400);
+    assert.equal(r.json.error.code, code);
+  }
+  const bad = await fetch(base + "/batch", { method: "POST", body: "{" });
+  assert.equal(bad.status, 400);
+});

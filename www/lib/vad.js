@@ -2,8 +2,8 @@
 //
 // The model takes 512 new samples at 16 kHz plus the previous chunk's last 64 samples
 // ([1,576] "input"), the recurrent "state" [2,1,128] and "sr" (int64 scalar); it returns
-// the speech probability "output" [1,1] and the next state "stateN". SileroVad carries
-// both between chunks. The segment logic follows silero's get_speech_timestamps (written
+// the speech probability "output" [1,1] and the next state "stateN". SileroVad streams
+// through Model.stream, which carries both between chunks. The segment logic follows silero's get_speech_timestamps (written
 // anew here as a streaming state machine, so the live microphone and a file share it).
 // No import of the package: the caller hands in its Tensor class, so Node tests load this.
 
@@ -21,7 +21,9 @@ export const VAD_DEFAULTS = {
   sampleRate: SAMPLE_RATE,
 };
 
-/// One model, one stream. `step(frame)` takes exactly FRAME samples (Float32Array).
+/// One model, one stream: the package's Model.stream does the windowing (64 samples of
+/// context + 512 new) and feeds "stateN" back as "state", the same code that serves a
+/// whole recording in the Rust API. `step(frame)` takes exactly FRAME samples.
 export class SileroVad {
   constructor(model, Tensor) {
     this.model = model;
@@ -30,26 +32,25 @@ export class SileroVad {
   }
 
   reset() {
-    this.state = new Float32Array(2 * 1 * 128);
-    this.stateDims = [2, 1, 128];
-    this.context = new Float32Array(CONTEXT);
+    this.stream?.dispose();
+    this.stream = this.model.stream({
+      input: "input",
+      hop: FRAME,
+      context: CONTEXT,
+      state: [["state", "stateN"]],
+      fixed: { sr: new this.Tensor("int64", BigInt64Array.of(BigInt(SAMPLE_RATE)), []) },
+    });
   }
 
   async step(frame) {
     if (frame.length !== FRAME) throw new Error(`silero takes ${FRAME} samples a step, got ${frame.length}`);
-    const input = new Float32Array(CONTEXT + FRAME);
-    input.set(this.context, 0);
-    input.set(frame, CONTEXT);
-    const T = this.Tensor;
-    const out = await this.model.run({
-      input: new T("float32", input, [1, CONTEXT + FRAME]),
-      state: new T("float32", this.state, this.stateDims),
-      sr: new T("int64", BigInt64Array.of(BigInt(SAMPLE_RATE)), []),
-    });
-    this.state = out.stateN.data.slice(); // our own copy: the next run's input
-    this.stateDims = out.stateN.dims;
-    this.context = frame.slice(FRAME - CONTEXT);
-    return out.output.data[0];
+    const [window] = await this.stream.push(frame);
+    return window.output.data[0];
+  }
+
+  dispose() {
+    this.stream?.dispose();
+    this.stream = null;
   }
 }
 

@@ -67,7 +67,8 @@ export function mount(section, ctx) {
     section.dataset.state = "loading";
     controls(false);
     stopBtn.disabled = true;
-    vad = null; // ctx owns the model: it frees the previous backend's
+    vad?.dispose(); // the stream; ctx owns the model and frees the previous backend's
+    vad = null;
     const model = await ctx.loadModel(status, MODEL.url, { sha256: MODEL.sha256, label: MODEL.label });
     vad = new SileroVad(model, Tensor);
     controls(true);

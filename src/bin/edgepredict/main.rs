@@ -1,6 +1,10 @@
 //! The native CLI: `info` describes a model, `run` predicts on .npy/.pb inputs, `bench`
 //! times a model single-threaded on given or synthesized inputs, `evaluate` compares a
-//! compressed or distilled model with its reference.
+//! compressed or distilled model with its reference, `compress` makes a model smaller,
+//! `batch` precomputes predictions into a SQLite store.
+
+mod batch;
+mod store;
 
 use clap::{Args, Parser, Subcommand};
 use edgepredict::api::io::{json_str, read_npy, read_pb, write_npy};
@@ -90,6 +94,20 @@ enum Cmd {
     /// tolerance; it never writes a failing model unless --force is given. Prints what it
     /// kept and why.
     Compress(Box<CompressArgs>),
+    /// Batch prediction: runs the model over every input of a folder or JSONL file on all
+    /// cores, stacked along the model's batch dim where it has one, and keeps each
+    /// prediction in a SQLite store keyed by input id and the model's SHA-256. Re-running
+    /// skips what is stored and resumes after a crash; --shard splits a job across machines.
+    Batch(Box<batch::BatchArgs>),
+    /// Reads stored predictions back: one JSON line per id, `{"id", "outputs"}`, from the
+    /// rows of this very model (its SHA-256); ids without one are reported and fail.
+    Lookup {
+        model: PathBuf,
+        #[arg(long)]
+        store: PathBuf,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// Lists every supported operator.
     Ops,
     /// Predicts handwritten digits with the embedded default model (a scikit-learn MLP
@@ -101,9 +119,9 @@ enum Cmd {
     },
 }
 
-const DEMO_MODEL: &[u8] = include_bytes!("../../models/digits_mlp.onnx");
-const DEMO_X: &[u8] = include_bytes!("../../models/digits_test.npy");
-const DEMO_Y: &[u8] = include_bytes!("../../models/digits_test_labels.npy");
+const DEMO_MODEL: &[u8] = include_bytes!("../../../models/digits_mlp.onnx");
+const DEMO_X: &[u8] = include_bytes!("../../../models/digits_test.npy");
+const DEMO_Y: &[u8] = include_bytes!("../../../models/digits_test_labels.npy");
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -142,6 +160,12 @@ fn main() -> ExitCode {
             metric.as_deref().map(|m| (m, metric_output.as_deref())),
         ),
         Cmd::Compress(a) => compress(&a),
+        Cmd::Lookup { model, store, ids } => {
+            read(&model).and_then(|bytes| batch::lookup(&bytes, &store, &ids))
+        }
+        Cmd::Batch(a) => read(a.model())
+            .and_then(|bytes| Ok((load(&bytes)?, bytes)))
+            .and_then(|(model, bytes)| batch::batch(&a, &bytes, &model)),
         Cmd::Demo { show } => demo(show),
         Cmd::Ops => {
             for d in ops::all() {

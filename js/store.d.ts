@@ -1,0 +1,68 @@
+// Types of the prediction stores (js/store.js; docs/js-api.md).
+import type { Model, Tensor, Feed } from "./index.d.ts";
+
+/** What a store keeps per key: the outputs and the SHA-256 of the model that made them. */
+export interface PredictionRecord {
+  model: string;
+  /** Milliseconds since the epoch. */
+  createdAt: number;
+  outputs: Record<string, Tensor>;
+}
+
+export interface PredictionStore {
+  get(key: string): Promise<PredictionRecord | undefined>;
+  put(key: string, record: PredictionRecord): Promise<void>;
+  delete(key: string): Promise<void>;
+}
+
+/** In memory; `limit` keeps the newest N records. */
+export class MemoryStore implements PredictionStore {
+  constructor(options?: { limit?: number });
+  get(key: string): Promise<PredictionRecord | undefined>;
+  put(key: string, record: PredictionRecord): Promise<void>;
+  delete(key: string): Promise<void>;
+}
+
+/** The browser's IndexedDB (database `name`, object store "predictions"). */
+export class IndexedDBStore implements PredictionStore {
+  /** `indexedDB`: an IDBFactory (default globalThis.indexedDB). */
+  constructor(name?: string, options?: { indexedDB?: { open(name: string, version?: number): unknown } });
+  get(key: string): Promise<PredictionRecord | undefined>;
+  put(key: string, record: PredictionRecord): Promise<void>;
+  delete(key: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The subset of a Workers KV namespace binding that KVStore uses. */
+export interface KVNamespaceLike {
+  get(key: string, type: "arrayBuffer"): Promise<ArrayBuffer | null>;
+  put(key: string, value: ArrayBuffer | ArrayBufferView, options?: { expirationTtl?: number; metadata?: unknown }): Promise<void>;
+  delete(key: string): Promise<void>;
+}
+
+/** Cloudflare Workers KV: one binary value per key (encodeRecord). */
+export class KVStore implements PredictionStore {
+  constructor(namespace: KVNamespaceLike, options?: { expirationTtl?: number });
+  get(key: string): Promise<PredictionRecord | undefined>;
+  put(key: string, record: PredictionRecord): Promise<void>;
+  delete(key: string): Promise<void>;
+}
+
+export function encodeRecord(record: PredictionRecord): Uint8Array;
+export function decodeRecord(bytes: Uint8Array): PredictionRecord;
+
+export interface PredictOrLookupOptions {
+  /** Older records are predicted again (default: no limit). */
+  maxAgeMs?: number;
+  now?: () => number;
+  /** A store that fails does not fail the prediction; this hears of it. */
+  onStoreError?: (error: unknown) => void;
+}
+
+export function predictOrLookup(
+  model: Model,
+  store: PredictionStore,
+  key: string,
+  input: Record<string, Feed> | (() => Record<string, Feed> | Promise<Record<string, Feed>>),
+  options?: PredictOrLookupOptions,
+): Promise<{ outputs: Record<string, Tensor>; source: "store" | "online"; createdAt: number }>;
