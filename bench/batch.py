@@ -9,8 +9,9 @@ writes it to --out.
         [--threads N] [--batch-size 16] [--repeat 3] [--out bench/results/batch.md]
 
 onnxruntime's side reads each input file and stacks like ours but stores nothing, so the
-ratio is, if anything, in its favour. EDGEPREDICT_BIN overrides the CLI
-(default target/release/edgepredict).
+ratio is, if anything, in its favour. The CLI is EDGEPREDICT_BIN, else bench/run.sh's
+target/bench-native/release/edgepredict (-C target-cpu=native: onnxruntime picks AVX2 at
+run time, our kernels at build time), else target/release/edgepredict.
 """
 
 import argparse
@@ -121,7 +122,9 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results/batch.md"))
     a = ap.parse_args()
-    bin_ = os.environ.get("EDGEPREDICT_BIN", os.path.join(ROOT, "target/release/edgepredict"))
+    native = os.path.join(ROOT, "target/bench-native/release/edgepredict")
+    bin_ = os.environ.get("EDGEPREDICT_BIN") or (
+        native if os.path.exists(native) else os.path.join(ROOT, "target/release/edgepredict"))
     t, b = a.threads, a.batch_size
     rows = []
     for m in a.models.split(","):
@@ -144,7 +147,7 @@ def main():
         print(rows[-1], flush=True)
     head = (f"Batch vs online, predictions/s (best of {a.repeat}; {date.today()}, "
             f"{platform.machine()}, {os.cpu_count()} cores, {t} threads, batch size {b}; "
-            f"onnxruntime {ort.__version__})\n\n"
+            f"onnxruntime {ort.__version__}; ours: {os.path.relpath(bin_, ROOT)})\n\n"
             f"| model | inputs | ours: batch | ours: online loop | batch / loop | onnxruntime: batch "
             f"| ours / ort (batch) | onnxruntime: loop | ours / ort (loop) |\n"
             f"|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")

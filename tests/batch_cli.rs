@@ -3,6 +3,8 @@
 //! resumes without losing or duplicating a row, shards split a job, a changed model drops
 //! its predecessor's rows, and a bad input fails alone.
 
+mod support;
+
 use edgepredict::api::io::{read_npy, write_npy};
 use edgepredict::{Model, Tensor};
 use std::path::{Path, PathBuf};
@@ -11,25 +13,6 @@ use std::time::{Duration, Instant};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The paths under the repository root, or None (skip) when one is missing and CI does
-/// not require the models.
-fn require(paths: &[&str]) -> Option<Vec<PathBuf>> {
-    let full: Vec<PathBuf> = paths.iter().map(|p| root().join(p)).collect();
-    if let Some(missing) = full.iter().find(|p| !p.exists()) {
-        assert!(
-            std::env::var_os("EDGEPREDICT_REQUIRE_MODELS").is_none(),
-            "{} is missing and EDGEPREDICT_REQUIRE_MODELS is set: run tools/setup.sh",
-            missing.display()
-        );
-        eprintln!(
-            "SKIPPED: {} is absent (run tools/setup.sh)",
-            missing.display()
-        );
-        return None;
-    }
-    Some(full)
 }
 
 fn tmp(tag: &str) -> PathBuf {
@@ -79,8 +62,11 @@ fn ids(store: &Path) -> Vec<String> {
     v
 }
 
-/// `lookup`'s JSON lines, by id: output name → (shape, values).
-fn lookup(model: &Path, store: &Path, ids: &[String]) -> Vec<Vec<(String, Vec<usize>, Vec<f64>)>> {
+/// One stored prediction: (output name, shape, values) per output.
+type Stored = Vec<(String, Vec<usize>, Vec<f64>)>;
+
+/// `lookup`'s JSON lines, in the order of `ids`.
+fn lookup(model: &Path, store: &Path, ids: &[String]) -> Vec<Stored> {
     let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"lookup", &model, &"--store", &store];
     for id in ids {
         args.push(id);
@@ -164,10 +150,13 @@ fn set_feeds(dir: &Path) -> Vec<(String, Tensor)> {
 
 #[test]
 fn minilm_sets_stack_match_single_runs_and_rerun_skips() {
-    let Some(p) = require(&[
-        ".cache/models/minilm_l3.onnx",
-        ".cache/compress-data/minilm_l3/eval",
-    ]) else {
+    let Some(p) = support::require(
+        "minilm",
+        &[
+            ".cache/models/minilm_l3.onnx",
+            ".cache/compress-data/minilm_l3/eval",
+        ],
+    ) else {
         return;
     };
     let (model, data) = (&p[0], &p[1]);
@@ -202,7 +191,7 @@ fn minilm_sets_stack_match_single_runs_and_rerun_skips() {
 
 #[test]
 fn a_killed_job_resumes_without_losing_or_duplicating_rows() {
-    let Some(p) = require(&[".cache/models/ppocr_rec.onnx"]) else {
+    let Some(p) = support::require("ppocr_rec", &[".cache/models/ppocr_rec.onnx"]) else {
         return;
     };
     let model = &p[0];
@@ -299,11 +288,14 @@ fn a_killed_job_resumes_without_losing_or_duplicating_rows() {
 
 #[test]
 fn shards_split_a_job_and_a_changed_model_drops_old_rows() {
-    let Some(p) = require(&[
-        ".cache/models/ppocr_cls.onnx",
-        ".cache/models/int8/ppocr_cls_dyn.onnx",
-        ".cache/compress-data/ppocr_cls/eval",
-    ]) else {
+    let Some(p) = support::require(
+        "ppocr_cls",
+        &[
+            ".cache/models/ppocr_cls.onnx",
+            ".cache/models/int8/ppocr_cls_dyn.onnx",
+            ".cache/compress-data/ppocr_cls/eval",
+        ],
+    ) else {
         return;
     };
     let (float, int8, data) = (&p[0], &p[1], &p[2]);

@@ -4,30 +4,13 @@
 //! what the JS loader reads. This is the subset of the README's results table that CI
 //! runs; tools/compress_table.py makes the whole table.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The paths under the repository root, or None (skip) when one is missing and CI does
-/// not require the models.
-fn require(what: &str, paths: &[&str]) -> Option<Vec<PathBuf>> {
-    let full: Vec<PathBuf> = paths.iter().map(|p| root().join(p)).collect();
-    if let Some(missing) = full.iter().find(|p| !p.exists()) {
-        assert!(
-            std::env::var_os("EDGEPREDICT_REQUIRE_MODELS").is_none(),
-            "{what}: {} is missing and EDGEPREDICT_REQUIRE_MODELS is set: run tools/setup.sh",
-            missing.display()
-        );
-        eprintln!(
-            "SKIPPED {what}: {} is absent (run tools/setup.sh)",
-            missing.display()
-        );
-        return None;
-    }
-    Some(full)
 }
 
 /// A folder with the first `n` input sets of `dir` (keeps the guard's loop short here).
@@ -105,7 +88,7 @@ fn tmp(name: &str) -> PathBuf {
 /// only, or float) and the written model meets the tolerance.
 #[test]
 fn guard_rescues_per_tensor_ppocr_rec() {
-    let Some(p) = require(
+    let Some(p) = support::require(
         "guard on ppocr_rec",
         &[
             ".cache/models/ppocr_rec.onnx",
@@ -184,7 +167,7 @@ fn guard_rescues_per_tensor_ppocr_rec() {
 /// writes the model and still fails.
 #[test]
 fn guard_refuses_what_it_cannot_rescue_and_says_so() {
-    let Some(p) = require(
+    let Some(p) = support::require(
         "guard refusal",
         &[
             ".cache/models/ppocr_cls.onnx",
@@ -232,7 +215,7 @@ fn guard_refuses_what_it_cannot_rescue_and_says_so() {
 /// the model, gzipped.
 #[test]
 fn prune_quantize_pack_compose() {
-    let Some(p) = require(
+    let Some(p) = support::require(
         "prune + static + pack",
         &[
             ".cache/models/ppocr_cls.onnx",
@@ -289,7 +272,7 @@ fn prune_quantize_pack_compose() {
 /// what it writes meets the tolerance.
 #[test]
 fn guard_on_silero_quantize_everything() {
-    let Some(p) = require(
+    let Some(p) = support::require(
         "guard on silero",
         &[
             ".cache/models/silero_vad.onnx",
@@ -350,7 +333,8 @@ fn guard_on_silero_quantize_everything() {
 /// flags) instead of a folder: the model is written, quantized, and runs.
 #[test]
 fn static_int8_calibrated_from_a_spec() {
-    let Some(p) = require("calibration from a spec", &[".cache/models/ppocr_cls.onnx"]) else {
+    let Some(p) = support::require("calibration from a spec", &[".cache/models/ppocr_cls.onnx"])
+    else {
         return;
     };
     let model = p[0].to_str().unwrap();

@@ -1,6 +1,28 @@
 //! A tiny ONNX protobuf encoder for tests: builds models field by field, so tests can
-//! make malformed ones too.
+//! make malformed ones too. Also [`require`]: the fetched real models, or a skip.
 #![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// The paths under the repository root, or None (skip) when one is missing and CI does
+/// not require the models (tools/setup.sh fetches and makes them).
+pub fn require(what: &str, paths: &[&str]) -> Option<Vec<PathBuf>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let full: Vec<PathBuf> = paths.iter().map(|p| root.join(p)).collect();
+    if let Some(missing) = full.iter().find(|p| !p.exists()) {
+        assert!(
+            std::env::var_os("EDGEPREDICT_REQUIRE_MODELS").is_none(),
+            "{what}: {} is missing and EDGEPREDICT_REQUIRE_MODELS is set: run tools/setup.sh",
+            missing.display()
+        );
+        eprintln!(
+            "SKIPPED {what}: {} is absent (run tools/setup.sh)",
+            missing.display()
+        );
+        return None;
+    }
+    Some(full)
+}
 
 pub fn varint(mut v: u64, out: &mut Vec<u8>) {
     loop {
