@@ -1,5 +1,6 @@
 // Types of the prediction stores (js/store.js; docs/js-api.md).
 import type { Model, Tensor, Feed } from "./index.d.ts";
+import type { WorkerModel } from "./worker-client.d.ts";
 
 /** What a store keeps per key: the outputs and the SHA-256 of the model that made them. */
 export interface PredictionRecord {
@@ -60,7 +61,7 @@ export interface PredictOrLookupOptions {
 }
 
 export function predictOrLookup(
-  model: Model,
+  model: Model | WorkerModel,
   store: PredictionStore,
   key: string,
   input: Record<string, Feed> | (() => Record<string, Feed> | Promise<Record<string, Feed>>),

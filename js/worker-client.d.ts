@@ -1,5 +1,5 @@
 // Types of js/worker-client.js (Web Worker mode).
-import type { Feed, LoadOptions, ModelInfo, Tensor } from "./index.d.ts";
+import type { Feed, LoadOptions, ModelInfo, RunBatchOptions, Tensor } from "./index.d.ts";
 
 export interface WorkerLoadOptions extends LoadOptions {
   /** The worker script, instead of the bundled `new URL("./worker.js", import.meta.url)`. */
@@ -21,4 +21,13 @@ export class WorkerModel {
    * detached afterwards) unless `transfer: false`; the outputs' buffers are transferred back.
    */
   run(feeds: Record<string, Feed>, options?: { transfer?: boolean }): Promise<Record<string, Tensor>>;
+  /**
+   * Model.runBatch in the worker, the inputs sent over in slices of `batchSize` (copied,
+   * not transferred); `signal` and `onProgress` act between slices.
+   */
+  runBatch(inputs: Iterable<Record<string, Feed>>, options?: RunBatchOptions): Promise<Record<string, Tensor>[]>;
+  /** Why runBatch cannot stack this model's inputs, or null when it can. */
+  readonly stackingBlocked: string | null;
+  /** Hex SHA-256 of the model's bytes (predictOrLookup takes a WorkerModel too). */
+  sha256(): Promise<string>;
 }

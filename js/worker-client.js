@@ -11,7 +11,9 @@ function edgeError(code, message, extra) {
 }
 
 function fromPlain(err) {
-  return edgeError(err.code ?? "Runtime", err.message, { node: err.node ?? null, op: err.op ?? null });
+  const e = edgeError(err.code ?? "Runtime", err.message, { node: err.node ?? null, op: err.op ?? null });
+  if (err.index != null) e.index = err.index;
+  return e;
 }
 
 function aborted() {
@@ -49,6 +51,7 @@ export class WorkerModel {
   #pending = new Map(); // id → { resolve, reject, onProgress }
   #next = 1;
   #meta = {};
+  #sha256 = null;
   #disposed = false;
   #broken = null;
 
@@ -110,6 +113,7 @@ export class WorkerModel {
     try {
       const reply = await Promise.race([promise, abort]);
       this.#meta = reply.meta;
+      this.#sha256 = reply.sha256;
     } finally {
       signal?.removeEventListener("abort", onAbort);
     }
@@ -152,6 +156,9 @@ export class WorkerModel {
   get fallbackReason() { return this.#meta.fallbackReason; }
   get adapter() { return this.#meta.adapter; }
   get plan() { return this.#meta.plan; }
+  get stackingBlocked() { return this.#meta.stackingBlocked ?? null; }
+  /// Hex SHA-256 of the model's bytes (computed in the worker at load).
+  async sha256() { return this.#sha256; }
 
   /// Runs the model in the worker. Feeds as for Model.run; their buffers are transferred
   /// (the caller's typed arrays are detached afterwards) unless `{ transfer: false }`.
@@ -173,6 +180,36 @@ export class WorkerModel {
     const out = {};
     for (const [name, t] of Object.entries(reply.outputs)) out[name] = new Tensor(t.dtype, t.data, t.dims);
     return out;
+  }
+
+  /// Model.runBatch in the worker: the inputs go over in slices of `batchSize`, so `signal`
+  /// is checked and `onProgress` called between slices, as Model.runBatch does between runs.
+  /// Buffers are copied, not transferred (a batch is often kept by the caller).
+  async runBatch(inputs, { batchSize = 16, signal, onProgress } = {}) {
+    const list = Array.from(inputs ?? []);
+    const results = [];
+    for (let at = 0; at < list.length; at += Math.max(1, batchSize)) {
+      if (signal?.aborted) throw edgeError("Aborted", "runBatch was aborted");
+      const slice = list.slice(at, at + Math.max(1, batchSize)).map((f) => {
+        if (f == null || typeof f !== "object") throw Object.assign(edgeError("InvalidInput", "feeds must be an object of tensors"), { index: at });
+        return pack(f, true).out;
+      });
+      let reply;
+      try {
+        reply = await this.#request({ type: "runBatch", inputs: slice, batchSize }, []).promise;
+      } catch (e) {
+        if (e?.index !== undefined) e.index += at;
+        throw e;
+      }
+      this.#meta = reply.meta;
+      for (const r of reply.results) {
+        const out = {};
+        for (const [name, t] of Object.entries(r)) out[name] = new Tensor(t.dtype, t.data, t.dims);
+        results.push(out);
+      }
+      onProgress?.({ done: results.length, total: list.length });
+    }
+    return results;
   }
 
   /// Terminates the worker (freeing its wasm and GPU memory); later calls throw code "Disposed".

@@ -105,6 +105,18 @@ test("WorkerModel runs digits_mlp in a Web Worker like Model on the main thread"
     assert.ok(right / n > 0.9, `accuracy ${right}/${n}`);
     assert.deepEqual(r.again, r.worker, "a run after an error gives the same result");
 
+    // runBatch and the store through the worker.
+    const b = r.batch;
+    assert.deepEqual(b.batchWorker, b.batchMain, "runBatch in the worker = on this thread");
+    assert.equal(b.batchWorker.length, 10);
+    assert.deepEqual(b.progress, [4, 8, 10]);
+    assert.equal(b.batchErr.code, "InvalidInput");
+    assert.equal(b.batchErr.index, 5);
+    assert.equal(b.sha[0], crypto.createHash("sha256").update(fs.readFileSync(path.join(root, "models/digits_mlp.onnx"))).digest("hex"));
+    assert.equal(b.sha[1], b.sha[0]);
+    assert.deepEqual(b.sources, ["online", "store"]);
+    assert.equal(b.stackingBlocked, null);
+
     // Same metadata.
     assert.deepEqual(r.workerMeta, r.mainMeta);
     assert.equal(r.workerMeta.inputs[0].name, "X");
