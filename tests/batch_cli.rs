@@ -414,5 +414,33 @@ fn jsonl_inputs_and_a_bad_line_that_fails_alone() {
     }
     // The model's held-out accuracy, through the store.
     assert!(right * 100 >= rows.len() * 90, "{right}/{}", rows.len());
+    // A line that is not JSON stops the job before anything runs, and names the line.
+    let broken = dir.join("broken.jsonl");
+    std::fs::write(&broken, "{\"id\": 1, \"X\": [0]}\n{\"id\": 2, \"X\": [\n").unwrap();
+    let o = cli(&[
+        &"batch",
+        &model,
+        &"--inputs",
+        &broken,
+        &"--store",
+        &dir.join("b.sqlite"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("line 2"), "{err}");
+    // Duplicate ids would collide in the store: refused too.
+    std::fs::write(
+        &broken,
+        "{\"id\": 1, \"X\": [0]}\n{\"id\": 1, \"X\": [1]}\n",
+    )
+    .unwrap();
+    let o = cli(&[
+        &"batch",
+        &model,
+        &"--inputs",
+        &broken,
+        &"--store",
+        &dir.join("b.sqlite"),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("appears twice"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -15,6 +15,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
@@ -55,8 +56,9 @@ pub struct BatchArgs {
 enum Source {
     /// (input name, file) pairs.
     Files(Vec<(String, PathBuf)>),
-    /// One JSONL line, already parsed.
-    Json(Json),
+    /// One JSONL line: where it is in the file. Lines are read again by the worker that
+    /// runs them, so a job of millions of lines holds only ids and offsets.
+    Line(Arc<Path>, u64, usize),
 }
 
 struct Item {
@@ -355,32 +357,55 @@ fn list_dir(dir: &Path, model: &Model) -> Result<Vec<Item>, String> {
 fn list_jsonl(path: &Path) -> Result<Vec<Item>, String> {
     let f =
         std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let shared: Arc<Path> = Arc::from(path);
+    let mut reader = std::io::BufReader::new(f);
     let mut items = Vec::new();
-    for (k, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
+    let (mut offset, mut line, mut k) = (0u64, String::new(), 0usize);
+    loop {
+        line.clear();
+        let n = reader
+            .read_line(&mut line)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        k += 1;
+        let start = offset;
+        offset += n as u64;
         if line.trim().is_empty() {
             continue;
         }
-        let v: Json = serde_json::from_str(&line)
-            .map_err(|e| format!("{} line {}: {e}", path.display(), k + 1))?;
+        // Parsed here for the id only (and to reject a bad line before any work starts).
+        let v: Json =
+            serde_json::from_str(&line).map_err(|e| format!("{} line {k}: {e}", path.display()))?;
         let id = match v.get("id") {
             Some(Json::String(s)) => s.clone(),
             Some(Json::Number(n)) => n.to_string(),
-            None => (k + 1).to_string(),
+            None => k.to_string(),
             Some(other) => {
                 return Err(format!(
-                    "{} line {}: the id must be a string or a number, not {other}",
-                    path.display(),
-                    k + 1
+                    "{} line {k}: the id must be a string or a number, not {other}",
+                    path.display()
                 ))
             }
         };
         items.push(Item {
             id,
-            source: Source::Json(v),
+            source: Source::Line(shared.clone(), start, n),
         });
     }
     Ok(items)
+}
+
+fn read_line_at(path: &Path, offset: u64, len: usize) -> Result<Json, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut buf = vec![0u8; len];
+    f.seek(SeekFrom::Start(offset))
+        .and_then(|_| f.read_exact(&mut buf))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_slice(&buf).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn read_item(src: &Source, model: &Model) -> Result<Named<Tensor>, String> {
@@ -401,7 +426,8 @@ fn read_item(src: &Source, model: &Model) -> Result<Named<Tensor>, String> {
                 ))
             })
             .collect(),
-        Source::Json(v) => {
+        Source::Line(path, offset, len) => {
+            let v = read_line_at(path, *offset, *len)?;
             let obj = v.as_object().ok_or("a JSONL line must be an object")?;
             let fields: Vec<(&String, &Json)> = match obj.get("inputs") {
                 Some(Json::Object(m)) => m.iter().collect(),
