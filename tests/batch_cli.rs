@@ -414,33 +414,20 @@ fn jsonl_inputs_and_a_bad_line_that_fails_alone() {
     }
     // The model's held-out accuracy, through the store.
     assert!(right * 100 >= rows.len() * 90, "{right}/{}", rows.len());
-    // A line that is not JSON stops the job before anything runs, and names the line.
+    // Files refused before anything runs: a line that is not JSON (named by its number),
+    // and two lines with one id, which would collide in the store.
     let broken = dir.join("broken.jsonl");
-    std::fs::write(&broken, "{\"id\": 1, \"X\": [0]}\n{\"id\": 2, \"X\": [\n").unwrap();
-    let o = cli(&[
-        &"batch",
-        &model,
-        &"--inputs",
-        &broken,
-        &"--store",
-        &dir.join("b.sqlite"),
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("line 2"), "{err}");
-    // Duplicate ids would collide in the store: refused too.
-    std::fs::write(
-        &broken,
+    let refused = |text: &str, why: &str| {
+        std::fs::write(&broken, text).unwrap();
+        let store = dir.join("b.sqlite");
+        let o = cli(&[&"batch", &model, &"--inputs", &broken, &"--store", &store]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(why), "{err}");
+    };
+    refused("{\"id\": 1, \"X\": [0]}\n{\"id\": 2, \"X\": [\n", "line 2");
+    refused(
         "{\"id\": 1, \"X\": [0]}\n{\"id\": 1, \"X\": [1]}\n",
-    )
-    .unwrap();
-    let o = cli(&[
-        &"batch",
-        &model,
-        &"--inputs",
-        &broken,
-        &"--store",
-        &dir.join("b.sqlite"),
-    ]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("appears twice"));
+        "appears twice",
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
