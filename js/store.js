@@ -54,13 +54,14 @@ export class IndexedDBStore {
   async #tx(mode, fn) {
     const db = await this.#open();
     const tx = db.transaction("predictions", mode);
+    // Listened to before anything is awaited: a write counts once it is committed.
+    const done = new Promise((ok, fail) => {
+      tx.oncomplete = ok;
+      tx.onerror = tx.onabort = () => fail(tx.error);
+    });
     const result = await idbRequest(fn(tx.objectStore("predictions")));
-    if (mode === "readwrite") {
-      await new Promise((ok, fail) => {
-        tx.oncomplete = ok;
-        tx.onerror = tx.onabort = () => fail(tx.error);
-      });
-    }
+    if (mode === "readwrite") await done;
+    else done.catch(() => {});
     return result;
   }
   async get(key) {
