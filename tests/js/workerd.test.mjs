@@ -195,4 +195,7 @@ test("batch at the edge: POST /batch → queue consumer → KV → GET /predicti
   }
   const bad = await fetch(base + "/batch", { method: "POST", body: "{" });
   assert.equal(bad.status, 400);
+  const huge = await fetch(base + "/batch", { method: "POST", body: new Uint8Array(17 * 1024 * 1024) });
+  assert.equal(huge.status, 413);
+  assert.equal((await huge.json()).error.code, "payload_too_large");
 });
