@@ -79,8 +79,8 @@ import type { FetchModelOptions } from "./fetch.d.ts";
 export type { FetchProgress, FetchModelOptions, CacheStorageLike } from "./fetch.d.ts";
 export { fetchModel, sha256Hex, dropPartial, DEFAULT_CACHE_NAME } from "./fetch.d.ts";
 export {
-  MemoryStore, IndexedDBStore, KVStore, predictOrLookup, encodeRecord, decodeRecord,
-  PredictionRecord, PredictionStore, KVNamespaceLike, PredictOrLookupOptions,
+  MemoryStore, IndexedDBStore, KVStore, predictOrLookup, PredictionCache, encodeRecord, decodeRecord,
+  PredictionRecord, PredictionStore, KVNamespaceLike, PredictOrLookupOptions, StoredPrediction,
 } from "./store.d.ts";
 // WorkerModel: browsers and Deno (not in the workerd build; in Node, load rejects).
 export { WorkerModel, WorkerLoadOptions } from "./worker-client.d.ts";

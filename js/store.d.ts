@@ -66,4 +66,18 @@ export function predictOrLookup(
   key: string,
   input: Record<string, Feed> | (() => Record<string, Feed> | Promise<Record<string, Feed>>),
   options?: PredictOrLookupOptions,
-): Promise<{ outputs: Record<string, Tensor>; source: "store" | "online"; createdAt: number }>;
+): Promise<StoredPrediction>;
+
+export interface StoredPrediction {
+  outputs: Record<string, Tensor>;
+  source: "store" | "online";
+  createdAt: number;
+}
+
+/** A model and a store bound together. */
+export class PredictionCache {
+  constructor(model: Model | WorkerModel, store: PredictionStore, options?: PredictOrLookupOptions);
+  predictOrLookup(key: string, input: Record<string, Feed> | (() => Record<string, Feed> | Promise<Record<string, Feed>>)): Promise<StoredPrediction>;
+  /** The stored prediction only: undefined when none is fresh for this model. */
+  lookup(key: string): Promise<StoredPrediction | undefined>;
+}

@@ -182,6 +182,9 @@ export function decodeRecord(bytes) {
   return { model: header.model, createdAt: header.createdAt, outputs };
 }
 
+/** A record made by the model with this SHA-256, no older than maxAgeMs. */
+const isFresh = (record, sha, now, maxAgeMs) => !!record && record.model === sha && now - record.createdAt <= maxAgeMs;
+
 /**
  * A stored prediction for `key` when the store holds one from this very model (and no older
  * than `maxAgeMs`), else `model.run(input)` now, stored under `key` for next time. `input`
@@ -197,7 +200,7 @@ export async function predictOrLookup(model, store, key, input, { maxAgeMs = Inf
   } catch (e) {
     onStoreError?.(e);
   }
-  if (record && record.model === sha && now() - record.createdAt <= maxAgeMs) {
+  if (isFresh(record, sha, now(), maxAgeMs)) {
     return { outputs: record.outputs, source: "store", createdAt: record.createdAt };
   }
   // The input may come lazily (a function): fetched only when it must be predicted.
@@ -209,4 +212,30 @@ export async function predictOrLookup(model, store, key, input, { maxAgeMs = Inf
     onStoreError?.(e);
   }
   return { outputs, source: "online", createdAt };
+}
+
+/**
+ * A model and a store bound together: `predictOrLookup(key, input)` as above, and
+ * `lookup(key)`, the stored prediction only (undefined when there is none fresh for this
+ * model), for a caller that must not compute (a "peek").
+ */
+export class PredictionCache {
+  #model;
+  #store;
+  #options;
+  constructor(model, store, options = {}) {
+    this.#model = model;
+    this.#store = store;
+    this.#options = options;
+  }
+  predictOrLookup(key, input) {
+    return predictOrLookup(this.#model, this.#store, key, input, this.#options);
+  }
+  async lookup(key) {
+    const { maxAgeMs = Infinity, now = Date.now } = this.#options;
+    const record = await this.#store.get(key);
+    return isFresh(record, await this.#model.sha256(), now(), maxAgeMs)
+      ? { outputs: record.outputs, source: "store", createdAt: record.createdAt }
+      : undefined;
+  }
 }

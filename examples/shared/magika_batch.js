@@ -56,9 +56,10 @@ const feedsOf = (bytes, cfg) => {
 
 /**
  * Routes /batch and /prediction/:key; null for any other path. `kv`: the KV binding,
- * `queue`: the Queue producer binding, `store`: a KVStore over `kv`.
+ * `queue`: the Queue producer binding, `store`: a KVStore over `kv`; `PredictionCache` is
+ * the package's (this file does not import the package: each example resolves it).
  */
-export async function batchRoutes(request, { kv, queue, store, getModel, predictOrLookup, cfg }) {
+export async function batchRoutes(request, { kv, queue, store, getModel, PredictionCache, cfg }) {
   const url = new URL(request.url);
   const { pathname } = url;
   if (pathname === "/batch") {
@@ -106,15 +107,13 @@ export async function batchRoutes(request, { kv, queue, store, getModel, predict
   };
   try {
     const model = await getModel();
-    const sha = await model.sha256();
-    if (url.searchParams.has("peek")) {
-      const rec = await store.get(predictionKey(key));
-      if (rec?.model !== sha) return fail(404, "not_computed", `no prediction of this model for ${key} yet`);
-      const { label, score } = magikaLabel(Object.values(rec.outputs)[0].data, cfg);
-      return json({ key, label, score, source: "store", createdAt: rec.createdAt, model: sha.slice(0, 16) });
-    }
-    const got = await predictOrLookup(model, store, predictionKey(key), input);
+    const cache = new PredictionCache(model, store);
+    const got = url.searchParams.has("peek")
+      ? await cache.lookup(predictionKey(key))
+      : await cache.predictOrLookup(predictionKey(key), input);
+    if (!got) return fail(404, "not_computed", `no prediction of this model for ${key} yet`);
     const { label, score } = magikaLabel(Object.values(got.outputs)[0].data, cfg);
+    const sha = await model.sha256();
     return json({ key, label, score, source: got.source, createdAt: got.createdAt, model: sha.slice(0, 16) });
   } catch (e) {
     if (e.status === 404) return fail(404, "not_found", e.message);

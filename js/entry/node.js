@@ -6,7 +6,7 @@ setWasmSource((build) =>
   readFile(new URL(`../../dist/edgepredict_${build === "relaxed-simd" ? "relaxed" : "simd"}.wasm`, import.meta.url)));
 
 export * from "../edgepredict.js";
-export { MemoryStore, IndexedDBStore, KVStore, predictOrLookup, encodeRecord, decodeRecord } from "../store.js";
+export { MemoryStore, IndexedDBStore, KVStore, predictOrLookup, PredictionCache, encodeRecord, decodeRecord } from "../store.js";
 export { fetchModel, dropPartial, DEFAULT_CACHE_NAME } from "../fetch.js";
 // Node has no Web Workers: WorkerModel.load rejects with a Runtime EdgeError there.
 export { WorkerModel } from "../worker-client.js";

@@ -19,6 +19,6 @@ setWasmSource(async (build) => {
 });
 
 export * from "../edgepredict.js";
-export { MemoryStore, IndexedDBStore, KVStore, predictOrLookup, encodeRecord, decodeRecord } from "../store.js";
+export { MemoryStore, IndexedDBStore, KVStore, predictOrLookup, PredictionCache, encodeRecord, decodeRecord } from "../store.js";
 export { fetchModel, dropPartial, DEFAULT_CACHE_NAME } from "../fetch.js";
 export { WorkerModel } from "../worker-client.js";

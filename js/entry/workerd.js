@@ -13,5 +13,5 @@ setWasmSource((build) => {
 });
 
 export * from "../edgepredict.js";
-export { MemoryStore, IndexedDBStore, KVStore, predictOrLookup, encodeRecord, decodeRecord } from "../store.js";
+export { MemoryStore, IndexedDBStore, KVStore, predictOrLookup, PredictionCache, encodeRecord, decodeRecord } from "../store.js";
 export { fetchModel, dropPartial, DEFAULT_CACHE_NAME } from "../fetch.js";

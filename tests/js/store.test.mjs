@@ -8,7 +8,7 @@ import fs from "node:fs";
 import path from "node:path";
 import crypto from "node:crypto";
 import {
-  Model, Tensor, EdgeError, MemoryStore, KVStore, predictOrLookup, encodeRecord, decodeRecord,
+  Model, Tensor, EdgeError, MemoryStore, KVStore, predictOrLookup, PredictionCache, encodeRecord, decodeRecord,
 } from "edgepredict";
 import { root, readNpy, serve, launchChromium } from "./support.mjs";
 
@@ -84,6 +84,16 @@ test("predictOrLookup: online, then from the store; another model or an old reco
   await predictOrLookup(float, store, "k", digitsRow(1));
   assert.equal((await predictOrLookup(changed, store, "k", digitsRow(1))).source, "online");
   assert.equal((await store.get("k")).model, await changed.sha256());
+  // PredictionCache binds a model and a store; lookup never computes. The input may be lazy.
+  const cache = new PredictionCache(changed, new MemoryStore());
+  assert.equal(await cache.lookup("k"), undefined);
+  let asked = 0;
+  const lazy = () => (asked++, digitsRow(2));
+  assert.equal((await cache.predictOrLookup("k", lazy)).source, "online");
+  assert.equal((await cache.predictOrLookup("k", lazy)).source, "store");
+  assert.equal(asked, 1, "the lazy input is read only to predict");
+  assert.equal((await cache.lookup("k")).source, "store");
+  assert.equal(await new PredictionCache(float, store).lookup("k"), undefined, "another model's record is not fresh");
   // A store that fails to read and write does not fail the prediction.
   const errors = [];
   const broken = { get: async () => { throw new Error("down"); }, put: async () => { throw new Error("down"); } };

@@ -3,7 +3,7 @@
 // ahead in batches and served from KV (examples/shared/magika_batch.js).
 // The edgepredict package resolves to its `workerd` entry here: the wasm is a bundled
 // WebAssembly.Module, so nothing is compiled at run time (Workers forbid that).
-import { Model, KVStore, predictOrLookup, init, memoryBytes } from "edgepredict";
+import { Model, KVStore, PredictionCache, init, memoryBytes } from "edgepredict";
 // Data module (wrangler.toml rule): the model bytes are part of the deployed bundle.
 import modelBytes from "../../../.cache/models/magika.onnx";
 import cfg from "../../../.cache/models/magika_config.json";
@@ -34,7 +34,7 @@ const bindings = (env) => ({
   queue: env.BATCH_QUEUE,
   store: new KVStore(env.PREDICTIONS, { expirationTtl: 30 * 24 * 3600 }),
   getModel,
-  predictOrLookup,
+  PredictionCache,
   cfg,
 });
 
