@@ -8,6 +8,7 @@
 // What is stored is the model's output (a KVStore record keyed by the model's SHA-256); the
 // label is derived when served, so a new model invalidates every old prediction.
 import { magikaFeatures, magikaLabel, magikaSmallFile } from "../../www/lib/magika.js";
+import { readBounded } from "./magika_service.js";
 
 const MAX_ITEMS = 100;
 const MAX_FILE = 1024 * 1024;
@@ -20,27 +21,6 @@ const predictionKey = (key) => `pred:${key}`;
 const json = (body, status = 200) =>
   new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json" } });
 const fail = (status, code, message) => json({ error: { code, message } }, status);
-
-/** The body as text, refused past `limit` bytes (Content-Length, or counted as it streams). */
-async function boundedText(request, limit) {
-  if (Number(request.headers.get("content-length") ?? NaN) > limit) return null;
-  if (!request.body) return "";
-  const chunks = [];
-  let n = 0;
-  const reader = request.body.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    n += value.byteLength;
-    if (n > limit) {
-      // Drained before answering (see magika_service.js: wrangler dev's proxy).
-      while (!(await reader.read()).done);
-      return null;
-    }
-    chunks.push(value);
-  }
-  return new TextDecoder().decode(await new Blob(chunks).arrayBuffer());
-}
 
 function fromBase64(s) {
   const bin = atob(s);
@@ -64,11 +44,11 @@ export async function batchRoutes(request, { kv, queue, store, getModel, Predict
   const { pathname } = url;
   if (pathname === "/batch") {
     if (request.method !== "POST") return fail(405, "method_not_allowed", "use POST");
-    const text = await boundedText(request, MAX_BATCH_BODY);
-    if (text === null) return fail(413, "payload_too_large", `body over ${MAX_BATCH_BODY} bytes`);
+    const raw = await readBounded(request, MAX_BATCH_BODY);
+    if (!raw) return fail(413, "payload_too_large", `body over ${MAX_BATCH_BODY} bytes`);
     let body;
     try {
-      body = JSON.parse(text);
+      body = JSON.parse(new TextDecoder().decode(raw));
     } catch {
       return fail(400, "bad_json", "the body must be JSON: {items: [{key, base64}]}");
     }

@@ -18,12 +18,10 @@ class HttpError extends Error {
 const json = (body, status = 200, headers = {}) =>
   new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json", ...headers } });
 
-/// The body as bytes, refused past MAX_BODY (Content-Length may be absent or wrong on
-/// chunked uploads, so the stream is counted too).
-async function readBody(request) {
-  if (Number(request.headers.get("content-length") ?? NaN) > MAX_BODY) {
-    throw new HttpError(413, "payload_too_large", `body over ${MAX_BODY} bytes`);
-  }
+/// The body as bytes, or null past `limit` bytes (Content-Length may be absent or wrong on
+/// chunked uploads, so the stream is counted too). Also used by magika_batch.js.
+export async function readBounded(request, limit) {
+  if (Number(request.headers.get("content-length") ?? NaN) > limit) return null;
   if (!request.body) return new Uint8Array(0);
   const chunks = [];
   let n = 0;
@@ -32,15 +30,21 @@ async function readBody(request) {
     const { done, value } = await reader.read();
     if (done) break;
     n += value.byteLength;
-    if (n > MAX_BODY) {
+    if (n > limit) {
       // Drained before answering: wrangler dev's proxy loses workerd when a Worker answers
       // while the client still sends (examples/cloudflare-worker/README.md). Nothing is kept.
       while (!(await reader.read()).done);
-      throw new HttpError(413, "payload_too_large", `body over ${MAX_BODY} bytes`);
+      return null;
     }
     chunks.push(value);
   }
   return new Uint8Array(await new Blob(chunks).arrayBuffer());
+}
+
+async function readBody(request) {
+  const body = await readBounded(request, MAX_BODY);
+  if (!body) throw new HttpError(413, "payload_too_large", `body over ${MAX_BODY} bytes`);
+  return body;
 }
 
 /// The uploaded file: the raw body, or the "file" part (else the first file) of a form.
