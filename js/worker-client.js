@@ -16,6 +16,13 @@ function fromPlain(err) {
   return e;
 }
 
+/// Outputs as the worker sends them ({dtype, data, dims} per name) → Tensors.
+function tensorsOf(outputs) {
+  const out = {};
+  for (const [name, t] of Object.entries(outputs)) out[name] = new Tensor(t.dtype, t.data, t.dims);
+  return out;
+}
+
 function aborted() {
   return edgeError("Aborted", "model load aborted");
 }
@@ -177,9 +184,7 @@ export class WorkerModel {
     }
     const reply = await request.promise;
     this.#meta = reply.meta;
-    const out = {};
-    for (const [name, t] of Object.entries(reply.outputs)) out[name] = new Tensor(t.dtype, t.data, t.dims);
-    return out;
+    return tensorsOf(reply.outputs);
   }
 
   /// Model.runBatch in the worker: the inputs go over in slices of `batchSize`, so `signal`
@@ -202,11 +207,7 @@ export class WorkerModel {
         throw e;
       }
       this.#meta = reply.meta;
-      for (const r of reply.results) {
-        const out = {};
-        for (const [name, t] of Object.entries(r)) out[name] = new Tensor(t.dtype, t.data, t.dims);
-        results.push(out);
-      }
+      for (const r of reply.results) results.push(tensorsOf(r));
       onProgress?.({ done: results.length, total: list.length });
     }
     return results;

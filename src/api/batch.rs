@@ -95,58 +95,57 @@ impl<'m> BatchRunner<'m> {
 
     /// Runs every item and returns one result per item, in order. Consecutive items with
     /// the same shapes (apart from the batch dim) run as one stacked run; an item that
-    /// fails gets its own error, and the others still run.
-    pub fn run(&self, items: &[Named<Tensor>]) -> Vec<Result<Named<Tensor>>> {
-        let mut out = Vec::with_capacity(items.len());
-        let mut start = 0;
-        while start < items.len() {
-            let mut end = start + 1;
-            if self.stack_ok.load(Ordering::Relaxed) {
-                let key = signature(self.model, &items[start]);
-                while end < items.len()
-                    && key.is_some()
-                    && signature(self.model, &items[end]) == key
-                {
-                    end += 1;
+    /// fails gets its own error, and the others still run. Items are taken by value, so
+    /// no input is copied on its way to the model except into a stacked batch.
+    pub fn run(&self, items: Vec<Named<Tensor>>) -> Vec<Result<Named<Tensor>>> {
+        let mut fed = items.into_iter().map(|item| self.feeds(item)).peekable();
+        let mut out = Vec::new();
+        while let Some(first) = fed.next() {
+            let first = match first {
+                Ok(f) => f,
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            };
+            let mut group = vec![first];
+            while self.stack_ok.load(Ordering::Relaxed)
+                && fed
+                    .peek()
+                    .is_some_and(|f| f.as_ref().is_ok_and(|f| same_tail(f, &group[0])))
+            {
+                if let Some(Ok(f)) = fed.next() {
+                    group.push(f);
                 }
             }
-            out.extend(self.run_group(&items[start..end]));
-            start = end;
+            out.extend(self.run_group(group));
         }
         out
     }
 
-    fn run_group(&self, group: &[Named<Tensor>]) -> Vec<Result<Named<Tensor>>> {
+    fn run_group(&self, group: Vec<Named<Tensor>>) -> Vec<Result<Named<Tensor>>> {
         if group.len() > 1 {
-            if let Ok(outs) = self.run_stacked(group) {
+            if let Ok(outs) = self.run_stacked(&group) {
                 return outs.into_iter().map(Ok).collect();
             }
             // A failed stacked run is retried item by item, so a bad item names itself
             // and does not take the others down with it.
         }
-        group.iter().map(|item| self.run_one(item)).collect()
-    }
-
-    fn run_one(&self, item: &Named<Tensor>) -> Result<Named<Tensor>> {
-        let feeds = self.feeds(item)?;
-        let refs: Vec<(&str, Tensor)> =
-            feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-        self.model.run(&refs)
+        group
+            .into_iter()
+            .map(|feeds| self.model.run_owned(feeds))
+            .collect()
     }
 
     fn run_stacked(&self, group: &[Named<Tensor>]) -> Result<Vec<Named<Tensor>>> {
-        let fed: Vec<Named<Tensor>> = group
-            .iter()
-            .map(|item| self.feeds(item))
-            .collect::<Result<_>>()?;
-        let rows: Vec<usize> = fed.iter().map(|f| f[0].1.shape()[0]).collect();
+        let rows: Vec<usize> = group.iter().map(|f| f[0].1.shape()[0]).collect();
         let total: usize = rows.iter().sum();
-        let mut stacked: Vec<(&str, Tensor)> = Vec::new();
-        for (k, (name, _)) in fed[0].iter().enumerate() {
-            let parts: Vec<&Tensor> = fed.iter().map(|f| &f[k].1).collect();
-            stacked.push((name.as_str(), concat(&parts, 0)?));
+        let mut stacked: Named<Tensor> = Vec::new();
+        for (k, (name, _)) in group[0].iter().enumerate() {
+            let parts: Vec<&Tensor> = group.iter().map(|f| &f[k].1).collect();
+            stacked.push((name.clone(), concat(&parts, 0)?));
         }
-        let outs = self.model.run(&stacked)?;
+        let outs = self.model.run_owned(stacked)?;
         if outs.iter().any(|(_, t)| t.shape().first() != Some(&total)) {
             self.stack_ok.store(false, Ordering::Relaxed);
             return Err(Error::shape("outputs do not have the stacked batch length"));
@@ -162,29 +161,30 @@ impl<'m> BatchRunner<'m> {
 
     /// An item's tensors in the model's input order, each with the batch dim: an item may
     /// leave it out (rank one less than declared), and then it is one row.
-    fn feeds(&self, item: &Named<Tensor>) -> Result<Named<Tensor>> {
-        for (n, _) in item {
+    fn feeds(&self, mut item: Named<Tensor>) -> Result<Named<Tensor>> {
+        for (n, _) in &item {
             if !self.model.inputs().iter().any(|i| &i.name == n) {
                 return Err(Error::input(format!("the model has no input '{n}'")));
             }
         }
         let mut feeds = Vec::new();
         for info in self.model.inputs() {
-            let Some((_, t)) = item.iter().find(|(n, _)| *n == info.name) else {
+            let Some(at) = item.iter().position(|(n, _)| *n == info.name) else {
                 if info.optional {
                     continue;
                 }
                 return Err(Error::input(format!("missing input '{}'", info.name)));
             };
+            let (name, t) = item.swap_remove(at);
             let declared = info.fact.shape.as_ref().map(|s| s.len());
             let t = if declared == Some(t.rank() + 1) {
                 let mut shape = vec![1];
                 shape.extend_from_slice(t.shape());
-                t.clone().reshape(shape)?
+                t.reshape(shape)?
             } else {
-                t.clone()
+                t
             };
-            feeds.push((info.name.clone(), t));
+            feeds.push((name, t));
         }
         if matches!(self.stacking, Stacking::Batch(_)) {
             let rows: Vec<Option<usize>> = feeds
@@ -201,24 +201,13 @@ impl<'m> BatchRunner<'m> {
     }
 }
 
-/// What must match for two items to stack: per input, dtype and every dim but the first.
-fn signature(model: &Model, item: &Named<Tensor>) -> Option<Vec<(String, String, Vec<usize>)>> {
-    let mut sig = Vec::new();
-    for info in model.inputs() {
-        let (_, t) = item.iter().find(|(n, _)| *n == info.name)?;
-        let declared = info.fact.shape.as_ref().map(|s| s.len());
-        let tail = if declared == Some(t.rank() + 1) {
-            t.shape()
-        } else {
-            t.shape().get(1..)?
-        };
-        sig.push((
-            info.name.clone(),
-            t.dtype().name().to_string(),
-            tail.to_vec(),
-        ));
-    }
-    Some(sig)
+/// Whether two items' feeds (model input order, batch dim first) can stack: the same
+/// inputs, dtypes and every dim but the first.
+fn same_tail(a: &Named<Tensor>, b: &Named<Tensor>) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((n1, t1), (n2, t2))| {
+            n1 == n2 && t1.dtype() == t2.dtype() && t1.shape().get(1..) == t2.shape().get(1..)
+        })
 }
 
 #[cfg(test)]
@@ -262,10 +251,11 @@ mod tests {
         );
         let items = rows();
         let r = BatchRunner::new(&m);
-        let stacked = r.run(&items);
+        let stacked = r.run(items.clone());
         assert_eq!(stacked.len(), items.len());
         for (item, got) in items.iter().zip(stacked) {
-            let single = r.run_one(item).unwrap();
+            // A list of one is never stacked.
+            let single = r.run(vec![item.clone()]).remove(0).unwrap();
             let got = got.unwrap();
             assert_eq!(got.len(), single.len());
             for ((n1, a), (n2, b)) in got.iter().zip(&single) {
@@ -293,7 +283,7 @@ mod tests {
             "nope".into(),
             Tensor::from_vec(vec![1, 64], vec![0f32; 64]).unwrap(),
         )];
-        let out = BatchRunner::new(&m).run(&items);
+        let out = BatchRunner::new(&m).run(items);
         for (i, r) in out.iter().enumerate() {
             match i {
                 3 => assert!(r.is_err()),

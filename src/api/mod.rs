@@ -273,9 +273,22 @@ impl Model {
 
     /// Runs with tensors given by input name; returns (output name, tensor) in model order.
     pub fn run(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>> {
-        let vals: Vec<(&str, Value)> = inputs
+        self.run_owned(
+            inputs
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.clone()))
+                .collect(),
+        )
+    }
+
+    /// [`Model::run`] with the tensors given by value: nothing of the inputs is copied
+    /// (the batch runner's items and stacked batches, a stream's windows).
+    pub fn run_owned(&self, inputs: Named<Tensor>) -> Result<Named<Tensor>> {
+        let (names, tensors): (Vec<String>, Vec<Tensor>) = inputs.into_iter().unzip();
+        let vals: Vec<(&str, Value)> = names
             .iter()
-            .map(|(n, t)| (*n, Value::from(t.clone())))
+            .map(String::as_str)
+            .zip(tensors.into_iter().map(Value::from))
             .collect();
         let outs = self.run_values(vals)?;
         outs.into_iter()

@@ -134,9 +134,7 @@ impl<M: Borrow<Model>> Stream<M> {
     }
 
     fn run(&mut self, feeds: Named<Tensor>) -> Result<WindowOutputs> {
-        let refs: Vec<(&str, Tensor)> =
-            feeds.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-        let outs = self.model.borrow().run(&refs)?;
+        let outs = self.model.borrow().run_owned(feeds)?;
         self.absorb(outs)
     }
 

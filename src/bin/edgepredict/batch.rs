@@ -6,7 +6,7 @@
 use crate::store::{Row, Store};
 use clap::Args;
 use edgepredict::api::batch::{BatchRunner, Stacking};
-use edgepredict::api::io::{json_str, read_npy, read_pb, tensor_json};
+use edgepredict::api::io::{json_str, tensor_json};
 use edgepredict::api::Named;
 use edgepredict::{DType, Model, Tensor};
 use serde_json::Value as Json;
@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 pub struct BatchArgs {
     model: PathBuf,
     /// A folder (one .npy/.pb file per input for a one-input model, id = file name without
-    /// extension; or one subfolder per input holding NAME.npy/NAME.pb per model input, id =
-    /// folder name), or a .jsonl file: one JSON object per line, `{"id": …, "inputs":
+    /// extension; or one subfolder per input, id = folder name, in `evaluate --data`'s set
+    /// layouts: NAME.npy or input_NAME.npy per model input, or input_K.pb), or a .jsonl file: one JSON object per line, `{"id": …, "inputs":
     /// {NAME: TENSOR}}` where TENSOR is a nested array (dtype from the model) or
     /// `{"dtype", "shape", "data"}`; without "inputs" every key but "id" is an input, and
     /// without "id" the line number is.
@@ -54,8 +54,10 @@ pub struct BatchArgs {
 
 /// Where one input's tensors come from; read by the worker that runs it.
 enum Source {
-    /// (input name, file) pairs.
-    Files(Vec<(String, PathBuf)>),
+    /// The one required input's tensor, in a .npy/.pb file.
+    File(String, PathBuf),
+    /// A folder holding one input set (`read_set_dir`).
+    Set(PathBuf),
     /// One JSONL line: where it is in the file. Lines are read again by the worker that
     /// runs them, so a job of millions of lines holds only ids and offsets.
     Line(Arc<Path>, u64, usize),
@@ -259,7 +261,7 @@ fn run_chunk(runner: &BatchRunner, model: &Model, part: &[Item]) -> Vec<Row> {
             Err(e) => rows.push((it.id.clone(), Err(e))),
         }
     }
-    for (k, r) in at.into_iter().zip(runner.run(&loaded)) {
+    for (k, r) in at.into_iter().zip(runner.run(loaded)) {
         rows[k].1 = r.map_err(|e| e.to_string()).and_then(|o| outputs_json(&o));
     }
     rows
@@ -300,38 +302,24 @@ fn is_tensor_file(p: &Path) -> bool {
     matches!(p.extension().and_then(|e| e.to_str()), Some("npy" | "pb"))
 }
 
-fn stem(p: &Path) -> String {
-    p.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 fn list_dir(dir: &Path, model: &Model) -> Result<Vec<Item>, String> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
     let required: Vec<&str> = model
         .inputs()
         .iter()
         .filter(|i| !i.optional)
         .map(|i| i.name.as_str())
         .collect();
+    let name_of = |p: &Path, stem: bool| {
+        let n = if stem { p.file_stem() } else { p.file_name() };
+        n.map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     let mut items = Vec::new();
-    for p in entries {
+    for p in crate::sorted_entries(dir)? {
         if p.is_dir() {
-            let mut files = Vec::new();
-            for f in std::fs::read_dir(&p).map_err(|e| format!("{}: {e}", p.display()))? {
-                let f = f.map_err(|e| format!("{}: {e}", p.display()))?.path();
-                if is_tensor_file(&f) {
-                    files.push((stem(&f), f));
-                }
-            }
-            files.sort();
             items.push(Item {
-                id: p.file_name().unwrap_or_default().to_string_lossy().into(),
-                source: Source::Files(files),
+                id: name_of(&p, false),
+                source: Source::Set(p),
             });
         } else if is_tensor_file(&p) {
             let [input] = required[..] else {
@@ -343,8 +331,8 @@ fn list_dir(dir: &Path, model: &Model) -> Result<Vec<Item>, String> {
                 ));
             };
             items.push(Item {
-                id: stem(&p),
-                source: Source::Files(vec![(input.to_string(), p)]),
+                id: name_of(&p, true),
+                source: Source::File(input.to_string(), p),
             });
         }
     }
@@ -410,22 +398,8 @@ fn read_line_at(path: &Path, offset: u64, len: usize) -> Result<Json, String> {
 
 fn read_item(src: &Source, model: &Model) -> Result<Named<Tensor>, String> {
     match src {
-        Source::Files(files) => files
-            .iter()
-            .map(|(name, p)| {
-                let bytes =
-                    std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-                let t = if p.extension().is_some_and(|e| e == "pb") {
-                    read_pb(&bytes)
-                } else {
-                    read_npy(&bytes)
-                };
-                Ok((
-                    name.clone(),
-                    t.map_err(|e| format!("{}: {e}", p.display()))?,
-                ))
-            })
-            .collect(),
+        Source::File(input, p) => Ok(vec![(input.clone(), crate::read_tensor_file(p)?)]),
+        Source::Set(dir) => crate::read_set_dir(dir, model),
         Source::Line(path, offset, len) => {
             let v = read_line_at(path, *offset, *len)?;
             let obj = v.as_object().ok_or("a JSONL line must be an object")?;

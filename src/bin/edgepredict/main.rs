@@ -321,14 +321,18 @@ fn load_input(spec: &str) -> Result<(String, Tensor), String> {
     let (name, file) = spec
         .split_once('=')
         .ok_or_else(|| format!("--input '{spec}' is not NAME=FILE"))?;
-    let bytes = read(Path::new(file))?;
-    let t = if file.ends_with(".npy") {
+    Ok((name.to_string(), read_tensor_file(Path::new(file))?))
+}
+
+/// A tensor from a `.npy` file, or from a TensorProto `.pb` (any other name).
+fn read_tensor_file(path: &Path) -> Result<Tensor, String> {
+    let bytes = read(path)?;
+    if path.extension().is_some_and(|e| e == "npy") {
         read_npy(&bytes)
     } else {
         read_pb(&bytes)
     }
-    .map_err(|e| format!("{file}: {e}"))?;
-    Ok((name.to_string(), t))
+    .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn summary(t: &Tensor) -> String {
@@ -833,6 +837,19 @@ fn read_npy_set(dir: &Path, model: &Model) -> Result<Vec<(String, Tensor)>, Stri
         }
     }
     Ok(set)
+}
+
+/// One input set in a folder, in either layout: input_K.pb (the ONNX test layout) or a
+/// .npy per input (NAME.npy or input_NAME.npy).
+fn read_set_dir(dir: &Path, model: &Model) -> Result<Vec<(String, Tensor)>, String> {
+    let onnx_layout = sorted_entries(dir)?
+        .iter()
+        .any(|p| index_after(p, "input_", ".pb").is_some());
+    if onnx_layout {
+        read_pb_set(dir, model)
+    } else {
+        read_npy_set(dir, model)
+    }
 }
 
 /// Reads DIR in either layout (see `evaluate --help`), inputs named after the reference's.
